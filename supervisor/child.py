@@ -1,0 +1,177 @@
+"""One running app process, and nothing else.
+
+This adapter hides every process detail: its own process group (so a stop
+reaches gunicorn's workers too), PR_SET_PDEATHSIG (so a SIGKILLed supervisor
+leaves no orphan), handing the listening sockets over as fd 3/4 with
+``LISTEN_PID`` equal to the child's own pid (systemd socket activation), and
+captured output, logged line by line and kept as a short tail for reports.
+
+>>> import asyncio
+>>> async def demo():
+...     child = await Child.start(Spec(["echo", "hi"], cwd="."))
+...     return await child.wait()
+>>> asyncio.run(demo())
+0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+log = logging.getLogger("supervisor.child")
+
+TAIL_LINES = 20
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# `exec 3<&100` style moves are done in preexec (below); the shell only exists
+# to export LISTEN_PID=$$ - the pid the app will have after `exec`.
+_SHIM = 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"'
+
+
+@dataclass(frozen=True)
+class Spec:
+    argv: Sequence[str]
+    cwd: str | os.PathLike[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float = 10.0
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _preexec(parent: int, fds: Sequence[int]) -> Callable[[], None]:
+    def run() -> None:
+        # Die with the supervisor, even on SIGKILL; close the race where the
+        # parent died before prctl ran.
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+        # Move the sockets to 3, 4, ... via high numbers so that no move
+        # clobbers another socket still waiting to move.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
+        for target, fd in enumerate(high, start=3):
+            os.dup2(fd, target, inheritable=True)
+            os.close(fd)
+
+    return run
+
+
+class Child:
+    """A started process: ``wait()`` for it or ``stop()`` it; always reaped."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, spec: Spec, label: str,
+                 on_line: Callable[[int, str], None] | None) -> None:
+        self.proc = proc
+        self.spec = spec
+        self.pid = proc.pid
+        self.label = label
+        self.started = time.monotonic()
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.stopping = False
+        self._on_line = on_line
+        self._pump = asyncio.create_task(self._read_output(), name=f"output-{self.pid}")
+
+    @classmethod
+    async def start(cls, spec: Spec, *, fds: Sequence[int] = (), extra_env: Mapping[str, str] | None = None,
+                    label: str = "app", on_line: Callable[[int, str], None] | None = None) -> "Child":
+        env = {**os.environ, **spec.env, **(extra_env or {})}
+        argv = list(spec.argv)
+        if fds:
+            env["LISTEN_FDS"] = str(len(fds))
+            argv = ["/bin/sh", "-c", _SHIM, "sh", *argv]
+        else:
+            for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+                env.pop(key, None)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=os.fspath(spec.cwd),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # own group: signals reach the workers too
+            close_fds=not fds,  # with fds, preexec places them; PEP 446 keeps the rest closed
+            preexec_fn=_preexec(os.getpid(), fds),
+            limit=1 << 20,
+        )
+        child = cls(proc, spec, label, on_line)
+        log.info("%s started: pid %d: %s", label, child.pid, " ".join(spec.argv))
+        return child
+
+    async def _read_output(self) -> None:
+        assert self.proc.stdout is not None
+        while True:
+            try:
+                raw = await self.proc.stdout.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                continue  # an over-long line: skip it rather than stop reading
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.tail.append(line)
+            log.info("%s[%d] %s", self.label, self.pid, line)
+            if self._on_line:
+                self._on_line(self.pid, line)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+    async def wait(self) -> int:
+        code = await self.proc.wait()
+        # Let the output pump drain so the tail holds the last words.
+        try:
+            await asyncio.wait_for(asyncio.shield(self._pump), 1.0)
+        except asyncio.TimeoutError:
+            pass
+        return code
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def stop(self, timeout: float | None = None) -> int:
+        """stop_signal to the group, SIGKILL after the timeout; always reaped."""
+        self.stopping = True
+        timeout = self.spec.stop_timeout if timeout is None else timeout
+        if self.proc.returncode is None:
+            self._signal_group(self.spec.stop_signal)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout)
+            except asyncio.TimeoutError:
+                log.warning("%s pid %d did not stop within %.1fs; sending SIGKILL", self.label, self.pid, timeout)
+                self._signal_group(signal.SIGKILL)
+        code = await self.wait()
+        # Stragglers the app left in its group (a worker that outlived its master).
+        self._signal_group(signal.SIGKILL)
+        self._pump.cancel()
+        return code
+
+    def kill_now(self) -> None:
+        """Last resort on an abnormal exit path: SIGKILL the whole group."""
+        self._signal_group(signal.SIGKILL)

@@ -1,0 +1,263 @@
+"""Load and validate ``config.toml``.
+
+Every user mistake becomes one :class:`ConfigError` whose message names the
+key and the fix; the CLI prints it and exits 2, never with a traceback.
+
+>>> cfg = load("config.toml")          # doctest: +SKIP
+>>> cfg.webhook.path
+'/github'
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+
+class ConfigError(Exception):
+    """A mistake in the config: the message is one line meant for a person."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Webhook(_Section):
+    listen: str = "127.0.0.1:9000"
+    path: str = "/github"
+    secret_env: str | None = None
+    secret_file: str | None = None
+    allow_sha1: bool = False
+
+
+class Repo(_Section):
+    path: str
+    remote: str = "origin"
+    branch: str = "main"
+    full_name: str | None = None
+    on_diverge: Literal["refuse", "reset"] = "refuse"
+    fetch_timeout: float = 60.0
+
+
+class Ready(_Section):
+    notify: bool = False
+    http: str | None = None
+    min_uptime: float = 1.0
+    timeout: float = 60.0
+
+
+class App(_Section):
+    command: list[str]
+    cwd: str = "."
+    env: dict[str, str] = {}
+    stop_signal: str = "SIGTERM"
+    stop_timeout: float = 10.0
+    listen: str | None = None
+    ready: Ready = msgspec.field(default_factory=Ready)
+
+
+class Watch(_Section):
+    enabled: bool = True
+    paths: list[str] = []
+    ignore: list[str] = []
+    debounce_ms: int = 300
+
+
+class Control(_Section):
+    listen: str = "127.0.0.1:9001"
+
+
+class State(_Section):
+    dir: str = ".supervisor-state"
+
+
+class Deploy(_Section):
+    probation: float = 30.0
+    before_restart: list[list[str]] = []
+    before_restart_timeout: float = 300.0
+
+
+class Demo(_Section):
+    # When true and repo.path does not exist, `run` creates the bundled demo:
+    # a local bare origin seeded from examples/app and a clone of it.
+    bootstrap: bool = False
+    source: str = "examples/app"
+    origin: str = "demo/origin.git"
+
+
+class Config(_Section):
+    repo: Repo
+    app: App
+    webhook: Webhook = msgspec.field(default_factory=Webhook)
+    watch: Watch = msgspec.field(default_factory=Watch)
+    control: Control = msgspec.field(default_factory=Control)
+    state: State = msgspec.field(default_factory=State)
+    deploy: Deploy = msgspec.field(default_factory=Deploy)
+    demo: Demo = msgspec.field(default_factory=Demo)
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated config with paths resolved and the secret loaded."""
+
+    source: Path
+    raw: Config
+    webhook_listen: Address
+    control_listen: Address
+    app_listen: Address | None
+    secret: bytes
+    repo_path: Path
+    app_cwd: Path
+    watch_paths: tuple[Path, ...]
+    state_dir: Path
+    stop_signal: signal.Signals
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"Settings(source={self.source!s}, repo={self.repo_path!s})"
+
+
+_LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})$")
+
+
+def parse_address(value: str, key: str) -> Address:
+    m = _LISTEN_RE.match(value)
+    if not m or int(m["port"]) > 65535:
+        raise ConfigError(f'{key} = "{value}" is not "host:port"; write e.g. "127.0.0.1:9000"')
+    return Address(m["v6"] or m["host"], int(m["port"]))
+
+
+def _key_from_msgspec(message: str) -> str:
+    """Turn msgspec's ``... - at `$.app.ready`` into ``[app.ready]``."""
+    m = re.search(r"at `\$\.?([^`]*)`", message)
+    if not m or not m[1]:
+        return "top level"
+    parts = m[1].split(".")
+    return f"[{'.'.join(parts)}]" if len(parts) == 1 else f"[{'.'.join(parts[:-1])}] {parts[-1]}"
+
+
+def _explain(error: msgspec.ValidationError) -> str:
+    text = str(error)
+    where = _key_from_msgspec(text)
+    what = text.split(" - at ")[0]
+    if m := re.match(r"Object contains unknown field `(\w+)`", what):
+        section = where if where != "top level" else "the top level"
+        return f"unknown key '{m[1]}' in {section}; remove it or check its spelling"
+    if m := re.match(r"Object missing required field `(\w+)`", what):
+        return f"{where} is missing required key '{m[1]}'; add it"
+    if m := re.match(r"Invalid enum value (.*)", what):
+        return f"{where}: {m[1]} is not allowed; see the config reference in README.md"
+    return f"{where}: {what.lower()}; fix the value's type"
+
+
+def read_secret(cfg: Webhook, base: Path) -> bytes:
+    if cfg.secret_env and cfg.secret_file:
+        raise ConfigError("[webhook] set secret_env or secret_file, not both")
+    if cfg.secret_env:
+        value = os.environ.get(cfg.secret_env)
+        if not value:
+            raise ConfigError(
+                f"[webhook] secret_env: environment variable {cfg.secret_env} is not set; "
+                f"export {cfg.secret_env}=<the webhook secret you gave GitHub>"
+            )
+        return value.encode()
+    if cfg.secret_file:
+        path = (base / cfg.secret_file).resolve()
+        try:
+            value = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"[webhook] secret_file: cannot read {path} ({exc.strerror}); create it with the webhook secret"
+            ) from None
+        if not value:
+            raise ConfigError(f"[webhook] secret_file: {path} is empty; put the webhook secret in it")
+        return value.encode()
+    raise ConfigError("[webhook] needs secret_env or secret_file; GitHub deliveries cannot be verified without a secret")
+
+
+def load(path: str | os.PathLike[str], *, prepare: bool = False) -> Settings:
+    """Read, validate and resolve a config file.
+
+    ``prepare`` runs the demo bootstrap (if ``[demo] bootstrap``) before the
+    secret and the work tree are checked, so a fresh checkout just runs.
+    """
+    source = Path(path).resolve()
+    try:
+        text = source.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; pass --config with the path of your config.toml") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    try:
+        raw = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {_explain(exc)}") from None
+    return resolve(source, raw, prepare=prepare)
+
+
+def resolve(source: Path, raw: Config, *, prepare: bool = False) -> Settings:
+    base = source.parent
+    if prepare and raw.demo.bootstrap:
+        from . import demo
+
+        demo.bootstrap(raw, base)
+    if not raw.app.command or not all(raw.app.command):
+        raise ConfigError("[app] command must be a non-empty list of strings, e.g. [\"python\", \"app.py\"]")
+    if not raw.webhook.path.startswith("/"):
+        raise ConfigError(f'[webhook] path = "{raw.webhook.path}" must start with "/"')
+    try:
+        stop_signal = signal.Signals[raw.app.stop_signal.upper()]
+    except KeyError:
+        raise ConfigError(f'[app] stop_signal = "{raw.app.stop_signal}" is not a signal name; use e.g. "SIGTERM"') from None
+    for name in ("stop_timeout",):
+        if getattr(raw.app, name) <= 0:
+            raise ConfigError(f"[app] {name} must be greater than 0")
+    if raw.watch.debounce_ms < 0:
+        raise ConfigError("[watch] debounce_ms must be 0 or more")
+    repo_path = (base / raw.repo.path).resolve()
+    app_cwd = (repo_path / raw.app.cwd).resolve()
+    watch_paths = tuple((repo_path / p).resolve() for p in raw.watch.paths) or (repo_path,)
+    settings = Settings(
+        source=source,
+        raw=raw,
+        webhook_listen=parse_address(raw.webhook.listen, "[webhook] listen"),
+        control_listen=parse_address(raw.control.listen, "[control] listen"),
+        app_listen=parse_address(raw.app.listen, "[app] listen") if raw.app.listen else None,
+        secret=read_secret(raw.webhook, base),
+        repo_path=repo_path,
+        app_cwd=app_cwd,
+        watch_paths=watch_paths,
+        state_dir=(base / raw.state.dir).resolve(),
+        stop_signal=stop_signal,
+    )
+    return settings
+
+
+def check_work_tree(settings: Settings) -> None:
+    """Errors a person can fix before we start: the work tree must exist and be a git repo."""
+    repo = settings.repo_path
+    if not repo.is_dir():
+        raise ConfigError(f"[repo] path: {repo} does not exist; clone your repository there first")
+    if not (repo / ".git").exists():
+        raise ConfigError(f"[repo] path: {repo} is not a git work tree (no .git); clone your repository there")
+    if not settings.app_cwd.is_dir():
+        raise ConfigError(f"[app] cwd: {settings.app_cwd} does not exist in the work tree")

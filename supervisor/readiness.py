@@ -1,0 +1,129 @@
+"""Is a freshly started child ready to take traffic?
+
+Every configured check must pass before the deadline; the child exiting
+fails at once. The checks answer one question each:
+
+- ``min_uptime``: has it stayed alive this long?
+- ``notify``: has it sent ``READY=1`` on its ``NOTIFY_SOCKET`` (sd_notify)?
+- ``http``: does a GET sent to *this* child alone answer 2xx?
+
+>>> import asyncio
+>>> from supervisor.child import Child, Spec
+>>> async def demo():
+...     child = await Child.start(Spec(["sleep", "5"], cwd="."))
+...     why = await wait_ready(child, min_uptime=0.1, timeout=2)
+...     await child.stop()
+...     return why
+>>> asyncio.run(demo()) is None
+True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from .child import Child, describe_exit
+
+
+class Notify:
+    """A private sd_notify socket for one child (abstract namespace: no file to clean up)."""
+
+    _ids = itertools.count()
+
+    def __init__(self) -> None:
+        self.name = f"@pushcd-{os.getpid()}-{next(self._ids)}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        self.sock.bind("\0" + self.name[1:])
+        self.ready = asyncio.Event()
+        self.status = ""
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._read)
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(4096)
+        except BlockingIOError:
+            return
+        for line in data.decode("utf-8", "replace").splitlines():
+            key, _, value = line.partition("=")
+            if key == "READY" and value == "1":
+                self.ready.set()
+            elif key == "STATUS":
+                self.status = value
+
+    def close(self) -> None:
+        try:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        except RuntimeError:
+            pass
+        self.sock.close()
+
+
+@dataclass(frozen=True)
+class Probe:
+    url: str
+
+
+async def _http_ok(probe: Probe, deadline: float) -> str | None:
+    """Poll until 2xx; None on success, else the last answer."""
+    last = "no answer"
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(probe.url, allow_redirects=False) as resp:
+                    if 200 <= resp.status < 300:
+                        return None
+                    last = f"probe {probe.url} answered {resp.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                last = f"probe {probe.url} failed: {type(exc).__name__}"
+            await asyncio.sleep(0.05)
+    return last
+
+
+async def wait_ready(child: Child, *, min_uptime: float = 1.0, timeout: float = 60.0,
+                     notify: Notify | None = None, probe: Probe | None = None) -> str | None:
+    """None when ready; otherwise why not (exit status, probe answer or timeout)."""
+    deadline = child.started + timeout
+
+    async def checks() -> str | None:
+        if notify is not None:
+            await notify.ready.wait()
+        if probe is not None:
+            why = await _http_ok(probe, deadline)
+            if why:
+                return why
+        remaining = child.started + min_uptime - time.monotonic()
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        return None
+
+    check = asyncio.ensure_future(checks())
+    exited = asyncio.ensure_future(child.wait())
+    try:
+        done, _ = await asyncio.wait({check, exited}, timeout=max(0.0, deadline - time.monotonic()),
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if exited in done or child.returncode is not None:
+            await exited
+            return f"{describe_exit(child.returncode)} before it was ready"
+        if check in done:
+            why = check.result()
+            if why is None and child.returncode is not None:
+                return f"{describe_exit(child.returncode)} before it was ready"
+            return why
+        waiting = []
+        if notify is not None and not notify.ready.is_set():
+            waiting.append("READY=1")
+        if probe is not None:
+            waiting.append(f"a 2xx from {probe.url}")
+        return f"not ready within {timeout:g}s" + (f" (waiting for {' and '.join(waiting)})" if waiting else "")
+    finally:
+        for task in (check, exited):
+            if not task.done():
+                task.cancel()

@@ -1,0 +1,156 @@
+"""The deployed git work tree, through libgit2 (pygit2); no ``git`` subprocess.
+
+Every call here blocks (network, disk), so the deploy worker runs them in one
+dedicated thread (:class:`GitThread`), never on the event loop; pygit2 drops
+the GIL inside libgit2 so the webhook keeps answering during a slow fetch.
+
+Moving the tree is all-or-nothing: libgit2's SAFE checkout checks every file
+for conflicts before it writes one, and the branch ref moves only after the
+checkout succeeded. Local edits that the update would overwrite are refused by
+name beforehand; other edits and untracked files are left alone, exactly as
+``git merge --ff-only`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import pygit2
+from pygit2.enums import CheckoutStrategy, FileStatus, Option
+
+T = TypeVar("T")
+
+_UNTOUCHED = {FileStatus.CURRENT, FileStatus.IGNORED}
+
+
+class GitFailure(Exception):
+    """A git operation failed; the message says what and, where possible, the fix."""
+
+
+class FetchError(GitFailure):
+    pass
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a decision about moving the tree needs to know, and nothing more."""
+
+    head: str
+    target: str
+    head_is_ancestor: bool  # fast-forward possible
+    target_is_ancestor: bool  # target is already in our history
+    changed: tuple[str, ...]  # paths the move would write
+    blocking: tuple[str, ...]  # local edits among them
+
+
+class GitThread:
+    """One thread for all git work: calls are serialised and off the event loop."""
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="git")
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def set_network_timeouts(seconds: float) -> None:
+    """libgit2's socket timeouts, so a hung remote fails instead of hanging forever."""
+    ms = max(1, int(seconds * 1000))
+    pygit2.option(Option.SET_SERVER_CONNECT_TIMEOUT, ms)
+    pygit2.option(Option.SET_SERVER_TIMEOUT, ms)
+
+
+class WorkTree:
+    def __init__(self, path: Path, remote: str, branch: str) -> None:
+        self.path = path
+        self.remote = remote
+        self.branch = branch
+        self.local_ref = f"refs/heads/{branch}"
+        self.remote_ref = f"refs/remotes/{remote}/{branch}"
+        try:
+            self.repo = pygit2.Repository(str(path))
+        except pygit2.GitError as exc:
+            raise GitFailure(f"{path} is not a git repository ({exc}); clone your repository there") from None
+
+    def check_branch(self) -> None:
+        """HEAD must be on the configured branch: we never switch branches for the user."""
+        if self.repo.head_is_unborn:
+            raise GitFailure(f"{self.path}: HEAD has no commit yet; push a first commit")
+        if self.repo.head_is_detached or self.repo.head.name != self.local_ref:
+            current = "a detached HEAD" if self.repo.head_is_detached else self.repo.head.shorthand
+            raise GitFailure(
+                f"{self.path} is on {current}, not {self.branch}; run `git checkout {self.branch}` there "
+                f"or set [repo] branch"
+            )
+
+    def head(self) -> str:
+        return str(self.repo.head.target)
+
+    def describe(self, sha: str) -> dict[str, str]:
+        try:
+            commit = self.repo[sha]
+        except (KeyError, ValueError):
+            return {"message": "", "author": ""}
+        assert isinstance(commit, pygit2.Commit)
+        return {"message": commit.message.strip().splitlines()[0] if commit.message.strip() else "",
+                "author": commit.author.name}
+
+    def fetch(self) -> str:
+        """Fetch remote/branch; return the remote tip."""
+        try:
+            remote = self.repo.remotes[self.remote]
+        except KeyError:
+            raise FetchError(f"no remote named {self.remote!r} in {self.path}; set [repo] remote") from None
+        refspec = f"+{self.local_ref}:{self.remote_ref}"
+        try:
+            remote.fetch([refspec], message=f"supervisor: fetch {self.branch}")
+        except (pygit2.GitError, OSError) as exc:
+            raise FetchError(f"fetch from {self.remote} ({remote.url}) failed: {exc}") from None
+        try:
+            return str(self.repo.references[self.remote_ref].target)
+        except KeyError:
+            raise FetchError(f"{self.remote} has no branch {self.branch}; push it or set [repo] branch") from None
+
+    def facts(self, target: str) -> Facts:
+        head = self.head()
+        if head == target:
+            return Facts(head, target, True, True, (), ())
+        old, new = self.repo[head], self.repo[target]
+        changed: set[str] = set()
+        for delta in self.repo.diff(old, new).deltas:
+            changed.add(delta.old_file.path)
+            changed.add(delta.new_file.path)
+        status = self.repo.status()
+        blocking = sorted(p for p in changed if status.get(p, FileStatus.CURRENT) not in _UNTOUCHED)
+        return Facts(
+            head=head,
+            target=target,
+            head_is_ancestor=self.repo.descendant_of(target, head),
+            target_is_ancestor=self.repo.descendant_of(head, target),
+            changed=tuple(sorted(changed)),
+            blocking=tuple(blocking),
+        )
+
+    def backup(self, sha: str) -> str:
+        name = f"refs/supervisor/backup/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{sha[:12]}"
+        self.repo.references.create(name, sha, force=True)
+        return name
+
+    def move_to(self, target: str, reason: str) -> None:
+        """Check out ``target`` and point the branch at it; all or nothing."""
+        commit = self.repo[target]
+        try:
+            # SAFE: refuse (before writing anything) if a file to update has local edits.
+            self.repo.checkout_tree(commit, strategy=CheckoutStrategy.SAFE)
+        except pygit2.GitError as exc:
+            raise GitFailure(f"checkout of {target[:12]} refused: {exc}") from None
+        self.repo.references[self.local_ref].set_target(target, f"supervisor: {reason}")
+        self.repo.index.read(force=True)

@@ -1,0 +1,284 @@
+"""Real parts for the tests: git repositories made with the git CLI, real
+children, real sockets on 127.0.0.1, real signed requests. No fixed sleeps:
+:func:`eventually` waits for a condition with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_APP = ROOT / "examples" / "app"
+PAYLOADS = Path(os.environ.get("PUSHCD_PAYLOADS", ROOT.parent / "shared" / "webhook-payloads"))
+SECRET = "test-secret-不要"  # non-ASCII on purpose: the secret is bytes, not text
+PY = sys.executable
+
+
+def payload(name: str) -> bytes:
+    path = PAYLOADS / name
+    if not path.exists():
+        pytest.fail(f"missing shared payload {path}; set PUSHCD_PAYLOADS to the webhook-payloads folder")
+    return path.read_bytes()
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def git(*args: str, cwd: Path | str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+           "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.invalid",
+           "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(cwd)}
+    out = subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
+                     interval: float = 0.02) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = check()
+            if asyncio.iscoroutine(last):
+                last = await last
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        await asyncio.sleep(interval)
+
+
+def wait_sync(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@dataclass
+class Repos:
+    """A bare origin, a developer clone that pushes to it, and the deployed clone."""
+
+    root: Path
+    branch: str = "main"
+    origin: Path = field(init=False)
+    dev: Path = field(init=False)
+    work: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.origin = self.root / "origin.git"
+        self.dev = self.root / "dev"
+        self.work = self.root / "work"
+        git("init", "-q", "--bare", "-b", self.branch, str(self.origin), cwd=self.root)
+        git("clone", "-q", str(self.origin), str(self.dev), cwd=self.root)
+        git("checkout", "-q", "-b", self.branch, cwd=self.dev)
+        for item in EXAMPLE_APP.iterdir():
+            if item.is_file() and item.suffix != ".pyc":
+                shutil.copy(item, self.dev / item.name)
+        self.commit({}, "initial")
+        git("clone", "-q", "-b", self.branch, str(self.origin), str(self.work), cwd=self.root)
+
+    def commit(self, files: dict[str, str | None], message: str, push: bool = True) -> str:
+        for name, content in files.items():
+            path = self.dev / name
+            if content is None:
+                path.unlink()
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(content)
+        git("add", "-A", cwd=self.dev)
+        git("commit", "-q", "--allow-empty", "-m", message, cwd=self.dev)
+        if push:
+            git("push", "-q", "--force", "origin", f"HEAD:{self.branch}", cwd=self.dev)
+        return git("rev-parse", "HEAD", cwd=self.dev)
+
+    def head(self) -> str:
+        return git("rev-parse", "HEAD", cwd=self.work)
+
+
+@pytest.fixture
+def repos(tmp_path: Path) -> Repos:
+    return Repos(tmp_path)
+
+
+def write_config(path: Path, repos: Repos, *, app: dict[str, Any] | None = None, extra: str = "",
+                 repo_extra: str = "", webhook_extra: str = "", ready: dict[str, Any] | None = None,
+                 watch: str = "debounce_ms = 50", deploy: str = "probation = 30") -> Path:
+    app = app or {}
+    command = app.get("command", [PY, "app.py", "--fd", "{fd}", "--fd", "{probe_fd}"])
+    listen = app.get("listen", f"127.0.0.1:{free_port()}")
+    ready = {"http": "/health", "min_uptime": 0.2, "timeout": 15, **(ready or {})}
+    ready_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in ready.items() if v is not None)
+    listen_line = f'listen = "{listen}"' if listen else ""
+    text = f"""
+[webhook]
+listen = "127.0.0.1:{free_port()}"
+secret_env = "PUSHCD_TEST_SECRET"
+{webhook_extra}
+
+[repo]
+path = "{repos.work}"
+branch = "{repos.branch}"
+{repo_extra}
+
+[app]
+command = {json.dumps(command)}
+{listen_line}
+stop_timeout = {app.get("stop_timeout", 5)}
+{app.get("extra", "")}
+
+[app.env]
+PYTHONUNBUFFERED = "1"
+
+[app.ready]
+{ready_lines}
+
+[watch]
+{watch}
+
+[control]
+listen = "127.0.0.1:{free_port()}"
+
+[state]
+dir = "{path.parent / 'state'}"
+
+[deploy]
+{deploy}
+{extra}
+"""
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUSHCD_TEST_SECRET", SECRET)
+
+
+@contextlib.asynccontextmanager
+async def running(config_path: Path) -> AsyncIterator[Any]:
+    """The whole supervisor in this event loop (its children are real processes)."""
+    from supervisor import config
+    from supervisor.runner import Supervisor
+
+    settings = config.load(config_path)
+    sup = Supervisor(settings)
+    try:
+        await sup.start()
+        yield sup
+    finally:
+        await sup.close()
+
+
+class Client:
+    """Signed webhook deliveries and plain requests to the supervisor and its app."""
+
+    def __init__(self, sup: Any, session: aiohttp.ClientSession) -> None:
+        self.sup = sup
+        self.session = session
+
+    async def deliver(self, body: bytes, event: str = "push", *, delivery: str | None = None,
+                      signature: str | None = "sign", headers: dict[str, str] | None = None,
+                      content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
+        h = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+             "Content-Type": content_type}
+        if signature == "sign":
+            h["X-Hub-Signature-256"] = sign(body)
+        elif signature is not None:
+            h["X-Hub-Signature-256"] = signature
+        h.update(headers or {})
+        async with self.session.post(self.sup.webhook_url, data=body, headers=h) as resp:
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, {"text": text}
+
+    async def push(self, repos: Repos, sha: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+        body = json.dumps({"ref": f"refs/heads/{repos.branch}", "after": sha, "before": "0" * 40,
+                           "repository": {"full_name": "test/app"}}).encode()
+        return await self.deliver(body, **kw)
+
+    async def app_get(self, path: str = "/") -> str:
+        port = self.sup.releases.port
+        async with self.session.get(f"http://127.0.0.1:{port}{path}") as resp:
+            assert resp.status == 200, resp.status
+            return await resp.text()
+
+    async def status(self) -> dict[str, Any]:
+        async with self.session.get(f"http://127.0.0.1:{self.sup.control_port}/status") as resp:
+            return await resp.json()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+        yield s
+
+
+async def deployed(client: Client, sha: str, timeout: float = 30.0) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        st = await client.status()
+        return st if st["deployed_commit"] == sha and st["state"] == "running" and st["child_pid"] else None
+
+    return await eventually(check, timeout, f"deployed_commit == {sha[:12]}")
+
+
+def spawn_supervisor(config_path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([PY, "-m", "supervisor", "run", "--config", str(config_path), *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def stop_process(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> str:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or ""
+
+
+Waiter = Callable[..., Awaitable[Any]]

@@ -1,0 +1,130 @@
+"""Config mistakes: exit 2 with one line naming the key and the fix, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from supervisor import config
+
+from .conftest import PY, ROOT, SECRET, Repos, write_config
+
+
+def check(path: Path, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([PY, "-m", "supervisor", "check", "--config", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=60)
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+MINIMAL = """
+[webhook]
+secret_env = "PUSHCD_TEST_SECRET"
+[repo]
+path = "work"
+[app]
+command = ["python3", "app.py"]
+"""
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert_user_error(check(tmp_path / "nope.toml"), "nope.toml", "no such file", "--config")
+
+
+def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(MINIMAL + "\n[watch\n")
+    assert_user_error(check(p), "TOML syntax error", "line 9", "column 7")
+
+
+@pytest.mark.parametrize("extra, needles", [
+    ("[webhook2]\nx = 1\n", ("unknown key 'webhook2'", "remove it")),
+    ("[watch]\ndebounse_ms = 5\n", ("unknown key 'debounse_ms'", "[watch]")),
+    ("[control]\nlisten = 9001\n", ("[control] listen", "expected `str`, got `int`")),
+    ("[app.ready]\ntimeout = \"soon\"\n", ("[app.ready] timeout",)),
+    ("[state]\ndir = []\n", ("[state] dir",)),
+])
+def test_unknown_keys_and_wrong_types(tmp_path: Path, extra: str, needles: tuple[str, ...]) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(MINIMAL + extra)
+    assert_user_error(check(p), *needles)
+
+
+@pytest.mark.parametrize("replace, needles", [
+    (('path = "work"', 'path = "work"\non_diverge = "merge"'), ("[repo] on_diverge", "not allowed")),
+    (('command = ["python3", "app.py"]', 'command = []'), ("[app] command", "non-empty")),
+    (('command = ["python3", "app.py"]', 'command = ["x"]\nstop_signal = "SIGNOPE"'), ("[app] stop_signal",)),
+    (('[webhook]', '[webhook]\nlisten = "localhost"'), ("[webhook] listen", "host:port")),
+    (('[webhook]', '[webhook]\npath = "github"'), ("[webhook] path", "/")),
+    (('command = ["python3", "app.py"]', ''), ("[app]", "missing required key 'command'")),
+])
+def test_bad_values(tmp_path: Path, replace: tuple[str, str], needles: tuple[str, ...]) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(MINIMAL.replace(*replace))
+    assert_user_error(check(p), *needles)
+
+
+def test_missing_secret_names_the_variable(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(MINIMAL)
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "PUSHCD_TEST_SECRET"}
+    result = subprocess.run([PY, "-m", "supervisor", "check", "--config", str(p)], cwd=ROOT,
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert_user_error(result, "[webhook] secret_env", "PUSHCD_TEST_SECRET is not set", "export")
+
+
+def test_missing_secret_file_and_no_secret_at_all(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(MINIMAL.replace('secret_env = "PUSHCD_TEST_SECRET"', 'secret_file = "nope"'))
+    assert_user_error(check(p), "[webhook] secret_file", "nope")
+    p.write_text(MINIMAL.replace('secret_env = "PUSHCD_TEST_SECRET"', ''))
+    assert_user_error(check(p), "[webhook] needs secret_env or secret_file")
+
+
+def test_check_prints_resolved_config_with_secret_masked(tmp_path: Path, repos: Repos) -> None:
+    p = write_config(tmp_path / "c.toml", repos)
+    result = check(p)
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stdout and "***" in result.stdout
+    assert str(repos.work) in result.stdout
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "secret").write_text("s3cret\n")
+    p = folder / "c.toml"
+    p.write_text(MINIMAL.replace('secret_env = "PUSHCD_TEST_SECRET"', 'secret_file = "secret"')
+                 + '\n[watch]\npaths = ["src"]\n[state]\ndir = "state"\n'
+                 .replace("[app]", "[app]"))
+    p.write_text(p.read_text().replace('command = ["python3", "app.py"]', 'command = ["python3", "app.py"]\ncwd = "web"'))
+    s = config.load(p)
+    assert s.secret == b"s3cret"
+    assert s.repo_path == folder / "work"
+    assert s.app_cwd == folder / "work" / "web"
+    assert s.watch_paths == (folder / "work" / "src",)
+    assert s.state_dir == folder / "state"
+    assert "s3cret" not in repr(s)
+
+
+def test_run_with_missing_work_tree_is_a_one_line_error(tmp_path: Path) -> None:
+    import os
+
+    p = tmp_path / "c.toml"
+    p.write_text(MINIMAL)
+    result = subprocess.run([PY, "-m", "supervisor", "run", "--config", str(p)], cwd=ROOT,
+                            capture_output=True, text=True, env=os.environ.copy(), timeout=60)
+    assert_user_error(result, "[repo] path", "does not exist", "clone")

@@ -25,7 +25,10 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from .guard import Guard
 
 log = logging.getLogger("supervisor.child")
 
@@ -87,17 +90,27 @@ class Child:
         self.started = time.monotonic()
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.stopping = False
+        self.guard: Guard | None = None
         self._on_line = on_line
         self._pump = asyncio.create_task(self._read_output(), name=f"output-{self.pid}")
 
     @classmethod
     async def start(cls, spec: Spec, *, fds: Sequence[int] = (), extra_env: Mapping[str, str] | None = None,
-                    label: str = "app", on_line: Callable[[int, str], None] | None = None) -> "Child":
+                    listen_pid: bool = True, label: str = "app", guard: "Guard | None" = None,
+                    on_line: Callable[[int, str], None] | None = None) -> "Child":
+        """Start ``spec``; ``fds`` become fd 3, 4, ... with ``LISTEN_FDS`` set.
+
+        ``listen_pid`` sets ``LISTEN_PID`` to the child's own pid (socket
+        activation). Leave it off when the command already names its fds:
+        gunicorn honours both and would open fd 3 twice.
+        """
         env = {**os.environ, **spec.env, **(extra_env or {})}
         argv = list(spec.argv)
+        env.pop("LISTEN_PID", None)
         if fds:
             env["LISTEN_FDS"] = str(len(fds))
-            argv = ["/bin/sh", "-c", _SHIM, "sh", *argv]
+            if listen_pid:
+                argv = ["/bin/sh", "-c", _SHIM, "sh", *argv]
         else:
             for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
                 env.pop(key, None)
@@ -114,6 +127,9 @@ class Child:
             limit=1 << 20,
         )
         child = cls(proc, spec, label, on_line)
+        child.guard = guard
+        if guard is not None:
+            guard.add(child.pid)  # its group dies with us even if it forked workers
         log.info("%s started: pid %d: %s", label, child.pid, " ".join(spec.argv))
         return child
 
@@ -169,6 +185,8 @@ class Child:
         code = await self.wait()
         # Stragglers the app left in its group (a worker that outlived its master).
         self._signal_group(signal.SIGKILL)
+        if self.guard is not None:
+            self.guard.remove(self.pid)
         self._pump.cancel()
         return code
 

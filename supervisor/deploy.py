@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .release import Release, Releases
+from .child import Child, Spec, describe_exit
+from .guard import Guard
+from .release import Release, Releases, failure_report
 from .watch import Expected
 from .worktree import Facts, FetchError, GitFailure, GitThread, WorkTree
 
@@ -108,8 +110,9 @@ class Deployer:
         self._fetch_backoff = Backoff(first=1.0, cap=60.0)
         self._crash_backoff = Backoff()
         self._retry: asyncio.TimerHandle | None = None
-        self.done = asyncio.Condition()
-        self.deploys = 0
+        self.deploys = 0  # deploys that ended in a result (ok, refused, failed)
+        self.guard: Guard | None = None
+        self.runs = 0  # jobs the worker finished, including ones that found nothing to do
         releases.on_exit = self.crashed
 
     # -- requests (called from the event loop; never block) -----------------
@@ -151,8 +154,7 @@ class Deployer:
             elif self._restart:
                 trigger, self._restart = self._restart, None
                 await self._swap(self.deployed, trigger, previous=None)
-            async with self.done:
-                self.done.notify_all()
+            self.runs += 1
 
     def _needs_recovery(self) -> bool:
         live = self.releases.live
@@ -225,22 +227,25 @@ class Deployer:
         await self._move(facts, backup=False, reason=f"roll back to {to[:12]}")
 
     async def _before_restart(self) -> str | None:
+        """Run [deploy] before_restart in app.cwd; None when all succeeded."""
         for argv in self.before_restart:
+            spec = Spec(argv, self.releases.settings.app_cwd, self.releases.app.env, stop_timeout=5)
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, cwd=str(self.releases.settings.app_cwd), stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                child = await Child.start(spec, label="before_restart", guard=self.guard)
             except OSError as exc:
                 return f"before_restart {argv[0]}: {exc.strerror or exc}"
             try:
-                out, _ = await asyncio.wait_for(proc.communicate(), self.before_restart_timeout)
+                code = await asyncio.wait_for(child.wait(), self.before_restart_timeout)
             except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
-                return f"before_restart {' '.join(argv)} timed out after {self.before_restart_timeout:g}s"
-            if proc.returncode != 0:
-                tail = " | ".join(out.decode("utf-8", "replace").strip().splitlines()[-5:])
-                return f"before_restart {' '.join(argv)} exited with status {proc.returncode}: {tail}"
+                await child.stop()
+                return failure_report(f"before_restart {' '.join(argv)} timed out after "
+                                      f"{self.before_restart_timeout:g}s", child)
+            finally:
+                if child.returncode is None:
+                    await child.stop()  # cancelled (shutdown): never leave it running
+            await child.stop()  # reaps anything it left in its group
+            if code != 0:
+                return failure_report(f"before_restart {' '.join(argv)} {describe_exit(code)}", child)
         return None
 
     async def _swap(self, commit: str, trigger: str, previous: str | None):
@@ -302,7 +307,4 @@ class Deployer:
 
 
 def _exit(release: Release) -> str:
-    from .child import describe_exit
-    from .release import failure_report
-
     return failure_report(describe_exit(release.child.returncode), release.child)

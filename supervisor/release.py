@@ -21,6 +21,7 @@ from typing import Callable
 
 from .child import Child, Spec, describe_exit
 from .config import Address, Settings
+from .guard import Guard
 from .readiness import Notify, Probe, wait_ready
 
 log = logging.getLogger("supervisor.release")
@@ -82,13 +83,15 @@ def failure_report(reason: str, child: Child) -> str:
 class Releases:
     """Owns the public socket and the live release; one swap at a time."""
 
-    def __init__(self, settings: Settings, on_line: Callable[[int, str], None] | None = None) -> None:
+    def __init__(self, settings: Settings, guard: Guard | None = None,
+                 on_line: Callable[[int, str], None] | None = None) -> None:
         self.settings = settings
         self.app = settings.raw.app
         self.public: socket.socket | None = bind_public(settings.app_listen) if settings.app_listen else None
         self.live: Release | None = None
         self.starts = 0
         self._on_line = on_line
+        self.guard = guard
         self._lock = asyncio.Lock()
         self.on_exit: Callable[[Release], None] | None = None
         self.children: set[Child] = set()  # every child we started and have not reaped
@@ -124,10 +127,12 @@ class Releases:
             extra["LISTEN_FDNAMES"] = ":".join(names)
         notify = Notify() if self.app.ready.notify else None
         extra["NOTIFY_SOCKET"] = notify.name if notify else ""
+        names_fds = any("{fd}" in a or "{probe_fd}" in a for a in spec.argv)
         argv = _format(list(spec.argv), values)
         spec = Spec(argv, spec.cwd, spec.env, spec.stop_signal, spec.stop_timeout)
         try:
-            child = await Child.start(spec, fds=fds, extra_env=extra, on_line=self._on_line)
+            child = await Child.start(spec, fds=fds, extra_env=extra, listen_pid=not names_fds,
+                                      guard=self.guard, on_line=self._on_line)
         except OSError as exc:
             if notify:
                 notify.close()

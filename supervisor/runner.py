@@ -21,6 +21,7 @@ from aiohttp import web
 from . import control, intake
 from .config import Address, Settings
 from .deploy import Deployer
+from .guard import Guard
 from .release import Releases
 from .watch import Expected, watch_tree
 from .worktree import GitFailure, GitThread, WorkTree, set_network_timeouts
@@ -61,14 +62,12 @@ class Supervisor:
         self._described: dict[str, dict[str, str]] = {}
         self.git = GitThread()
         self.expected = Expected()
-        if settings.app_listen:
-            try:
-                self.releases = Releases(settings)
-            except OSError as exc:
-                raise StartupError(f"[app] listen = \"{settings.app_listen}\": cannot bind ({exc.strerror}); "
-                                   f"pick another port") from None
-        else:
+        try:
             self.releases = Releases(settings)
+        except OSError as exc:
+            raise StartupError(f"[app] listen = \"{settings.app_listen}\": cannot bind ({exc.strerror}); "
+                               f"pick another port") from None
+        self.guard: Guard | None = None
         if raw.app.ready.http and not raw.app.ready.http.startswith(("http://", "https://")):
             if not settings.app_listen or "{probe_fd}" not in " ".join(raw.app.command):
                 raise StartupError(
@@ -105,6 +104,7 @@ class Supervisor:
 
     async def start(self) -> None:
         raw = self.settings.raw
+        self.guard = self.releases.guard = self.deployer.guard = Guard()
         hook_runner, self.webhook_port = await _listen(
             intake.make_app(self.intake, raw.webhook.path), self.settings.webhook_listen, "[webhook] listen")
         self._runners.append(hook_runner)
@@ -130,6 +130,8 @@ class Supervisor:
         for runner in self._runners:
             await runner.cleanup()
         self.releases.close()
+        if self.guard is not None:
+            self.guard.close()
         # Let a git operation in flight finish (a half-done checkout is worse than a late exit).
         await asyncio.get_running_loop().run_in_executor(None, self.git.close)
 

@@ -40,6 +40,10 @@ class Expected:
         until = time.monotonic() + self.ttl
         for p in paths:
             self._until[p] = until
+            # A checkout that adds a/b/c.txt also creates (or removes) a/ and a/b/.
+            parts = p.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                self._until["/".join(parts[:i])] = until
 
     def unexpected(self, changed: set[str], now: float | None = None) -> set[str]:
         now = time.monotonic() if now is None else now

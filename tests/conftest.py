@@ -109,6 +109,7 @@ class Repos:
         self.origin = self.root / "origin.git"
         self.dev = self.root / "dev"
         self.work = self.root / "work"
+        self.root.mkdir(parents=True, exist_ok=True)
         git("init", "-q", "--bare", "-b", self.branch, str(self.origin), cwd=self.root)
         git("clone", "-q", str(self.origin), str(self.dev), cwd=self.root)
         git("checkout", "-q", "-b", self.branch, cwd=self.dev)

@@ -1,0 +1,69 @@
+"""A watchdog that outlives a SIGKILLed supervisor just long enough to clean up.
+
+PR_SET_PDEATHSIG only reaches the app's main process; a worker it forked
+(gunicorn's, or anything that ignores its parent dying) would be orphaned.
+So every process group we start is registered with this small helper over a
+pipe; when the pipe closes without a clean ``exit`` (the supervisor died), it
+SIGKILLs every group still registered, then exits itself.
+
+    python -m supervisor.guard     # reads "+PGID", "-PGID", "exit" lines on stdin
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+
+class Guard:
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.guard"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C meant for us must not kill the guard first
+        )
+
+    def _send(self, line: str) -> None:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(line.encode() + b"\n")
+            self._proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # the guard is gone; PDEATHSIG still covers the main processes
+
+    def add(self, pgid: int) -> None:
+        self._send(f"+{pgid}")
+
+    def remove(self, pgid: int) -> None:
+        self._send(f"-{pgid}")
+
+    def close(self) -> None:
+        self._send("exit")
+        if self._proc.stdin:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    groups: set[int] = set()
+    for line in sys.stdin:
+        line = line.strip()
+        if line == "exit":
+            return
+        if line[:1] in "+-" and line[1:].isdigit():
+            (groups.add if line[0] == "+" else groups.discard)(int(line[1:]))
+    for pgid in groups:  # EOF without "exit": the supervisor died
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+if __name__ == "__main__":
+    main()

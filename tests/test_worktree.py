@@ -1,0 +1,147 @@
+"""Git sync against real repositories: fast-forward, divergence, local edits."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from supervisor.deploy import Backoff, plan
+from supervisor.worktree import Facts, FetchError, GitFailure, WorkTree
+
+from .conftest import Repos, git
+
+
+def tree(repos: Repos) -> WorkTree:
+    return WorkTree(repos.work, "origin", repos.branch)
+
+
+def clean_and_consistent(repos: Repos) -> None:
+    assert git("status", "--porcelain", cwd=repos.work) == ""
+    subprocess.run(["git", "fsck", "--no-progress"], cwd=repos.work, check=True, capture_output=True)
+
+
+def F(head_is_ancestor=True, target_is_ancestor=False, blocking=(), head="a" * 40, target="b" * 40) -> Facts:
+    return Facts(head, target, head_is_ancestor, target_is_ancestor, ("x",), tuple(blocking))
+
+
+def test_plan_decisions() -> None:
+    assert plan(F(), "refuse", {}).action == "forward"
+    assert plan(F(head="b" * 40), "refuse", {}).action == "none"
+    assert plan(F(), "refuse", {"b" * 40: "crashed"}).action == "none"
+    refused = plan(F(head_is_ancestor=False), "refuse", {})
+    assert refused.action == "refuse" and "diverged" in refused.reason
+    assert plan(F(head_is_ancestor=False), "reset", {}).action == "reset"
+    ahead = plan(F(head_is_ancestor=False, target_is_ancestor=True), "reset", {})
+    assert ahead.action == "refuse" and "diverged" in ahead.reason and "ahead" in ahead.reason
+    dirty = plan(F(blocking=("app.py", "x/y.txt")), "reset", {})
+    assert dirty.action == "refuse" and "app.py, x/y.txt" in dirty.reason
+
+
+def test_backoff_grows_caps_and_resets() -> None:
+    b = Backoff(first=0.5, cap=4, healthy=10)
+    assert [b.next() for _ in range(5)] == [0.5, 1, 2, 4, 4]
+    b.observe_uptime(3)
+    assert b.next() == 4
+    b.observe_uptime(11)
+    assert b.next() == 0.5
+
+
+def test_fast_forward(repos: Repos) -> None:
+    sha = repos.commit({"message.txt": "v2\n", "new/file.txt": "x"}, "v2")
+    t = tree(repos)
+    assert t.fetch() == sha
+    facts = t.facts(sha)
+    assert facts.head_is_ancestor and not facts.blocking
+    assert set(facts.changed) == {"message.txt", "new/file.txt"}
+    t.move_to(sha, "test")
+    assert repos.head() == sha
+    assert (repos.work / "new/file.txt").read_text() == "x"
+    clean_and_consistent(repos)
+
+
+def test_deleted_files_are_removed(repos: Repos) -> None:
+    sha = repos.commit({"README.md": None}, "rm readme")
+    t = tree(repos)
+    t.move_to(t.fetch(), "test")
+    assert repos.head() == sha and not (repos.work / "README.md").exists()
+    clean_and_consistent(repos)
+
+
+def test_local_edits_the_update_touches_are_named(repos: Repos) -> None:
+    sha = repos.commit({"message.txt": "v2\n"}, "v2")
+    (repos.work / "message.txt").write_text("hot fix on the server\n")
+    t = tree(repos)
+    facts = t.facts(t.fetch())
+    assert facts.blocking == ("message.txt",)
+    with pytest.raises(GitFailure):
+        t.move_to(sha, "test")  # libgit2 SAFE refuses too, before writing anything
+    assert (repos.work / "message.txt").read_text() == "hot fix on the server\n"
+    assert repos.head() != sha
+
+
+def test_untracked_file_in_the_way_blocks(repos: Repos) -> None:
+    repos.commit({"extra.txt": "from upstream"}, "add extra")
+    (repos.work / "extra.txt").write_text("mine")
+    t = tree(repos)
+    assert t.facts(t.fetch()).blocking == ("extra.txt",)
+
+
+def test_unrelated_edits_and_untracked_files_are_kept(repos: Repos) -> None:
+    sha = repos.commit({"message.txt": "v2\n"}, "v2")
+    (repos.work / "README.md").write_text("local note\n")
+    (repos.work / "local.env").write_text("SECRET=1\n")
+    git("add", "local.env", cwd=repos.work)  # a staged new file is local state too
+    (repos.work / "scratch.txt").write_text("untracked\n")
+    t = tree(repos)
+    facts = t.facts(t.fetch())
+    assert facts.blocking == ()
+    t.move_to(sha, "test")
+    assert repos.head() == sha
+    assert (repos.work / "message.txt").read_text() == "v2\n"
+    assert (repos.work / "README.md").read_text() == "local note\n"
+    assert (repos.work / "scratch.txt").read_text() == "untracked\n"
+    assert "A  local.env" in git("status", "--porcelain", cwd=repos.work)
+
+
+def test_divergence_is_detected_and_reset_keeps_a_backup(repos: Repos) -> None:
+    (repos.work / "local.txt").write_text("local commit\n")
+    git("add", "local.txt", cwd=repos.work)
+    git("-c", "user.name=x", "-c", "user.email=x@y", "commit", "-qm", "local", cwd=repos.work)
+    local = repos.head()
+    upstream = repos.commit({"message.txt": "upstream\n"}, "upstream")
+    t = tree(repos)
+    facts = t.facts(t.fetch())
+    assert not facts.head_is_ancestor and not facts.target_is_ancestor
+    assert plan(facts, "refuse", {}).action == "refuse"
+    ref = t.backup(local)
+    t.move_to(upstream, "reset")
+    assert repos.head() == upstream and not (repos.work / "local.txt").exists()
+    assert git("rev-parse", ref, cwd=repos.work) == local  # nothing lost
+    clean_and_consistent(repos)
+
+
+def test_force_push_upstream_is_divergence(repos: Repos) -> None:
+    first = repos.head()
+    repos.commit({"a.txt": "a"}, "a")
+    t = tree(repos)
+    t.move_to(t.fetch(), "a")
+    git("reset", "-q", "--hard", first, cwd=repos.dev)
+    rewritten = repos.commit({"b.txt": "b"}, "rewritten history")  # pushed with --force
+    facts = t.facts(t.fetch())
+    assert facts.target == rewritten and not facts.head_is_ancestor
+    assert plan(facts, "refuse", {}).action == "refuse"
+
+
+def test_fetch_errors_are_clear(repos: Repos) -> None:
+    git("remote", "set-url", "origin", str(repos.root / "gone.git"), cwd=repos.work)
+    with pytest.raises(FetchError, match="fetch from origin"):
+        tree(repos).fetch()
+    with pytest.raises(FetchError, match="no remote named 'upstream'"):
+        WorkTree(repos.work, "upstream", repos.branch).fetch()
+
+
+def test_wrong_branch_checked_out_is_refused(repos: Repos) -> None:
+    git("checkout", "-q", "-b", "other", cwd=repos.work)
+    with pytest.raises(GitFailure, match="is on other, not main"):
+        tree(repos).check_branch()

@@ -3,9 +3,20 @@
 Every user mistake becomes one :class:`ConfigError` whose message names the
 key and the fix; the CLI prints it and exits 2, never with a traceback.
 
->>> cfg = load("config.toml")          # doctest: +SKIP
->>> cfg.webhook.path
-'/github'
+>>> import tempfile, pathlib, os
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (folder / "c.toml").write_text('''
+... [webhook]
+... secret_env = "DOC_SECRET"
+... [repo]
+... path = "work"
+... [app]
+... command = ["python3", "app.py"]
+... ''')
+>>> os.environ["DOC_SECRET"] = "s3cret"
+>>> s = load(folder / "c.toml")
+>>> s.raw.webhook.path, s.repo_path == folder / "work", s.secret
+('/github', True, b's3cret')
 """
 
 from __future__ import annotations

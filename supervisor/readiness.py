@@ -70,9 +70,13 @@ class Probe:
     url: str
 
 
-async def _http_ok(probe: Probe, deadline: float) -> str | None:
+@dataclass
+class Progress:
+    last_probe: str = ""
+
+
+async def _http_ok(probe: Probe, deadline: float, progress: Progress) -> str | None:
     """Poll until 2xx; None on success, else the last answer."""
-    last = "no answer"
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         while time.monotonic() < deadline:
@@ -80,23 +84,24 @@ async def _http_ok(probe: Probe, deadline: float) -> str | None:
                 async with session.get(probe.url, allow_redirects=False) as resp:
                     if 200 <= resp.status < 300:
                         return None
-                    last = f"probe {probe.url} answered {resp.status}"
+                    progress.last_probe = f"probe {probe.url} answered {resp.status}"
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                last = f"probe {probe.url} failed: {type(exc).__name__}"
+                progress.last_probe = f"probe {probe.url} failed: {type(exc).__name__}"
             await asyncio.sleep(0.05)
-    return last
+    return progress.last_probe or f"probe {probe.url}: no answer"
 
 
 async def wait_ready(child: Child, *, min_uptime: float = 1.0, timeout: float = 60.0,
                      notify: Notify | None = None, probe: Probe | None = None) -> str | None:
     """None when ready; otherwise why not (exit status, probe answer or timeout)."""
     deadline = child.started + timeout
+    progress = Progress()
 
     async def checks() -> str | None:
         if notify is not None:
             await notify.ready.wait()
         if probe is not None:
-            why = await _http_ok(probe, deadline)
+            why = await _http_ok(probe, deadline, progress)
             if why:
                 return why
         remaining = child.started + min_uptime - time.monotonic()
@@ -121,8 +126,8 @@ async def wait_ready(child: Child, *, min_uptime: float = 1.0, timeout: float = 
         if notify is not None and not notify.ready.is_set():
             waiting.append("READY=1")
         if probe is not None:
-            waiting.append(f"a 2xx from {probe.url}")
-        return f"not ready within {timeout:g}s" + (f" (waiting for {' and '.join(waiting)})" if waiting else "")
+            waiting.append(progress.last_probe or f"a 2xx from {probe.url}")
+        return f"not ready within {timeout:g}s" + (f" (waiting for {'; '.join(waiting)})" if waiting else "")
     finally:
         for task in (check, exited):
             if not task.done():

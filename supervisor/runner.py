@@ -1,7 +1,8 @@
 """Wire the parts together and run them in one asyncio process.
 
->>> from supervisor import config, runner     # doctest: +SKIP
->>> asyncio.run(runner.serve(config.load("config.toml", prepare=True)))
+    import asyncio
+    from supervisor import config, runner
+    asyncio.run(runner.serve(config.load("config.toml", prepare=True)))
 
 Signals are handled here and nowhere else: SIGTERM and SIGINT stop the app
 gracefully (``stop_signal``, then SIGKILL after ``stop_timeout``) and return.
@@ -61,7 +62,7 @@ class Supervisor:
         self._reader = pygit2.Repository(str(settings.repo_path))  # loop-thread reads only
         self._described: dict[str, dict[str, str]] = {}
         self.git = GitThread()
-        self.expected = Expected()
+        self.expected = Expected(settings.repo_path)
         try:
             self.releases = Releases(settings)
         except OSError as exc:

@@ -1,23 +1,34 @@
 """Watch the work tree (watchfiles) and ask for a restart when a file changes.
 
-The deploy itself writes files; those writes are announced beforehand with
-:meth:`Expected.expect` and dropped here, so one deploy causes exactly one
-restart (the deploy's), and a rollback's tree reset causes none.
+The deploy itself writes files. Before it does, it announces what each path
+will hold (:meth:`Expected.expect`, with the git blob id, or None for a
+deletion); a change event whose file now holds exactly that is our own write
+and is dropped. So one deploy causes exactly one restart (the deploy's), a
+rollback's tree reset causes none, and a person's edit made right after a
+deploy still restarts the app.
 
->>> e = Expected(ttl=5.0)
->>> e.expect(["app.py"])
->>> e.unexpected({"app.py", "README.md"}, now=e._until["app.py"] - 1)
-{'README.md'}
+>>> import tempfile, pathlib
+>>> root = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (root / "app.py").write_text("v2")
+>>> e = Expected(root)
+>>> e.expect({"app.py": blob_id(root / "app.py"), "gone.txt": None})
+>>> sorted(e.unexpected({"app.py", "gone.txt", "README.md"}))
+['README.md']
+>>> _ = (root / "app.py").write_text("edited by hand")
+>>> sorted(e.unexpected({"app.py"}))
+['app.py']
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
+import hashlib
 import logging
+import os
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Mapping
 
 import watchfiles
 
@@ -27,28 +38,51 @@ ALWAYS_IGNORED_DIRS = {".git", "__pycache__", ".hg", ".svn", ".mypy_cache", ".py
 ALWAYS_IGNORED_GLOBS = ("*.pyc", "*.pyo", "*.swp", "*.swx", "*~", ".#*")
 
 
-class Expected:
-    """Paths the supervisor is about to write, each forgotten after ``ttl`` seconds."""
+def blob_id(path: Path) -> str | None:
+    """The git blob id of what ``path`` holds now (None if it is gone)."""
+    try:
+        data = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except IsADirectoryError:
+        return "dir"
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
-    def __init__(self, ttl: float = 5.0) -> None:
+
+class Expected:
+    """What the supervisor is about to write, path by path; forgotten after ``ttl`` seconds.
+
+    Every content announced within ``ttl`` counts as ours (a deploy and its
+    rollback follow each other faster than a debounced batch may arrive).
+    """
+
+    def __init__(self, root: Path, ttl: float = 60.0) -> None:
+        self.root = root
         self.ttl = ttl
-        self._until: dict[str, float] = {}
+        self._writes: dict[str, dict[str | None, float]] = {}
+        self._dirs: dict[str, float] = {}
         self.batches = 0  # debounced batches seen
         self.dropped = 0  # of them, wholly our own writes
 
-    def expect(self, paths: Iterable[str]) -> None:
+    def expect(self, writes: Mapping[str, str | None]) -> None:
         until = time.monotonic() + self.ttl
-        for p in paths:
-            self._until[p] = until
-            # A checkout that adds a/b/c.txt also creates (or removes) a/ and a/b/.
-            parts = p.split("/")[:-1]
+        for path, blob in writes.items():
+            self._writes.setdefault(path, {})[blob] = until
+            parts = path.split("/")[:-1]
             for i in range(1, len(parts) + 1):
-                self._until["/".join(parts[:i])] = until
+                self._dirs["/".join(parts[:i])] = until
 
-    def unexpected(self, changed: set[str], now: float | None = None) -> set[str]:
-        now = time.monotonic() if now is None else now
-        self._until = {p: t for p, t in self._until.items() if t > now}
-        left = {p for p in changed if p not in self._until}
+    def _ours(self, path: str) -> bool:
+        full = self.root / path
+        if path in self._dirs or full.is_dir():
+            return True  # a folder appearing or going matters only through its files
+        return blob_id(full) in self._writes.get(path, {})
+
+    def unexpected(self, changed: set[str]) -> set[str]:
+        now = time.monotonic()
+        self._writes = {p: live for p, w in self._writes.items() if (live := {b: t for b, t in w.items() if t > now})}
+        self._dirs = {p: t for p, t in self._dirs.items() if t > now}
+        left = {p for p in changed if not self._ours(p)}
         self.batches += 1
         self.dropped += not left
         return left

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -46,6 +46,7 @@ class Facts:
     target_is_ancestor: bool  # target is already in our history
     changed: tuple[str, ...]  # paths the move would write
     blocking: tuple[str, ...]  # local edits among them
+    writes: dict[str, str | None] = field(default_factory=dict)  # path -> blob id it will hold (None: deleted)
 
 
 class GitThread:
@@ -125,9 +126,13 @@ class WorkTree:
             return Facts(head, target, True, True, (), ())
         old, new = self.repo[head], self.repo[target]
         changed: set[str] = set()
+        writes: dict[str, str | None] = {}
         for delta in self.repo.diff(old, new).deltas:
             changed.add(delta.old_file.path)
             changed.add(delta.new_file.path)
+            writes.setdefault(delta.old_file.path, None)  # renamed away or deleted
+            if delta.status != pygit2.enums.DeltaStatus.DELETED:
+                writes[delta.new_file.path] = str(delta.new_file.id)
         status = self.repo.status()
         blocking = sorted(p for p in changed if status.get(p, FileStatus.CURRENT) not in _UNTOUCHED)
         return Facts(
@@ -137,6 +142,7 @@ class WorkTree:
             target_is_ancestor=self.repo.descendant_of(head, target),
             changed=tuple(sorted(changed)),
             blocking=tuple(blocking),
+            writes=writes,
         )
 
     def backup(self, sha: str) -> str:

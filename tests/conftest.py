@@ -123,7 +123,7 @@ class Repos:
         for name, content in files.items():
             path = self.dev / name
             if content is None:
-                path.unlink()
+                path.unlink(missing_ok=True)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(content)

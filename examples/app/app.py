@@ -46,6 +46,11 @@ class Server(ThreadingHTTPServer):
 
 
 def serve_on(sock: socket.socket) -> Server:
+    # The socket is shared with the next (or previous) release: when select()
+    # wakes us, the other process may win the accept(). A blocking accept()
+    # would then hang until some later connection, and a stopping server would
+    # never notice its shutdown; non-blocking, the lost race is just skipped.
+    sock.setblocking(False)
     server = Server(sock.getsockname()[:2], Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = sock
@@ -74,18 +79,19 @@ def main() -> None:
         servers = [serve_on(socket.socket(fileno=fd)) for fd in fds]
     else:
         servers = [Server(("127.0.0.1", args.port or 8000), Handler)]
+    # Block SIGTERM/SIGINT in every thread and take them with sigwait() here:
+    # a signal delivered to a handler thread would otherwise never wake a
+    # main thread blocked in join(), and the server would not stop.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05}) for s in servers]
     for t in threads:
         t.start()
-
-    def stop(_signum: int, _frame: object) -> None:
-        # shutdown() blocks until serve_forever returns, so not in this handler's thread.
-        threading.Thread(target=lambda: [s.shutdown() for s in servers]).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     print(f"serving commit {COMMIT[:12]} on {[s.server_address for s in servers]}", flush=True)
     notify_ready()
+    signal.sigwait(stop_signals)
+    for s in servers:
+        s.shutdown()  # stop accepting; server_close() then waits for requests in flight
     for t in threads:
         t.join()
     for s in servers:

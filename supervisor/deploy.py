@@ -13,10 +13,11 @@ or refuse) and :func:`Backoff` arithmetic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Iterator, Literal
 
 from .child import Child, Spec, describe_exit
 from .guard import Guard
@@ -75,6 +76,25 @@ class Backoff:
             self.failures = 0
 
 
+class Phases:
+    """Seconds spent in each phase of one deploy: ``with phases("fetch"): ...``."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.done: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.done[name] = round(time.monotonic() - t, 4)
+
+    def total(self) -> float:
+        return time.monotonic() - self.started
+
+
 @dataclass
 class LastDeploy:
     result: str
@@ -82,10 +102,11 @@ class LastDeploy:
     commit: str
     trigger: str = ""
     at: float = field(default_factory=time.time)
+    phases: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {"result": self.result, "reason": self.reason, "commit": self.commit,
-                "trigger": self.trigger, "at": self.at}
+                "trigger": self.trigger, "at": self.at, "phases": self.phases}
 
 
 class Deployer:
@@ -160,28 +181,29 @@ class Deployer:
         live = self.releases.live
         return live is None or not live.alive
 
-    async def _finish(self, result: str, reason: str, commit: str, trigger: str) -> None:
-        self.last = LastDeploy(result, reason, commit, trigger)
+    async def _finish(self, result: str, reason: str, commit: str, trigger: str,
+                      phases: dict[str, float] | None = None) -> None:
+        self.last = LastDeploy(result, reason, commit, trigger, phases=phases or {})
         self.deploys += 1
         level = logging.INFO if result == "ok" else logging.WARNING
         log.log(level, "deploy %s: %s (%s, trigger %s)", result, reason, commit[:12], trigger)
 
     async def _run_deploy(self, trigger: str) -> None:
-        started = time.monotonic()
         self.state = "deploying"
         try:
-            await self._deploy_once(trigger, started)
+            await self._deploy_once(trigger, Phases())
         finally:
             self.state = "running" if not self._needs_recovery() else "crashed"
             if self._needs_recovery():
                 self._wake.set()
 
-    async def _deploy_once(self, trigger: str, started: float) -> None:
+    async def _deploy_once(self, trigger: str, phases: "Phases") -> None:
         try:
-            tip = await self.git.run(self.tree.fetch)
+            with phases("fetch"):
+                tip = await self.git.run(self.tree.fetch)
         except FetchError as exc:
             delay = self._fetch_backoff.next()
-            await self._finish("failed", f"{exc}; retrying in {delay:g}s", self.deployed, trigger)
+            await self._finish("failed", f"{exc}; retrying in {delay:g}s", self.deployed, trigger, phases.done)
             self._schedule_retry(delay, trigger)
             return
         self._fetch_backoff.failures = 0
@@ -191,24 +213,26 @@ class Deployer:
             log.info("nothing to deploy: %s", decision.reason)
             return
         if decision.action == "refuse":
-            await self._finish("refused", decision.reason, tip, trigger)
+            await self._finish("refused", decision.reason, tip, trigger, phases.done)
             return
         previous = self.deployed
         try:
-            await self._move(facts, backup=decision.action == "reset", reason=decision.reason)
+            with phases("checkout"):
+                await self._move(facts, backup=decision.action == "reset", reason=decision.reason)
         except GitFailure as exc:
-            await self._finish("refused", str(exc), tip, trigger)
+            await self._finish("refused", str(exc), tip, trigger, phases.done)
             return
-        why = await self._before_restart()
+        with phases("before_restart"):
+            why = await self._before_restart()
         ok = why is None
         if ok:
-            result = await self._swap(tip, trigger, previous=previous)
+            with phases("start"):
+                result = await self._swap(tip, trigger, previous=previous)
             ok, why = result.ok, result.reason
         if ok:
-            took = time.monotonic() - started
-            await self._finish("ok", f"{decision.reason} in {took:.2f}s", tip, trigger)
+            await self._finish("ok", f"{decision.reason} in {phases.total():.2f}s", tip, trigger, phases.done)
             return
-        await self._roll_back(tip, previous, why or "failed", trigger)
+        await self._roll_back(tip, previous, why or "failed", trigger, phases)
 
     async def _move(self, facts: Facts, backup: bool, reason: str) -> None:
         def work() -> None:
@@ -253,12 +277,13 @@ class Deployer:
             self.deployed = commit
         return result
 
-    async def _roll_back(self, bad: str, good: str, why: str, trigger: str) -> None:
+    async def _roll_back(self, bad: str, good: str, why: str, trigger: str, phases: "Phases") -> None:
         """The new commit failed: tree back to the running commit, old release untouched."""
         self.bad[bad] = why
-        await self._move_back(good)
+        with phases("rollback"):
+            await self._move_back(good)
         self.deployed = good
-        await self._finish("failed", f"{bad[:12]} rolled back to {good[:12]}: {why}", bad, trigger)
+        await self._finish("failed", f"{bad[:12]} rolled back to {good[:12]}: {why}", bad, trigger, phases.done)
         if self._needs_recovery():
             # Nothing kept serving (no held socket, or it had crashed): bring the good one back.
             await self._recover()

@@ -18,6 +18,7 @@ class Results:
     examples: list[str] = field(default_factory=list)
     commits: Counter = field(default_factory=Counter)
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (start, seconds)
+    events: list[tuple[float, str | None, str | None]] = field(default_factory=list)  # (start, failure, commit)
 
     @property
     def failed(self) -> int:
@@ -56,6 +57,7 @@ class Load:
     def _record(self, kind: str | None, detail: str, started: float, commit: str | None = None) -> None:
         with self._lock:
             self.results.latencies.append((started, time.monotonic() - started))
+            self.results.events.append((started, kind, commit))
             if kind is None:
                 self.results.ok += 1
                 if commit:

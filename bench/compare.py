@@ -1,0 +1,371 @@
+#!/usr/bin/env python3
+"""Side by side, on the same Flask app and the same bounded load:
+
+1. pushcd: the app under gunicorn on the held socket, health-gated swaps;
+2. the stack it replaces: a Flask webhook blueprint that verifies the signature and pulls
+   with GitPython, served by ``gunicorn --reload``;
+3. the watchfiles CLI restarting gunicorn, with a separate webhook receiver doing the pull.
+
+For each: webhook answer latency, push-to-new-release-serving, failed requests by kind,
+p99 request latency during swaps vs outside, availability for 10 s after a broken commit,
+RSS and idle CPU of the managing processes. Writes ``bench/RESULTS.md``.
+
+    .venv/bin/pip install -e '.[test,bench]'
+    .venv/bin/python bench/compare.py --deploys 20 --spacing 2
+
+Only 127.0.0.1; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.gitrepos import Repos, git  # noqa: E402
+from tests.load import Load  # noqa: E402
+
+PY = sys.executable
+BIN = Path(sys.executable).parent
+SECRET = "bench-secret"
+
+APP = '''from flask import Flask
+from version import VERSION
+
+app = Flask(__name__)
+
+
+@app.get("/")
+def index():
+    return f"version {VERSION}\\ncommit {VERSION}\\n"
+
+
+@app.get("/health")
+def health():
+    return "ok\\n"
+
+
+if __import__("os").environ.get("LEGACY_HOOK"):
+    from hook import bp
+    app.register_blueprint(bp)
+'''
+
+# The webhook people write by hand: verify, then pull synchronously with GitPython.
+HOOK = '''import hashlib, hmac, os, sys
+import git
+from flask import Blueprint, Flask, abort, request
+
+bp = Blueprint("hook", __name__)
+SECRET = os.environ["WEBHOOK_SECRET"].encode()
+REPO = os.environ.get("REPO_DIR", os.path.dirname(os.path.abspath(__file__)))
+
+
+@bp.post("/github")
+def github():
+    sig = request.headers.get("X-Hub-Signature-256", "")
+    good = "sha256=" + hmac.new(SECRET, request.get_data(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(sig, good):
+        abort(401)
+    if request.headers.get("X-GitHub-Event") == "push":
+        git.Repo(REPO).remotes.origin.pull("main", ff_only=True)
+    return "ok\\n"
+
+
+if __name__ == "__main__":
+    app = Flask(__name__)
+    app.register_blueprint(bp)
+    app.run("127.0.0.1", int(sys.argv[1]), threaded=True)
+'''
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seed(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "app.py").write_text(APP)
+    (folder / "hook.py").write_text(HOOK)
+    (folder / "version.py").write_text('VERSION = "0"\n')
+    return folder
+
+
+def post_push(url: str, sha: str) -> tuple[float, int]:
+    body = json.dumps({"ref": "refs/heads/main", "after": sha, "repository": {"full_name": "bench/app"}}).encode()
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()})
+    t = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError:
+        status = 0
+    return time.perf_counter() - t, status
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (OSError, urllib.error.HTTPError):
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:  # field 6: session id
+                pids.append(int(entry))
+    return pids
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Stack:
+    name: str
+    app_port: int
+    hook_url: str
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    manager: int = 0  # the pid whose RSS we report
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def pids(self) -> list[int]:
+        return [pid for p in self.procs for pid in session_pids(p.pid)]
+
+
+def start_pushcd(repos: Repos, logs: Path) -> Stack:
+    port, hook_port, ctl = free_port(), free_port(), free_port()
+    cfg = repos.root / "pushcd.toml"
+    cfg.write_text(f"""
+[webhook]
+listen = "127.0.0.1:{hook_port}"
+secret_env = "WEBHOOK_SECRET"
+[repo]
+path = "{repos.work}"
+branch = "main"
+[app]
+command = ["{BIN / 'gunicorn'}", "--bind", "fd://{{fd}}", "--bind", "fd://{{probe_fd}}", "--workers", "2",
+           "--graceful-timeout", "10", "app:app"]
+listen = "127.0.0.1:{port}"
+[app.ready]
+http = "/health"
+min_uptime = 0.0
+timeout = 30
+[watch]
+debounce_ms = 100
+[control]
+listen = "127.0.0.1:{ctl}"
+[state]
+dir = "{repos.root / 'state'}"
+""")
+    env = {**os.environ, "WEBHOOK_SECRET": SECRET}
+    proc = subprocess.Popen([PY, "-m", "supervisor", "run", "--config", str(cfg)], cwd=ROOT, env=env,
+                            stdout=open(logs / "pushcd.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/health")
+    stack = Stack("pushcd", port, f"http://127.0.0.1:{hook_port}/github", [proc], proc.pid)
+    stack.control = ctl  # type: ignore[attr-defined]
+    return stack
+
+
+def start_legacy(repos: Repos, logs: Path) -> Stack:
+    port = free_port()
+    env = {**os.environ, "WEBHOOK_SECRET": SECRET, "LEGACY_HOOK": "1", "REPO_DIR": str(repos.work)}
+    proc = subprocess.Popen([str(BIN / "gunicorn"), "--reload", "--workers", "2", "--bind", f"127.0.0.1:{port}",
+                             "app:app"], cwd=repos.work, env=env, stdout=open(logs / "legacy.log", "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/health")
+    return Stack("gunicorn --reload + Flask/GitPython hook", port, f"http://127.0.0.1:{port}/github", [proc], proc.pid)
+
+
+def start_watchfiles(repos: Repos, logs: Path) -> Stack:
+    port, hook_port = free_port(), free_port()
+    env = {**os.environ, "WEBHOOK_SECRET": SECRET, "REPO_DIR": str(repos.work)}
+    gun = f"{BIN / 'gunicorn'} --workers 2 --bind 127.0.0.1:{port} app:app"
+    wf = subprocess.Popen([str(BIN / "watchfiles"), "--filter", "python", gun, "."], cwd=repos.work, env=env,
+                          stdout=open(logs / "watchfiles.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    hook = subprocess.Popen([PY, "hook.py", str(hook_port)], cwd=repos.work, env=env,
+                            stdout=open(logs / "watchfiles-hook.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/health")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the hook answers 405 to GET once it is up
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{hook_port}/github", timeout=2)
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            time.sleep(0.05)
+    return Stack("watchfiles CLI + gunicorn, separate hook", port, f"http://127.0.0.1:{hook_port}/github",
+                 [wf, hook], wf.pid)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def run_stack(starter, name: str, root: Path, deploys: int, spacing: float, clients: int, logs: Path) -> dict:
+    repos = Repos(root / name, seed=seed(root / f"{name}-seed"))
+    stack = starter(repos, logs)
+    out: dict = {"stack": stack.name}
+    try:
+        time.sleep(1.0)  # let it settle before measuring idle (this is the scenario, not a sync)
+        pids = stack.pids()
+        c0 = cpu_seconds(pids)
+        time.sleep(5.0)
+        out["idle_cpu_pct"] = (cpu_seconds(pids) - c0) / 5.0 * 100
+        out["manager_rss_mb"] = rss_mb(stack.manager)
+        hook_lat, serve_times, windows = [], [], []
+        with Load(stack.app_port, clients=clients, max_requests=10**6, max_seconds=deploys * spacing + 60,
+                  timeout=10) as load:
+            time.sleep(1.0)
+            for i in range(1, deploys + 1):
+                sha = repos.commit({"version.py": f'VERSION = "{i}"\n'}, f"v{i}")
+                t_push = time.monotonic()
+                lat, status = post_push(stack.hook_url, sha)
+                hook_lat.append(lat)
+                served = None
+                deadline = t_push + 30
+                while time.monotonic() < deadline:
+                    with load._lock:
+                        if load.results.commits.get(str(i)):
+                            served = time.monotonic()
+                            break
+                    time.sleep(0.005)
+                serve_times.append((served or deadline) - t_push)
+                windows.append((t_push, (served or deadline) + 0.5))
+                time.sleep(max(0.0, spacing - (time.monotonic() - t_push)))
+            # A broken commit: the old release must keep answering.
+            sha = repos.commit({"version.py": "VERSION = (\n"}, "broken")
+            t_broken = time.monotonic()
+            post_push(stack.hook_url, sha)
+            time.sleep(10.0)  # the measured window itself
+        r = load.stop()
+        window = [e for e in r.events if t_broken <= e[0] <= t_broken + 10.0]
+        answered_old = sum(1 for _, kind, commit in window if kind is None and commit == str(deploys))
+        failed_after = sum(1 for _, kind, _ in window if kind is not None)
+        inside = [lat for start, lat in r.latencies if any(a <= start <= b for a, b in windows)]
+        outside = [lat for start, lat in r.latencies if not any(a <= start <= b for a, b in windows)
+                   and start < t_broken]
+        out.update({
+            "webhook_p50_ms": pct(hook_lat, 50) * 1000, "webhook_p99_ms": pct(hook_lat, 99) * 1000,
+            "serve_median_s": statistics.median(serve_times), "serve_max_s": max(serve_times),
+            "requests": r.ok + r.failed, "failures": dict(r.failures),
+            "p99_swap_ms": pct(inside, 99) * 1000, "p99_outside_ms": pct(outside, 99) * 1000,
+            "broken_availability_pct": 100.0 * answered_old / max(1, len(window)),
+            "broken_failed": failed_after, "examples": r.examples[:3],
+        })
+    finally:
+        stack.stop()
+    return out
+
+
+def table(results: list[dict]) -> str:
+    rows = [
+        ("webhook answer p50 / p99 (ms)", lambda r: f"{r['webhook_p50_ms']:.1f} / {r['webhook_p99_ms']:.1f}"),
+        ("push -> new release serving, median / max (s)", lambda r: f"{r['serve_median_s']:.2f} / {r['serve_max_s']:.2f}"),
+        ("requests sent", lambda r: str(r["requests"])),
+        ("failed requests (by kind)", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r["failures"].items())) or "0"),
+        ("p99 request latency during swaps / outside (ms)", lambda r: f"{r['p99_swap_ms']:.0f} / {r['p99_outside_ms']:.0f}"),
+        ("10 s after a broken commit: answered by the old release", lambda r: f"{r['broken_availability_pct']:.1f}%"),
+        ("manager RSS (MB)", lambda r: f"{r['manager_rss_mb']:.1f}"),
+        ("idle CPU, whole stack (% of one core)", lambda r: f"{r['idle_cpu_pct']:.2f}"),
+    ]
+    head = "| | " + " | ".join(r["stack"] for r in results) + " |\n|---|" + "---|" * len(results) + "\n"
+    return head + "".join(f"| {label} | " + " | ".join(fn(r) for r in results) + " |\n" for label, fn in rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deploys", type=int, default=20)
+    parser.add_argument("--spacing", type=float, default=2.0)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--only", choices=["pushcd", "legacy", "watchfiles"], action="append")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
+    args = parser.parse_args()
+    starters = {"pushcd": start_pushcd, "legacy": start_legacy, "watchfiles": start_watchfiles}
+    chosen = args.only or list(starters)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="pushcd-bench-") as tmp:
+        root = Path(tmp)
+        logs = ROOT / "bench" / "out"
+        logs.mkdir(exist_ok=True)
+        for name in chosen:
+            print(f"== {name}: {args.deploys} deploys, {args.spacing}s apart, {args.clients} clients", flush=True)
+            results.append(run_stack(starters[name], name, root, args.deploys, args.spacing, args.clients, logs))
+            print(json.dumps(results[-1], indent=1), flush=True)
+    text = table(results)
+    print(text)
+    cmd = "python bench/compare.py " + " ".join(sys.argv[1:])
+    Path(args.out).write_text(
+        f"# bench/compare results\n\n- machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.python_implementation()} {platform.python_version()}, {platform.platform()}\n"
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n- command: `{cmd.strip()}`\n"
+        f"- load: {args.clients} clients (a new connection per request), {args.deploys} deploys "
+        f"{args.spacing:g} s apart, then one broken commit (syntax error) and 10 s of load\n\n{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Issue 2 figures for pushcd alone: webhook answer latency under 50 concurrent signed
+deliveries, push-to-new-version-served minus the app's own start time, supervisor RSS and
+idle CPU.
+
+    .venv/bin/python bench/webhook_latency.py --rounds 20 --concurrency 50 --deploys 10
+
+Only 127.0.0.1; bounded in count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.compare import cpu_seconds, free_port, pct, rss_mb, wait_http  # noqa: E402
+from tests.gitrepos import Repos  # noqa: E402
+
+SECRET = b"bench-secret"
+
+
+def signed(body: bytes, event: str) -> dict[str, str]:
+    return {"Content-Type": "application/json", "X-GitHub-Event": event, "X-GitHub-Delivery": str(uuid.uuid4()),
+            "X-Hub-Signature-256": "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()}
+
+
+def app_start_time(work: Path, runs: int = 10) -> float:
+    """The app's own start: spawn to its first answer, standalone (median of runs)."""
+    times = []
+    for _ in range(runs):
+        port = free_port()
+        t = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=work,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health", 30)
+            times.append(time.monotonic() - t)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return statistics.median(times)
+
+
+def status(ctl: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ctl}/status", timeout=5) as resp:
+        return json.load(resp)
+
+
+def burst(port: int, body: bytes, n: int) -> list[float]:
+    """n deliveries sent at the same instant on n open connections; each one's answer time.
+
+    Raw sockets, so the figure is the server's and not a Python HTTP client's.
+    """
+    conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    reqs = []
+    for _ in range(n):
+        head = "".join(f"{k}: {v}\r\n" for k, v in signed(body, "push").items())
+        reqs.append(f"POST /github HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+                    f"Connection: close\r\n{head}\r\n".encode() + body)
+    sel = selectors.DefaultSelector()
+    sent: dict[socket.socket, float] = {}
+    for c, r in zip(conns, reqs):
+        sent[c] = time.perf_counter()
+        c.sendall(r)
+        sel.register(c, selectors.EVENT_READ)
+    done: list[float] = []
+    deadline = time.monotonic() + 30
+    while len(done) < n and time.monotonic() < deadline:
+        for key, _ in sel.select(1.0):
+            c = key.fileobj
+            if not c.recv(65536):  # the server closes after the answer (Connection: close)
+                done.append(time.perf_counter() - sent[c])
+                sel.unregister(c)
+                c.close()
+    for c in conns:
+        c.close()
+    if len(done) < n:
+        raise RuntimeError(f"only {len(done)} of {n} answers within 30s")
+    return done
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="pushcd-bench-") as tmp:
+        repos = Repos(Path(tmp) / "r")
+        hook, ctl, app = free_port(), free_port(), free_port()
+        cfg = Path(tmp) / "c.toml"
+        cfg.write_text(f"""
+[webhook]
+listen = "127.0.0.1:{hook}"
+secret_env = "WEBHOOK_SECRET"
+[repo]
+path = "{repos.work}"
+[app]
+command = ["{sys.executable}", "app.py", "--fd", "{{fd}}", "--fd", "{{probe_fd}}"]
+listen = "127.0.0.1:{app}"
+[app.ready]
+http = "/health"
+min_uptime = 0.0
+[control]
+listen = "127.0.0.1:{ctl}"
+[state]
+dir = "{tmp}/state"
+""")
+        proc = subprocess.Popen([sys.executable, "-m", "supervisor", "run", "--config", str(cfg)], cwd=ROOT,
+                                env={**os.environ, "WEBHOOK_SECRET": SECRET.decode()},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_http(f"http://127.0.0.1:{app}/health")
+            time.sleep(1.0)  # settle, then measure idle (the scenario, not a sync)
+            c0 = cpu_seconds([proc.pid])
+            time.sleep(5.0)
+            idle = (cpu_seconds([proc.pid]) - c0) / 5.0 * 100
+            rss_idle = rss_mb(proc.pid)
+            url = f"http://127.0.0.1:{hook}/github"
+            # Deliveries for another branch: verified, judged and answered, with no deploy, so
+            # the figure is the answer path alone; then pushes to the branch (queued, coalesced).
+            other = json.dumps({"ref": "refs/heads/other", "after": "a" * 40}).encode()
+            lat: list[float] = []
+            burst(hook, other, args.concurrency)  # warm up
+            for _ in range(args.rounds):
+                lat += burst(hook, other, args.concurrency)
+            queued: list[float] = []
+            for _ in range(args.rounds):
+                sha = repos.commit({"message.txt": f"{uuid.uuid4()}\n"}, "burst")
+                body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
+                queued += burst(hook, body, args.concurrency)
+            async with aiohttp.ClientSession() as s:
+                # push -> new version served, minus the app's own start (spawn -> ready)
+                totals: list[float] = []
+                phases: list[dict] = []
+                for i in range(args.deploys):
+                    deadline = time.monotonic() + 60
+                    while status(ctl)["state"] != "running" and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    sha = repos.commit({"message.txt": f"deploy {i}\n"}, f"deploy {i}")
+                    body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
+                    t = time.monotonic()
+                    async with s.post(url, data=body, headers=signed(body, "push")) as resp:
+                        await resp.read()
+                    while time.monotonic() < deadline:
+                        async with s.get(f"http://127.0.0.1:{app}/") as resp:
+                            if sha in await resp.text():
+                                break
+                    totals.append(time.monotonic() - t)
+                    phases.append(status(ctl)["last_deploy"]["phases"])
+            rss_after = rss_mb(proc.pid)
+            own = app_start_time(repos.work)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    print(f"webhook answer, {args.concurrency} concurrent, {len(lat)} deliveries (no deploy): "
+          f"p50 {pct(lat, 50) * 1000:.2f} ms, p99 {pct(lat, 99) * 1000:.2f} ms")
+    print(f"webhook answer, {args.concurrency} concurrent pushes that queue deploys, {len(queued)} deliveries: "
+          f"p50 {pct(queued, 50) * 1000:.2f} ms, p99 {pct(queued, 99) * 1000:.2f} ms")
+    over = [t - own for t in totals]
+    print(f"push -> new version served: median {statistics.median(totals) * 1000:.0f} ms, max "
+          f"{max(totals) * 1000:.0f} ms ({args.deploys} deploys); the app's own start (spawn -> first answer, "
+          f"standalone) median {own * 1000:.0f} ms; difference median {statistics.median(over) * 1000:.0f} ms, "
+          f"max {max(over) * 1000:.0f} ms")
+    for key in ("fetch", "checkout"):
+        vals = [p.get(key, 0.0) for p in phases]
+        print(f"  phase {key}: median {statistics.median(vals) * 1000:.1f} ms")
+    print(f"supervisor RSS: {rss_idle:.1f} MB idle, {rss_after:.1f} MB after the run; idle CPU {idle:.2f}% of one core")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--deploys", type=int, default=10)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

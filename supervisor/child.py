@@ -107,6 +107,8 @@ class Child:
         env = {**os.environ, **spec.env, **(extra_env or {})}
         argv = list(spec.argv)
         env.pop("LISTEN_PID", None)
+        if not env.get("NOTIFY_SOCKET"):
+            env.pop("NOTIFY_SOCKET", None)  # systemd's socket is ours, not the app's
         if fds:
             env["LISTEN_FDS"] = str(len(fds))
             if listen_pid:

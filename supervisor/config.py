@@ -21,6 +21,7 @@ key and the fix; the CLI prints it and exits 2, never with a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import signal
@@ -46,6 +47,10 @@ class Webhook(_Section):
     secret_env: str | None = None
     secret_file: str | None = None
     allow_sha1: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    allow_from: list[str] = []  # CIDRs; empty = everyone (the signature still decides)
+    trusted_proxies: list[str] = []  # CIDRs whose X-Forwarded-For names the real peer
 
 
 class Repo(_Section):
@@ -83,10 +88,16 @@ class Watch(_Section):
 
 class Control(_Section):
     listen: str = "127.0.0.1:9001"
+    token_env: str | None = None  # required when listen is not loopback
 
 
 class State(_Section):
     dir: str = ".supervisor-state"
+    retention: int = 500  # deploys kept in the history
+
+
+class Log(_Section):
+    format: Literal["text", "json"] = "text"
 
 
 class Deploy(_Section):
@@ -112,6 +123,7 @@ class Config(_Section):
     state: State = msgspec.field(default_factory=State)
     deploy: Deploy = msgspec.field(default_factory=Deploy)
     demo: Demo = msgspec.field(default_factory=Demo)
+    log: Log = msgspec.field(default_factory=Log)
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,10 @@ class Settings:
     watch_paths: tuple[Path, ...]
     state_dir: Path
     stop_signal: signal.Signals
+    control_token: bytes | None = None
+    allow_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    tls: tuple[Path, Path] | None = None
 
     def __repr__(self) -> str:  # never print the secret
         return f"Settings(source={self.source!s}, repo={self.repo_path!s})"
@@ -244,14 +260,17 @@ def resolve(source: Path, raw: Config, *, prepare: bool = False) -> Settings:
             raise ConfigError(f"[app] {name} must be greater than 0")
     if raw.watch.debounce_ms < 0:
         raise ConfigError("[watch] debounce_ms must be 0 or more")
+    if raw.state.retention < 1:
+        raise ConfigError("[state] retention must be 1 or more")
     repo_path = (base / raw.repo.path).resolve()
     app_cwd = (repo_path / raw.app.cwd).resolve()
     watch_paths = tuple((repo_path / p).resolve() for p in raw.watch.paths) or (repo_path,)
+    control_listen = parse_address(raw.control.listen, "[control] listen")
     settings = Settings(
         source=source,
         raw=raw,
         webhook_listen=parse_address(raw.webhook.listen, "[webhook] listen"),
-        control_listen=parse_address(raw.control.listen, "[control] listen"),
+        control_listen=control_listen,
         app_listen=parse_address(raw.app.listen, "[app] listen") if raw.app.listen else None,
         secret=read_secret(raw.webhook, base),
         repo_path=repo_path,
@@ -259,8 +278,56 @@ def resolve(source: Path, raw: Config, *, prepare: bool = False) -> Settings:
         watch_paths=watch_paths,
         state_dir=(base / raw.state.dir).resolve(),
         stop_signal=stop_signal,
+        control_token=_control_token(raw.control, control_listen),
+        allow_from=_networks(raw.webhook.allow_from, "[webhook] allow_from"),
+        trusted_proxies=_networks(raw.webhook.trusted_proxies, "[webhook] trusted_proxies"),
+        tls=_tls(raw.webhook, base),
     )
     return settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _control_token(cfg: Control, listen: Address) -> bytes | None:
+    if cfg.token_env:
+        value = os.environ.get(cfg.token_env)
+        if not value:
+            raise ConfigError(f"[control] token_env: environment variable {cfg.token_env} is not set; "
+                              f"export {cfg.token_env}=<a long random token>")
+        return value.encode()
+    if not is_loopback(listen.host):
+        raise ConfigError(f'[control] listen = "{listen}" is not loopback, so it needs a bearer token: '
+                          f'set token_env to the name of a variable holding one')
+    return None
+
+
+def _networks(values: list[str], key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for value in values:
+        try:
+            out.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise ConfigError(f'{key}: "{value}" is not an address or CIDR block, e.g. "192.30.252.0/22"') from None
+    return tuple(out)
+
+
+def _tls(cfg: Webhook, base: Path) -> tuple[Path, Path] | None:
+    if not cfg.tls_cert and not cfg.tls_key:
+        return None
+    if not (cfg.tls_cert and cfg.tls_key):
+        raise ConfigError("[webhook] set both tls_cert and tls_key (PEM files), or neither")
+    cert, key = (base / cfg.tls_cert).resolve(), (base / cfg.tls_key).resolve()
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        if not path.is_file():
+            raise ConfigError(f"[webhook] {name}: {path} does not exist")
+    return cert, key
 
 
 def check_work_tree(settings: Settings) -> None:

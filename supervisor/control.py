@@ -1,17 +1,30 @@
-"""The control endpoint: what is deployed and what is happening, as JSON."""
+"""The control API and the status page, on ``[control] listen``.
+
+``GET /status``, ``GET /history``, ``GET /logs``, ``POST /deploy``, ``POST /rollback``,
+``GET /metrics`` (Prometheus text) and ``GET /`` (an HTML page that refreshes
+itself). Off loopback every request needs ``Authorization: Bearer <token>``
+(compared in constant time); on loopback too when ``token_env`` is set.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import html
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
+
+from .metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from .runner import Supervisor
 
+WAIT_LIMIT = 900.0  # POST /deploy?wait=1 answers within this, finished or not
 
-def status(sup: "Supervisor") -> dict[str, object]:
+
+def status(sup: "Supervisor") -> dict[str, Any]:
     d = sup.deployer
     live = sup.releases.live
     alive = live is not None and live.alive
@@ -29,14 +42,158 @@ def status(sup: "Supervisor") -> dict[str, object]:
         "bad_commits": dict(d.bad),
         "app_port": sup.releases.port,
         "webhook_url": sup.webhook_url,
-        "time": time.time(),
+        "supervisor_uptime": round(time.time() - sup.started, 3),
     }
+
+
+def _int(request: web.Request, name: str, default: int | None, low: int = 1, high: int = 1000) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return max(low, min(high, int(raw)))
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be a whole number") from None
+
+
+def _token_check(token: bytes | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def check(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                    ) -> web.StreamResponse:
+        if token is not None:
+            sent = request.headers.get("Authorization", "")
+            given = sent[len("Bearer "):].encode() if sent.startswith("Bearer ") else b""
+            if not hmac.compare_digest(given, token):
+                return web.json_response({"error": "a valid 'Authorization: Bearer <token>' is required"},
+                                         status=401, headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return check
 
 
 def make_app(sup: "Supervisor") -> web.Application:
     async def get_status(_request: web.Request) -> web.Response:
         return web.json_response(status(sup))
 
-    app = web.Application()
-    app.add_routes([web.get("/status", get_status)])
+    async def get_history(request: web.Request) -> web.Response:
+        limit = _int(request, "limit", 50)
+        before = _int(request, "before", None, 1, 2**62)
+        deploys = sup.history.deploys(limit or 50, before)
+        return web.json_response({
+            "deploys": deploys,
+            "deliveries": sup.history.deliveries(_int(request, "deliveries", 20) or 20),
+            "next": {"before": deploys[-1]["seq"]} if len(deploys) == limit else None,
+        })
+
+    async def get_logs(request: web.Request) -> web.Response:
+        since = float(request.query.get("since", "0") or 0)
+        lines = [{"time": t, "pid": pid, "line": line} for t, pid, line in sup.lines if t > since]
+        return web.json_response({"lines": lines[-(_int(request, "limit", 200, 1, 500) or 200):]})
+
+    async def act(request: web.Request, future: "asyncio.Future[Any]", what: str) -> web.Response:
+        if request.query.get("wait") not in ("1", "true", "yes"):
+            return web.json_response({"queued": what, "queue": sup.deployer.queued}, status=202)
+        try:
+            last = await asyncio.wait_for(asyncio.shield(future), WAIT_LIMIT)
+        except asyncio.TimeoutError:
+            return web.json_response({"queued": what, "done": False, "status": status(sup)}, status=202)
+        body = {"done": True, "result": last.as_dict() if last else None, "status": status(sup)}
+        if last is None:
+            body["note"] = "nothing to deploy: already at the branch tip (or it is marked bad)"
+        return web.json_response(body)
+
+    async def post_deploy(request: web.Request) -> web.Response:
+        return await act(request, sup.deployer.request_deploy("manual"), "deploy")
+
+    async def post_rollback(request: web.Request) -> web.Response:
+        return await act(request, sup.deployer.request_rollback(), "rollback")
+
+    async def get_metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=sup.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def get_page(_request: web.Request) -> web.Response:
+        return web.Response(text=render_page(sup), content_type="text/html")
+
+    app = web.Application(middlewares=[_token_check(sup.settings.control_token)])
+    app.add_routes([
+        web.get("/", get_page),
+        web.get("/status", get_status),
+        web.get("/history", get_history),
+        web.get("/logs", get_logs),
+        web.post("/deploy", post_deploy),
+        web.post("/rollback", post_rollback),
+        web.get("/metrics", get_metrics),
+    ])
     return app
+
+
+def _ago(ts: float) -> str:
+    s = max(0, int(time.time() - ts))
+    return f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else f"{s // 3600}h ago"
+
+
+_CSS = """
+body{font:15px/1.4 system-ui,sans-serif;margin:0;padding:12px;background:#f6f7f9;color:#1d2330}
+h1{font-size:20px;margin:0 0 8px} h2{font-size:16px;margin:18px 0 6px}
+.card{background:#fff;border-radius:8px;padding:12px;box-shadow:0 1px 2px #0001;margin-bottom:10px}
+.state{display:inline-block;padding:2px 8px;border-radius:10px;background:#dde;font-weight:600}
+.running,.ok,.queued{background:#d4f5dd;color:#125c2a} .deploying,.ping{background:#fff1c2;color:#6b4e00}
+.crashed,.failed,.unauthorized,.forbidden,.bad_request{background:#fbd5d5;color:#8a1414}
+.refused,.ignored,.duplicate,.too_large{background:#e5e7eb;color:#374151}
+table{border-collapse:collapse;width:100%} td,th{text-align:left;padding:4px 6px;border-top:1px solid #eee;
+vertical-align:top;font-size:14px} code{font-size:13px} .reason{word-break:break-word}
+pre{background:#111827;color:#e5e7eb;padding:8px;border-radius:6px;overflow-x:auto;font-size:12px;max-height:22em}
+@media (max-width:600px){.wide{display:none} td,th{font-size:13px}}
+"""
+
+
+def render_page(sup: "Supervisor") -> str:
+    e = html.escape
+    st = status(sup)
+    sha = st["deployed_commit"]
+    rows = []
+    for d in sup.history.deploys(15):
+        rows.append(
+            f"<tr><td><span class='state {e(d['result'])}'>{e(d['result'])}</span></td>"
+            f"<td><code>{e((d['to_commit'] or '')[:12])}</code></td><td>{e(d['trigger'])}</td>"
+            f"<td>{d['duration']:.2f}s</td><td class='wide'>{e(_ago(d['ended_at']))}</td>"
+            f"<td class='reason'>{e(d['reason'] or '')}</td></tr>")
+    deliveries = []
+    for d in sup.history.deliveries(15):
+        ident = "" if d["id"].startswith("-") else d["id"]
+        deliveries.append(
+            f"<tr><td><span class='state {e(d['verdict'])}'>{e(d['verdict'])}</span></td>"
+            f"<td>{e(d['event'] or '')}</td><td class='wide'><code>{e(ident[:36])}</code></td>"
+            f"<td>{e(_ago(d['received_at']))}</td><td class='reason'>{e(d['reason'] or '')}</td></tr>")
+    lines = "\n".join(f"[{pid}] {line}" for _, pid, line in list(sup.lines)[-40:])
+    last = st["last_deploy"]
+    last_html = (f"<span class='state {e(last['result'])}'>{e(last['result'])}</span> "
+                 f"<span class='reason'>{e(last['reason'])}</span>") if last else "none yet"
+    bad = "".join(f"<li><code>{e(k[:12])}</code> {e(v)}</li>" for k, v in st["bad_commits"].items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="refresh" content="5">
+<title>pushcd: {e(st['state'])} {e(sha[:12])}</title><style>{_CSS}</style></head>
+<body>
+<h1>pushcd</h1>
+<div class="card" id="deployed">
+ <div>State: <span class="state {e(st['state'])}" id="state">{e(st['state'])}</span></div>
+ <div>Deployed: <code id="commit">{e(sha)}</code></div>
+ <div>Message: <b id="message">{e(st['deployed_message'])}</b> by {e(st['deployed_author'])}</div>
+ <div>Child pid {st['child_pid'] or '-'}, up {st['uptime']:.0f}s, {st['restarts']} restarts, queue: {e(', '.join(st['queue']) or 'empty')}</div>
+ <div>Last deploy: {last_html}</div>
+ {f"<div>Marked bad:<ul>{bad}</ul></div>" if bad else ""}
+</div>
+<h2>Deploys</h2>
+<div class="card"><table id="deploys"><tr><th>result</th><th>commit</th><th>trigger</th><th>took</th>
+<th class="wide">when</th><th>reason</th></tr>{''.join(rows) or '<tr><td colspan=6>none yet</td></tr>'}</table></div>
+<h2>Deliveries</h2>
+<div class="card"><table id="deliveries"><tr><th>verdict</th><th>event</th><th class="wide">id</th><th>when</th>
+<th>reason</th></tr>{''.join(deliveries) or '<tr><td colspan=5>none yet</td></tr>'}</table></div>
+<h2>App output</h2>
+<pre id="logs">{e(lines) or '(nothing yet)'}</pre>
+<p><small>Refreshes every 5 s. JSON: <a href="status">/status</a>, <a href="history">/history</a>,
+<a href="logs">/logs</a>, <a href="metrics">/metrics</a>.</small></p>
+</body></html>
+"""

@@ -17,10 +17,12 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Awaitable, Iterator, Literal
 
 from .child import Child, Spec, describe_exit
 from .guard import Guard
+from .history import DeployRecord, History
+from .metrics import Metrics
 from .release import Release, Releases, failure_report
 from .watch import Expected
 from .worktree import Facts, FetchError, GitFailure, GitThread, WorkTree
@@ -81,6 +83,7 @@ class Phases:
 
     def __init__(self) -> None:
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.done: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -110,9 +113,12 @@ class LastDeploy:
 
 
 class Deployer:
+    """The single worker: deploys, restarts, rollbacks and crash recovery, one at a time."""
+
     def __init__(self, tree: WorkTree, git: GitThread, releases: Releases, expected: Expected,
                  on_diverge: str, probation: float, before_restart: list[list[str]],
-                 before_restart_timeout: float) -> None:
+                 before_restart_timeout: float, history: History | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.tree = tree
         self.git = git
         self.releases = releases
@@ -121,13 +127,17 @@ class Deployer:
         self.probation = probation
         self.before_restart = before_restart
         self.before_restart_timeout = before_restart_timeout
-        self.bad: dict[str, str] = {}
+        self.history = history
+        self.metrics = metrics
+        self.bad: dict[str, str] = history.bad_commits() if history else {}
         self.last: LastDeploy | None = None
         self.state = "starting"
         self.deployed: str = ""
         self._wake = asyncio.Event()
         self._deploy: str | None = None  # pending deploy trigger
         self._restart: str | None = None  # pending restart trigger
+        self._rollback = False
+        self._waiters: list[asyncio.Future[LastDeploy | None]] = []  # for the next deploy or rollback
         self._fetch_backoff = Backoff(first=1.0, cap=60.0)
         self._crash_backoff = Backoff()
         self._retry: asyncio.TimerHandle | None = None
@@ -137,9 +147,14 @@ class Deployer:
         releases.on_exit = self.crashed
 
     # -- requests (called from the event loop; never block) -----------------
-    def request_deploy(self, trigger: str) -> None:
+    def request_deploy(self, trigger: str) -> "asyncio.Future[LastDeploy | None]":
+        """Ask for a deploy of the branch tip; the future resolves when the worker has done it."""
         self._deploy = self._deploy or trigger
-        self._wake.set()
+        return self._wait_and_wake()
+
+    def request_rollback(self) -> "asyncio.Future[LastDeploy | None]":
+        self._rollback = True
+        return self._wait_and_wake()
 
     def request_restart(self, trigger: str) -> None:
         self._restart = self._restart or trigger
@@ -148,9 +163,15 @@ class Deployer:
     def crashed(self, _release: Release) -> None:
         self._wake.set()  # the loop sees the dead release and recovers
 
+    def _wait_and_wake(self) -> "asyncio.Future[LastDeploy | None]":
+        future: asyncio.Future[LastDeploy | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        self._wake.set()
+        return future
+
     @property
     def queued(self) -> list[str]:
-        return [t for t in (self._deploy, self._restart) if t]
+        return [t for t in (self._deploy, self._restart, "rollback" if self._rollback else None) if t]
 
     # -- the loop -----------------------------------------------------------
     async def start(self) -> None:
@@ -167,9 +188,18 @@ class Deployer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._deploy:
-                trigger, self._deploy = self._deploy, None
-                await self._run_deploy(trigger)
+            if self._rollback or self._deploy:
+                waiters, self._waiters = self._waiters, []
+                before = self.last
+                if self._rollback:
+                    self._rollback = False
+                    await self._run_job(self._roll_back_by_hand())
+                else:
+                    trigger, self._deploy = self._deploy, None
+                    await self._run_job(self._deploy_once(trigger, Phases()))
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(self.last if self.last is not before else None)
             elif self._needs_recovery():
                 await self._recover()
             elif self._restart:
@@ -181,29 +211,43 @@ class Deployer:
         live = self.releases.live
         return live is None or not live.alive
 
-    async def _finish(self, result: str, reason: str, commit: str, trigger: str,
-                      phases: dict[str, float] | None = None) -> None:
-        self.last = LastDeploy(result, reason, commit, trigger, phases=phases or {})
-        self.deploys += 1
-        level = logging.INFO if result == "ok" else logging.WARNING
-        log.log(level, "deploy %s: %s (%s, trigger %s)", result, reason, commit[:12], trigger)
-
-    async def _run_deploy(self, trigger: str) -> None:
+    async def _run_job(self, job: "Awaitable[None]") -> None:
         self.state = "deploying"
         try:
-            await self._deploy_once(trigger, Phases())
+            await job
         finally:
             self.state = "running" if not self._needs_recovery() else "crashed"
             if self._needs_recovery():
                 self._wake.set()
 
-    async def _deploy_once(self, trigger: str, phases: "Phases") -> None:
+    async def _finish(self, result: str, reason: str, commit: str, trigger: str, phases: Phases,
+                      from_commit: str, tail: str = "") -> None:
+        self.last = LastDeploy(result, reason, commit, trigger, phases=phases.done)
+        self.deploys += 1
+        level = logging.INFO if result == "ok" else logging.WARNING
+        duration = phases.total()
+        log.log(level, "deploy %s: %s (%s, trigger %s)", result, reason, commit[:12], trigger,
+                extra={"commit": commit, "duration": round(duration, 4), "result": result, "trigger": trigger})
+        if self.metrics:
+            self.metrics.deploys.labels(result).inc()
+            self.metrics.deploy_duration.observe(duration)
+        if self.history:
+            self.history.record_deploy(DeployRecord(from_commit, commit, trigger, phases.started_wall,
+                                                    time.time(), result, reason, tail, phases.done))
+
+    def _mark_bad(self, sha: str, reason: str) -> None:
+        self.bad[sha] = reason
+        if self.history:
+            self.history.mark_bad(sha, reason)
+
+    async def _deploy_once(self, trigger: str, phases: Phases) -> None:
         try:
             with phases("fetch"):
                 tip = await self.git.run(self.tree.fetch)
         except FetchError as exc:
             delay = self._fetch_backoff.next()
-            await self._finish("failed", f"{exc}; retrying in {delay:g}s", self.deployed, trigger, phases.done)
+            await self._finish("failed", f"{exc}; retrying in {delay:g}s", self.deployed, trigger, phases,
+                               self.deployed)
             self._schedule_retry(delay, trigger)
             return
         self._fetch_backoff.failures = 0
@@ -213,26 +257,51 @@ class Deployer:
             log.info("nothing to deploy: %s", decision.reason)
             return
         if decision.action == "refuse":
-            await self._finish("refused", decision.reason, tip, trigger, phases.done)
+            await self._finish("refused", decision.reason, tip, trigger, phases, self.deployed)
             return
+        await self._go(facts, tip, decision.reason, trigger, phases, backup=decision.action == "reset")
+
+    async def _go(self, facts: Facts, target: str, reason: str, trigger: str, phases: Phases,
+                  backup: bool = False) -> None:
+        """Move the tree to ``target`` and swap the release; roll back if it does not come up."""
         previous = self.deployed
         try:
             with phases("checkout"):
-                await self._move(facts, backup=decision.action == "reset", reason=decision.reason)
+                await self._move(facts, backup=backup, reason=reason)
         except GitFailure as exc:
-            await self._finish("refused", str(exc), tip, trigger, phases.done)
+            await self._finish("refused", str(exc), target, trigger, phases, previous)
             return
         with phases("before_restart"):
             why = await self._before_restart()
-        ok = why is None
-        if ok:
+        if why is None:
             with phases("start"):
-                result = await self._swap(tip, trigger, previous=previous)
-            ok, why = result.ok, result.reason
-        if ok:
-            await self._finish("ok", f"{decision.reason} in {phases.total():.2f}s", tip, trigger, phases.done)
+                result = await self._swap(target, trigger, previous=previous)
+            if result.ok:
+                await self._finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases, previous)
+                return
+            why = result.reason
+        await self._roll_back(target, previous, why, trigger, phases)
+
+    async def _roll_back_by_hand(self) -> None:
+        """POST /rollback: back to the newest good release that is not the running one."""
+        phases = Phases()
+        current = self.deployed
+        target = next((c for c in (self.history.good_releases() if self.history else [])
+                       if c != current and c not in self.bad), None)
+        if target is None:
+            await self._finish("refused", "no earlier good release to roll back to", current, "rollback",
+                               phases, current)
             return
-        await self._roll_back(tip, previous, why or "failed", trigger, phases)
+        facts = await self.git.run(self.tree.facts, target)
+        if facts.blocking:
+            await self._finish("refused", "local edits would be overwritten: " + ", ".join(facts.blocking),
+                               target, "rollback", phases, current)
+            return
+        # Until a newer commit arrives, the webhook must not bring the rolled-back one back.
+        self._mark_bad(current, "rolled back by hand")
+        await self._go(facts, target, f"roll back {current[:12]} to {target[:12]}", "rollback", phases)
+        if self.deployed != target:
+            self.bad.pop(current, None)  # the rollback itself failed: current still runs
 
     async def _move(self, facts: Facts, backup: bool, reason: str) -> None:
         def work() -> None:
@@ -277,13 +346,14 @@ class Deployer:
             self.deployed = commit
         return result
 
-    async def _roll_back(self, bad: str, good: str, why: str, trigger: str, phases: "Phases") -> None:
+    async def _roll_back(self, bad: str, good: str, why: str, trigger: str, phases: Phases) -> None:
         """The new commit failed: tree back to the running commit, old release untouched."""
-        self.bad[bad] = why
+        self._mark_bad(bad, why)
         with phases("rollback"):
             await self._move_back(good)
         self.deployed = good
-        await self._finish("failed", f"{bad[:12]} rolled back to {good[:12]}: {why}", bad, trigger, phases.done)
+        await self._finish("failed", f"{bad[:12]} rolled back to {good[:12]}: {why}", bad, trigger, phases,
+                           good, tail=why)
         if self._needs_recovery():
             # Nothing kept serving (no held socket, or it had crashed): bring the good one back.
             await self._recover()
@@ -296,11 +366,14 @@ class Deployer:
             why = f"{_exit(dead)}"
             if dead.previous and time.monotonic() - dead.live_since < self.probation:
                 # Went live, then crashed within probation: it was never good.
-                self.bad[dead.commit] = f"crashed {time.monotonic() - dead.live_since:.1f}s after going live: {why}"
-                await self._move_back(dead.previous)
+                phases = Phases()
+                self._mark_bad(dead.commit, f"crashed {time.monotonic() - dead.live_since:.1f}s after going live: {why}")
+                with phases("rollback"):
+                    await self._move_back(dead.previous)
                 self.deployed = dead.previous
                 await self._finish("failed", f"probation: {dead.commit[:12]} {self.bad[dead.commit]}; "
-                                             f"back to {dead.previous[:12]}", dead.commit, "rollback")
+                                             f"back to {dead.previous[:12]}", dead.commit, "rollback", phases,
+                                   dead.previous, tail=why)
                 result = await self.releases.start(dead.previous)
                 if result.ok:
                     return

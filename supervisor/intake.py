@@ -7,13 +7,57 @@ only *requests* a deploy; the answer goes out before any git work starts.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
-from typing import Callable
+from typing import Callable, Collection, Protocol, Sequence
 
 from aiohttp import web
 
 from .delivery import GITHUB, Receiver, SeenDeliveries, Verdict, judge
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Seen(Protocol):
+    def __contains__(self, delivery: object) -> bool: ...
+    def add(self, delivery: str) -> None: ...
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+def real_peer(remote: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+    """The client's address: behind trusted proxies, the last X-Forwarded-For hop they did not add.
+
+    >>> real_peer("10.0.0.2", "203.0.113.9, 10.0.0.1", [ipaddress.ip_network("10.0.0.0/8")])
+    '203.0.113.9'
+    >>> real_peer("198.51.100.7", "203.0.113.9", [ipaddress.ip_network("10.0.0.0/8")])
+    '198.51.100.7'
+    """
+    peer = remote or "?"
+    ip = _ip(peer)
+    if not forwarded_for or ip is None or not any(ip in n for n in trusted):
+        return peer
+    for hop in reversed(forwarded_for.split(",")):
+        hop_ip = _ip(hop)
+        if hop_ip is None:
+            return peer  # malformed header: trust only what we saw
+        peer = str(hop_ip)
+        if not any(hop_ip in n for n in trusted):
+            return peer
+    return peer
+
+
+def allowed(peer: str, allow_from: Collection[Network]) -> bool:
+    if not allow_from:
+        return True
+    ip = _ip(peer)
+    return ip is not None and any(ip in n for n in allow_from)
 
 log = logging.getLogger("supervisor.intake")
 
@@ -22,45 +66,56 @@ MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
 
 class Intake:
     def __init__(self, *, secret: bytes, branch: str, full_name: str | None, allow_sha1: bool,
-                 request_deploy: Callable[[str], None], seen: SeenDeliveries | None = None,
-                 receiver: Receiver = GITHUB) -> None:
+                 request_deploy: Callable[[str], None], seen: Seen | None = None,
+                 receiver: Receiver = GITHUB, allow_from: Collection[Network] = (),
+                 trusted_proxies: Sequence[Network] = (),
+                 on_verdict: Callable[[Verdict, str | None, float], None] | None = None) -> None:
         self._secret = secret
         self.branch = branch
         self.full_name = full_name
         self.allow_sha1 = allow_sha1
         self.request_deploy = request_deploy
-        self.seen = seen if seen is not None else SeenDeliveries()
+        self.seen: Seen = seen if seen is not None else SeenDeliveries()
         self.receiver = receiver
-        self.counts: dict[str, int] = {}
+        self.allow_from = allow_from
+        self.trusted_proxies = trusted_proxies
+        self.on_verdict = on_verdict
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        peer = request.remote or "?"
-        try:
-            body = await request.read()  # bounded by client_max_size -> 413
-        except web.HTTPRequestEntityTooLarge:
-            log.warning("delivery %s from %s: body over %d bytes; 413",
-                        request.headers.get(self.receiver.delivery_header, "-"), peer, MAX_BODY)
-            self._count("too_large")
-            raise
-        verdict = judge(request.headers, body, self.receiver, secret=self._secret, branch=self.branch,
-                        full_name=self.full_name, seen=self.seen, allow_sha1=self.allow_sha1)
-        self.act(verdict)
-        ms = (time.perf_counter() - started) * 1000
+        peer = real_peer(request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
+        delivery = request.headers.get(self.receiver.delivery_header, "-")[:200]
+        if not allowed(peer, self.allow_from):
+            verdict = Verdict(403, "forbidden", f"peer {peer} is not in [webhook] allow_from")
+        else:
+            try:
+                body = await request.read()  # bounded by client_max_size -> 413
+            except web.HTTPRequestEntityTooLarge:
+                body = None
+            if body is None:
+                verdict = Verdict(413, "too_large", f"body over {MAX_BODY} bytes")
+            else:
+                verdict = judge(request.headers, body, self.receiver, secret=self._secret, branch=self.branch,
+                                full_name=self.full_name, seen=self.seen, allow_sha1=self.allow_sha1)
+        seconds = time.perf_counter() - started
+        self.act(verdict, request.headers.get(self.receiver.event_header), seconds)
         level = logging.WARNING if verdict.status >= 400 else logging.INFO
-        log.log(level, "delivery %s from %s: %s %s (%s) in %.1fms", verdict.delivery or "-", peer,
-                verdict.status, verdict.verdict, verdict.reason, ms)
-        return web.json_response(verdict.body(), status=verdict.status)
+        log.log(level, "delivery %s from %s: %s %s (%s) in %.1fms", verdict.delivery or delivery, peer,
+                verdict.status, verdict.verdict, verdict.reason, seconds * 1000,
+                extra={"delivery": verdict.delivery or delivery, "commit": verdict.commit,
+                       "duration": round(seconds, 6), "peer": peer, "verdict": verdict.verdict})
+        response = web.json_response(verdict.body(), status=verdict.status)
+        if verdict.status == 413:
+            response.force_close()  # we did not read the rest of the body
+        return response
 
-    def act(self, verdict: Verdict) -> None:
-        self._count(verdict.verdict)
+    def act(self, verdict: Verdict, event: str | None = None, seconds: float = 0.0) -> None:
         if verdict.status < 400 and verdict.verdict != "duplicate" and verdict.delivery:
             self.seen.add(verdict.delivery)
+        if self.on_verdict is not None:
+            self.on_verdict(verdict, event, seconds)
         if verdict.verdict == "queued":
             self.request_deploy("webhook")
-
-    def _count(self, verdict: str) -> None:
-        self.counts[verdict] = self.counts.get(verdict, 0) + 1
 
     def routes(self, path: str) -> list[web.RouteDef]:
         return [web.post(path, self.handle)]

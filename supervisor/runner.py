@@ -5,7 +5,9 @@
     asyncio.run(runner.serve(config.load("config.toml", prepare=True)))
 
 Signals are handled here and nowhere else: SIGTERM and SIGINT stop the app
-gracefully (``stop_signal``, then SIGKILL after ``stop_timeout``) and return.
+gracefully (``stop_signal``, then SIGKILL after ``stop_timeout``) and return;
+SIGHUP reloads the config file (a bad one is refused and the old one stays).
+Under systemd (``Type=notify``) we send ``READY=1`` and ``STOPPING=1``.
 """
 
 from __future__ import annotations
@@ -13,31 +15,56 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
+import socket
+import ssl
+import time
+from collections import deque
 from typing import Callable
 
 import pygit2
 from aiohttp import web
 
-from . import control, intake
-from .config import Address, Settings
+from . import config, control, intake
+from .config import Address, ConfigError, Settings
+from .delivery import Verdict
 from .deploy import Deployer
 from .guard import Guard
+from .history import History
+from .metrics import Metrics
 from .release import Releases
 from .watch import Expected, watch_tree
 from .worktree import GitFailure, GitThread, WorkTree, set_network_timeouts
 
 log = logging.getLogger("supervisor")
 
+LOG_LINES = 500  # the child's recent output, for /logs and the status page
+
 
 class StartupError(Exception):
     """Something a person must fix before we can start; one line, exit 2."""
 
 
-async def _listen(app: web.Application, addr: Address, key: str) -> tuple[web.AppRunner, int]:
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) how we are; a no-op elsewhere."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(state.encode(), addr)
+    except OSError as exc:
+        log.warning("sd_notify %s failed: %s", state, exc)
+
+
+async def _listen(app: web.Application, addr: Address, key: str,
+                  ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, addr.host, addr.port, reuse_address=True, backlog=1024)
+    site = web.TCPSite(runner, addr.host, addr.port, reuse_address=True, backlog=1024, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -49,49 +76,87 @@ async def _listen(app: web.Application, addr: Address, key: str) -> tuple[web.Ap
     return runner, port
 
 
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(*map(str, settings.tls))
+    except (ssl.SSLError, OSError) as exc:
+        raise StartupError(f"[webhook] tls_cert/tls_key: cannot load ({exc}); give a PEM certificate and its key") from None
+    return ctx
+
+
+def _check_probe(settings: Settings) -> None:
+    raw = settings.raw
+    if raw.app.ready.http and not raw.app.ready.http.startswith(("http://", "https://")):
+        if not settings.app_listen or "{probe_fd}" not in " ".join(raw.app.command):
+            raise StartupError(
+                f"[app.ready] http = \"{raw.app.ready.http}\" cannot reach the new child alone: "
+                f"add {{probe_fd}} to [app] command (e.g. --bind fd://{{probe_fd}}) with [app] listen set, "
+                f"or give a full URL of the app's own port")
+
+
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         raw = settings.raw
         set_network_timeouts(raw.repo.fetch_timeout)
+        _check_probe(settings)
+        self.tls = _tls_context(settings)
         try:
             self.tree = WorkTree(settings.repo_path, raw.repo.remote, raw.repo.branch)
             self.tree.check_branch()
         except GitFailure as exc:
             raise StartupError(f"[repo] {exc}") from None
+        try:
+            self.history = History(settings.state_dir / "history.db", retention=raw.state.retention)
+        except Exception as exc:  # noqa: BLE001 - sqlite3.Error, OSError, a newer schema
+            raise StartupError(f"[state] dir: cannot open {settings.state_dir / 'history.db'} ({exc})") from None
         self._reader = pygit2.Repository(str(settings.repo_path))  # loop-thread reads only
         self._described: dict[str, dict[str, str]] = {}
         self.git = GitThread()
         self.expected = Expected(settings.repo_path)
+        self.metrics = Metrics()
+        self.lines: deque[tuple[float, int, str]] = deque(maxlen=LOG_LINES)
         try:
-            self.releases = Releases(settings)
+            self.releases = Releases(settings, on_line=self._on_line)
         except OSError as exc:
             raise StartupError(f"[app] listen = \"{settings.app_listen}\": cannot bind ({exc.strerror}); "
                                f"pick another port") from None
         self.guard: Guard | None = None
-        if raw.app.ready.http and not raw.app.ready.http.startswith(("http://", "https://")):
-            if not settings.app_listen or "{probe_fd}" not in " ".join(raw.app.command):
-                raise StartupError(
-                    f"[app.ready] http = \"{raw.app.ready.http}\" cannot reach the new child alone: "
-                    f"add {{probe_fd}} to [app] command (e.g. --bind fd://{{probe_fd}}) with [app] listen set, "
-                    f"or give a full URL of the app's own port")
         self.deployer = Deployer(self.tree, self.git, self.releases, self.expected,
                                  on_diverge=raw.repo.on_diverge, probation=raw.deploy.probation,
                                  before_restart=raw.deploy.before_restart,
-                                 before_restart_timeout=raw.deploy.before_restart_timeout)
+                                 before_restart_timeout=raw.deploy.before_restart_timeout,
+                                 history=self.history, metrics=self.metrics)
         self.intake = intake.Intake(secret=settings.secret, branch=raw.repo.branch, full_name=raw.repo.full_name,
-                                    allow_sha1=raw.webhook.allow_sha1, request_deploy=self.deployer.request_deploy)
+                                    allow_sha1=raw.webhook.allow_sha1, request_deploy=self.deployer.request_deploy,
+                                    seen=self.history.seen, allow_from=settings.allow_from,
+                                    trusted_proxies=settings.trusted_proxies, on_verdict=self._on_verdict)
+        self.metrics.watch(self)
+        self.started = time.time()
         self.stop_event = asyncio.Event()
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._watch_stop = asyncio.Event()
         self.webhook_port = 0
         self.control_port = 0
+
+    def _on_line(self, pid: int, line: str) -> None:
+        self.lines.append((time.time(), pid, line))
+
+    def _on_verdict(self, verdict: Verdict, event: str | None, seconds: float) -> None:
+        self.metrics.deliveries.labels(verdict.verdict).inc()
+        self.metrics.webhook_latency.observe(seconds)
+        self.history.record_delivery(verdict.delivery, event, verdict.verdict, verdict.reason)
 
     @property
     def webhook_url(self) -> str:
         host = self.settings.webhook_listen.host
         host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        return f"http://{host}:{self.webhook_port}{self.settings.raw.webhook.path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{host}:{self.webhook_port}{self.settings.raw.webhook.path}"
 
     def describe(self, sha: str) -> dict[str, str]:
         if sha not in self._described:
@@ -107,23 +172,69 @@ class Supervisor:
         raw = self.settings.raw
         self.guard = self.releases.guard = self.deployer.guard = Guard()
         hook_runner, self.webhook_port = await _listen(
-            intake.make_app(self.intake, raw.webhook.path), self.settings.webhook_listen, "[webhook] listen")
+            intake.make_app(self.intake, raw.webhook.path), self.settings.webhook_listen, "[webhook] listen",
+            self.tls)
         self._runners.append(hook_runner)
         ctl_runner, self.control_port = await _listen(
             control.make_app(self), self.settings.control_listen, "[control] listen")
         self._runners.append(ctl_runner)
-        log.info("webhook on %s; status on http://%s:%d/status", self.webhook_url,
+        log.info("webhook on %s; status on http://%s:%d/", self.webhook_url,
                  self.settings.control_listen.host, self.control_port)
         await self.deployer.start()
         self._tasks.append(asyncio.create_task(self.deployer.run(), name="deployer"))
-        if raw.watch.enabled:
-            self._tasks.append(asyncio.create_task(watch_tree(
-                self.settings.repo_path, self.settings.watch_paths, raw.watch.ignore, raw.watch.debounce_ms,
-                self.expected, lambda _changed: self.deployer.request_restart("watch"), self.stop_event),
-                name="watch"))
+        self._start_watch()
+
+    def _start_watch(self) -> None:
+        raw, s = self.settings.raw, self.settings
+        if not raw.watch.enabled:
+            return
+        self._watch_stop = asyncio.Event()
+        self._tasks.append(asyncio.create_task(watch_tree(
+            s.repo_path, s.watch_paths, raw.watch.ignore, raw.watch.debounce_ms, self.expected,
+            lambda _changed: self.deployer.request_restart("watch"), self._watch_stop), name="watch"))
+
+    def reload(self) -> None:
+        """SIGHUP: apply a valid new config without dropping the app; refuse a bad one."""
+        try:
+            new = config.load(self.settings.source)
+            _check_probe(new)
+            fixed = [name for name, a, b in [
+                ("[webhook] listen", new.webhook_listen, self.settings.webhook_listen),
+                ("[webhook] tls_cert/tls_key", new.tls, self.settings.tls),
+                ("[control] listen", new.control_listen, self.settings.control_listen),
+                ("[app] listen", new.app_listen, self.settings.app_listen),
+                ("[repo] path", new.repo_path, self.settings.repo_path),
+                ("[repo] remote/branch", (new.raw.repo.remote, new.raw.repo.branch),
+                 (self.settings.raw.repo.remote, self.settings.raw.repo.branch)),
+                ("[state] dir", new.state_dir, self.settings.state_dir),
+            ] if a != b]
+            if fixed:
+                raise ConfigError(f"{', '.join(fixed)} cannot change while running; restart pushcd for that")
+        except (ConfigError, StartupError) as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        old_watch = self.settings.raw.watch, self.settings.watch_paths
+        self.settings = new
+        raw = new.raw
+        self.intake._secret = new.secret
+        self.intake.full_name = raw.repo.full_name
+        self.intake.allow_sha1 = raw.webhook.allow_sha1
+        self.intake.allow_from = new.allow_from
+        self.intake.trusted_proxies = new.trusted_proxies
+        self.releases.settings, self.releases.app = new, raw.app  # used from the next start on
+        d = self.deployer
+        d.on_diverge, d.probation = raw.repo.on_diverge, raw.deploy.probation
+        d.before_restart, d.before_restart_timeout = raw.deploy.before_restart, raw.deploy.before_restart_timeout
+        self.history.retention = raw.state.retention
+        set_network_timeouts(raw.repo.fetch_timeout)
+        if (raw.watch, new.watch_paths) != old_watch:
+            self._watch_stop.set()
+            self._start_watch()
+        log.info("config reloaded from %s (app changes apply at the next restart or deploy)", new.source)
 
     async def close(self) -> None:
         self.stop_event.set()
+        self._watch_stop.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -135,6 +246,7 @@ class Supervisor:
             self.guard.close()
         # Let a git operation in flight finish (a half-done checkout is worse than a late exit).
         await asyncio.get_running_loop().run_in_executor(None, self.git.close)
+        self.history.close()
 
 
 async def serve(settings: Settings, on_ready: Callable[[Supervisor], None] | None = None) -> None:
@@ -143,14 +255,18 @@ async def serve(settings: Settings, on_ready: Callable[[Supervisor], None] | Non
     sup = Supervisor(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sup.stop_event.set)
+    loop.add_signal_handler(signal.SIGHUP, sup.reload)
     try:
         await sup.start()
+        sd_notify("READY=1")
         if on_ready is not None:
             on_ready(sup)
         await sup.stop_event.wait()
-        log.info("stopping: app gets %s, SIGKILL after %gs", settings.stop_signal.name, settings.raw.app.stop_timeout)
+        sd_notify("STOPPING=1")
+        log.info("stopping: app gets %s, SIGKILL after %gs", sup.settings.stop_signal.name,
+                 sup.settings.raw.app.stop_timeout)
     finally:
         await sup.close()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     log.info("stopped")

@@ -1,0 +1,170 @@
+"""Deploy and delivery history in SQLite, under ``[state] dir``.
+
+WAL mode, numbered schema migrations from the first version on, bounded
+retention. It also remembers what must survive a restart: delivery ids (a
+redelivery stays a duplicate) and commits marked bad.
+
+Writes are small and local, so they run on the event loop; a write that fails
+(full disk, read-only folder) is logged and dropped: history is never a reason
+to refuse a deploy or a webhook.
+
+>>> import tempfile, pathlib
+>>> h = History(pathlib.Path(tempfile.mkdtemp()) / "state.db")
+>>> h.record_delivery("d1", "push", "queued", "push to main")
+>>> "d1" in h.seen, "d2" in h.seen
+(True, False)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger("supervisor.history")
+
+# Append only: each entry moves the schema one version up; never edit a shipped one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE deliveries (
+        id TEXT PRIMARY KEY, event TEXT, received_at REAL NOT NULL, verdict TEXT NOT NULL, reason TEXT);
+    CREATE INDEX deliveries_received ON deliveries (received_at);
+    CREATE TABLE deploys (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, from_commit TEXT, to_commit TEXT, trigger TEXT NOT NULL,
+        started_at REAL NOT NULL, ended_at REAL NOT NULL, duration REAL NOT NULL, result TEXT NOT NULL,
+        reason TEXT, output_tail TEXT, phases TEXT);
+    CREATE TABLE bad_commits (sha TEXT PRIMARY KEY, reason TEXT NOT NULL, marked_at REAL NOT NULL);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class DeployRecord:
+    from_commit: str
+    to_commit: str
+    trigger: str
+    started_at: float
+    ended_at: float
+    result: str
+    reason: str
+    output_tail: str = ""
+    phases: dict[str, float] | None = None
+
+
+class SeenIds:
+    """``delivery in history.seen``: backed by the deliveries table."""
+
+    def __init__(self, history: "History") -> None:
+        self._h = history
+
+    def __contains__(self, delivery: object) -> bool:
+        return self._h._seen(str(delivery))
+
+    def add(self, delivery: str) -> None:  # recorded with its verdict by record_delivery
+        pass
+
+
+class History:
+    def __init__(self, path: Path, retention: int = 500, delivery_retention: int = 10_000) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.retention = retention
+        self.delivery_retention = delivery_retention
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=2000")
+        self._migrate()
+        self.seen = SeenIds(self)
+        self._writes = 0
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(f"{self.path} has schema version {version}, newer than this pushcd knows "
+                               f"({len(MIGRATIONS)}); upgrade pushcd or point [state] dir elsewhere")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            # One transaction per step: a crash mid-migration leaves the previous version intact.
+            try:
+                self.db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+            except sqlite3.Error:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        try:
+            self.db.execute(sql, params)
+        except sqlite3.Error as exc:
+            log.error("history: cannot write to %s (%s); continuing without it", self.path, exc)
+            return
+        self._writes += 1
+        if self._writes % 100 == 0:
+            self.prune()
+
+    def _seen(self, delivery: str) -> bool:
+        try:
+            return self.db.execute("SELECT 1 FROM deliveries WHERE id = ? AND verdict != 'bad_request'",
+                                   (delivery,)).fetchone() is not None
+        except sqlite3.Error:
+            return False
+
+    def record_delivery(self, delivery: str | None, event: str | None, verdict: str, reason: str) -> None:
+        if verdict in ("duplicate", "unauthorized"):
+            # A duplicate is already on record; an unsigned request must not claim a delivery id.
+            delivery = None
+        self._write("INSERT OR REPLACE INTO deliveries (id, event, received_at, verdict, reason) VALUES (?,?,?,?,?)",
+                    (delivery or f"-{time.time_ns()}", event, time.time(), verdict, reason))
+
+    def record_deploy(self, rec: DeployRecord) -> None:
+        self._write(
+            "INSERT INTO deploys (from_commit, to_commit, trigger, started_at, ended_at, duration, result, reason,"
+            " output_tail, phases) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (rec.from_commit, rec.to_commit, rec.trigger, rec.started_at, rec.ended_at,
+             round(rec.ended_at - rec.started_at, 4), rec.result, rec.reason, rec.output_tail,
+             json.dumps(rec.phases or {})))
+
+    def mark_bad(self, sha: str, reason: str) -> None:
+        self._write("INSERT OR REPLACE INTO bad_commits (sha, reason, marked_at) VALUES (?,?,?)",
+                    (sha, reason, time.time()))
+
+    def bad_commits(self) -> dict[str, str]:
+        return {row["sha"]: row["reason"] for row in self.db.execute("SELECT sha, reason FROM bad_commits")}
+
+    def deploys(self, limit: int = 50, before: int | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM deploys" + (" WHERE seq < ?" if before else "") + " ORDER BY seq DESC LIMIT ?"
+        rows = self.db.execute(sql, ((before, limit) if before else (limit,))).fetchall()
+        out = []
+        for row in rows:
+            item = dict(row)
+            item["phases"] = json.loads(item["phases"] or "{}")
+            out.append(item)
+        return out
+
+    def deliveries(self, limit: int = 50, before: float | None = None) -> list[dict[str, Any]]:
+        sql = ("SELECT * FROM deliveries" + (" WHERE received_at < ?" if before else "")
+               + " ORDER BY received_at DESC LIMIT ?")
+        rows = self.db.execute(sql, ((before, limit) if before else (limit,))).fetchall()
+        return [dict(r) for r in rows]
+
+    def good_releases(self) -> Iterator[str]:
+        """Commits that went live successfully, newest first."""
+        for row in self.db.execute("SELECT to_commit FROM deploys WHERE result = 'ok' ORDER BY seq DESC"):
+            yield row["to_commit"]
+
+    def prune(self) -> None:
+        try:
+            self.db.execute("DELETE FROM deploys WHERE seq <= (SELECT seq FROM deploys ORDER BY seq DESC "
+                            "LIMIT 1 OFFSET ?)", (self.retention,))
+            self.db.execute("DELETE FROM deliveries WHERE received_at <= (SELECT received_at FROM deliveries "
+                            "ORDER BY received_at DESC LIMIT 1 OFFSET ?)", (self.delivery_retention,))
+        except sqlite3.Error as exc:
+            log.error("history: cannot prune %s (%s)", self.path, exc)
+
+    def close(self) -> None:
+        self.db.close()

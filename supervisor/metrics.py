@@ -1,0 +1,55 @@
+"""Prometheus metrics (prometheus-client), one registry per supervisor.
+
+Counters and histograms are updated as things happen; the child's state and
+the deployed commit are read at scrape time, so they are never stale.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from .runner import Supervisor
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Live:
+    def __init__(self, sup: "Supervisor") -> None:
+        self.sup = sup
+
+    def collect(self) -> Iterator[Metric]:
+        live = self.sup.releases.live
+        up = GaugeMetricFamily("supervisor_child_up", "1 when the app child is running")
+        up.add_metric([], 1.0 if live is not None and live.alive else 0.0)
+        yield up
+        restarts = CounterMetricFamily("supervisor_child_restarts", "children put live after the first one")
+        restarts.add_metric([], float(self.sup.releases.restarts))
+        yield restarts
+        info = InfoMetricFamily("supervisor_deployed_commit", "the commit the live release runs")
+        commit = self.sup.deployer.deployed
+        info.add_metric([], {"commit": commit, "message": self.sup.describe(commit)["message"][:200]})
+        yield info
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.deliveries = Counter("supervisor_deliveries", "webhook deliveries by verdict", ["verdict"],
+                                  registry=self.registry)
+        self.deploys = Counter("supervisor_deploys", "deploys by result", ["result"], registry=self.registry)
+        self.deploy_duration = Histogram(
+            "supervisor_deploy_duration_seconds", "time from fetch to the new release live (or refused/failed)",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=self.registry)
+        self.webhook_latency = Histogram(
+            "supervisor_webhook_latency_seconds", "time to answer a webhook delivery",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=self.registry)
+
+    def watch(self, sup: "Supervisor") -> None:
+        self.registry.register(_Live(sup))  # type: ignore[arg-type]
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,5 +1,14 @@
-"""Command line: ``python -m supervisor run|check|status|demo-push --config PATH``.
+"""Command line: ``pushcd`` or ``python -m supervisor``.
 
+    run        run the supervisor (webhook, deploys, the app)
+    check      validate the config and print it resolved, secret masked
+    status     what is deployed and what is happening
+    history    recent deploys and deliveries
+    deploy     fetch and deploy the branch tip now, and wait for the result
+    rollback   go back to the previous good release, and wait for the result
+    logs       the app's recent output (-f to follow)
+
+The client commands find the control API through the same config file.
 User errors (config, ports, work tree) print one line and exit 2; no traceback.
 """
 
@@ -8,52 +17,185 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from . import config, demo
-from .config import ConfigError
+from . import config, demo, logs
+from .config import ConfigError, Settings
 
 if TYPE_CHECKING:
     from .runner import Supervisor
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # we log our own, filtered, line
+class ClientError(Exception):
+    pass
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pushcd", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pushcd", description="Continuous-deployment supervisor.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", default="config.toml", help="path of config.toml (default: ./config.toml)")
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return p
 
-    run = add("run", "run the supervisor: webhook, deploys, the app")
+    run = add("run", "run the supervisor: webhook, deploys, the app", json_flag=False)
     run.add_argument("-v", "--verbose", action="store_true")
-    add("check", "validate the config and print it resolved (secret masked)")
-    status = add("status", "show the running supervisor's status")
-    status.add_argument("--json", action="store_true")
-    add("demo-push", "demo: commit to the demo origin and send a signed webhook")
+    run.add_argument("--log-format", choices=["text", "json"], help="override [log] format")
+    add("check", "validate the config and print it resolved (secret masked)", json_flag=False)
+    add("status", "show the running supervisor's status")
+    history = add("history", "recent deploys and deliveries")
+    history.add_argument("--limit", type=int, default=20)
+    for name, text in (("deploy", "fetch and deploy now; wait for the result"),
+                       ("rollback", "back to the previous good release; wait for the result")):
+        p = add(name, text)
+        p.add_argument("--no-wait", action="store_true", help="queue it and return at once")
+    log_cmd = add("logs", "tail the app's output")
+    log_cmd.add_argument("-f", "--follow", action="store_true")
+    log_cmd.add_argument("-n", "--lines", type=int, default=50)
+    add("demo-push", "demo: commit to the demo origin and send a signed webhook", json_flag=False)
     return parser
 
+
+# -- the client side ----------------------------------------------------------
+
+def _base(settings: Settings) -> str:
+    host = settings.control_listen.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.control_listen.port}"
+
+
+def call(settings: Settings, method: str, path: str, timeout: float = 10.0) -> Any:
+    headers = {"Authorization": f"Bearer {settings.control_token.decode()}"} if settings.control_token else {}
+    req = urllib.request.Request(_base(settings) + path, method=method, headers=headers,
+                                 data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")[:300]
+        raise ClientError(f"{method} {path} answered {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ClientError(f"no supervisor answers at {_base(settings)} ({exc}); is `pushcd run` running "
+                          f"with this config?") from None
+
+
+def _short(sha: str | None) -> str:
+    return (sha or "-")[:12]
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    last = data.get("last_deploy") or {}
+    rows = [
+        ("state", data["state"]),
+        ("deployed", f"{_short(data['deployed_commit'])}  {data.get('deployed_message', '')}"),
+        ("child pid", data["child_pid"] or "-"),
+        ("uptime", f"{data.get('uptime', 0):.0f}s"),
+        ("restarts", data.get("restarts", 0)),
+        ("queue", ", ".join(data.get("queue") or []) or "empty"),
+        ("last deploy", f"{last.get('result', '-')} {_short(last.get('commit'))}: {last.get('reason', '')}"
+         if last else "-"),
+    ]
+    for commit, why in (data.get("bad_commits") or {}).items():
+        rows.append(("marked bad", f"{_short(commit)}: {why}"))
+    for key, value in rows:
+        print(f"{key:<12} {value}")
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    data = call(settings, "GET", "/status")
+    print(json.dumps(data, indent=2)) if args.json else _print_status(data)
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    data = call(settings, "GET", f"/history?limit={max(1, args.limit)}")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{'when':<20} {'result':<8} {'trigger':<8} {'from':<12} {'to':<12} {'took':>7}  reason")
+    for d in data["deploys"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["started_at"]))
+        print(f"{when:<20} {d['result']:<8} {d['trigger']:<8} {_short(d['from_commit']):<12} "
+              f"{_short(d['to_commit']):<12} {d['duration']:>6.2f}s  {d['reason']}")
+    if not data["deploys"]:
+        print("(no deploys yet)")
+    return 0
+
+
+def _cmd_act(args: argparse.Namespace, settings: Settings) -> int:
+    """deploy / rollback: show progress while waiting; exit 0 ok, 1 failed or refused."""
+    path = f"/{args.command}" + ("" if args.no_wait else "?wait=1")
+    if args.no_wait:
+        data = call(settings, "POST", path)
+        print(json.dumps(data, indent=2) if args.json else f"queued: {data['queued']}")
+        return 0
+    box: dict[str, Any] = {}
+
+    def post() -> None:
+        try:
+            box["data"] = call(settings, "POST", path, timeout=960)
+        except ClientError as exc:
+            box["error"] = exc
+
+    worker = threading.Thread(target=post, daemon=True)
+    worker.start()
+    seen = ""
+    while worker.is_alive():
+        worker.join(0.25)
+        if not args.json and worker.is_alive():
+            try:
+                state = call(settings, "GET", "/status")["state"]
+            except ClientError:
+                continue
+            if state != seen:
+                print(f"... {args.command}: {state}", flush=True)
+                seen = state
+    if "error" in box:
+        raise box["error"]
+    data = box["data"]
+    result = data.get("result") or {}
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif not data.get("done"):
+        print(f"{args.command} still running after the wait limit; see `pushcd status`")
+    elif not result:
+        print(data.get("note", "nothing to do"))
+    else:
+        print(f"{result['result']}: {result['reason']}")
+        _print_status(data["status"])
+    return 0 if (not result or result.get("result") == "ok") and data.get("done", True) else 1
+
+
+def _cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    since = 0.0
+    first = True
+    while True:
+        data = call(settings, "GET", f"/logs?since={since}&limit={max(1, min(500, args.lines)) if first else 500}")
+        for item in data["lines"]:
+            print(json.dumps(item) if args.json else f"app[{item['pid']}] {item['line']}", flush=True)
+            since = max(since, item["time"])
+        first = False
+        if not args.follow:
+            return 0
+        time.sleep(1.0)  # polling interval of `logs -f`
+
+
+# -- the server side ----------------------------------------------------------
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import StartupError, serve
 
-    _setup_logging(args.verbose)
     settings = config.load(args.config, prepare=True)
+    logs.setup(args.log_format or settings.raw.log.format, args.verbose)
     config.check_work_tree(settings)
 
     def on_ready(sup: "Supervisor") -> None:
@@ -74,7 +216,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     out = {
         "config": str(settings.source),
         "webhook": {"listen": str(settings.webhook_listen), "path": raw.webhook.path,
-                    "secret": "***" + f" ({len(settings.secret)} bytes)", "allow_sha1": raw.webhook.allow_sha1},
+                    "secret": f"*** ({len(settings.secret)} bytes)", "allow_sha1": raw.webhook.allow_sha1,
+                    "tls": [str(p) for p in settings.tls] if settings.tls else None,
+                    "allow_from": raw.webhook.allow_from, "trusted_proxies": raw.webhook.trusted_proxies},
         "repo": {"path": str(settings.repo_path), "remote": raw.repo.remote, "branch": raw.repo.branch,
                  "full_name": raw.repo.full_name, "on_diverge": raw.repo.on_diverge},
         "app": {"command": raw.app.command, "cwd": str(settings.app_cwd), "listen": raw.app.listen,
@@ -83,51 +227,34 @@ def _cmd_check(args: argparse.Namespace) -> int:
                           "min_uptime": raw.app.ready.min_uptime, "timeout": raw.app.ready.timeout}},
         "watch": {"enabled": raw.watch.enabled, "paths": [str(p) for p in settings.watch_paths],
                   "ignore": raw.watch.ignore, "debounce_ms": raw.watch.debounce_ms},
-        "control": {"listen": str(settings.control_listen)},
-        "state": {"dir": str(settings.state_dir)},
+        "control": {"listen": str(settings.control_listen),
+                    "token": "***" if settings.control_token else None},
+        "state": {"dir": str(settings.state_dir), "retention": raw.state.retention},
         "deploy": {"probation": raw.deploy.probation, "before_restart": raw.deploy.before_restart,
                    "before_restart_timeout": raw.deploy.before_restart_timeout},
+        "log": {"format": raw.log.format},
     }
     print(json.dumps(out, indent=2))
     return 0
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    settings = config.load(args.config)
-    host = settings.control_listen.host
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
-    url = f"http://{host}:{settings.control_listen.port}/status"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            data = json.load(resp)
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"pushcd: no supervisor answers at {url} ({exc}); is `pushcd run` running?", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(data, indent=2))
-        return 0
-    last = data.get("last_deploy") or {}
-    rows = [
-        ("state", data["state"]),
-        ("deployed", f"{data['deployed_commit'][:12]}  {data.get('deployed_message', '')}"),
-        ("child pid", data["child_pid"]),
-        ("uptime", f"{data.get('uptime', 0):.0f}s"),
-        ("restarts", data.get("restarts", 0)),
-        ("last deploy", f"{last.get('result', '-')}: {last.get('reason', '')}" if last else "-"),
-    ]
-    for key, value in rows:
-        print(f"{key:<12} {value}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"run": _cmd_run, "check": _cmd_check, "status": _cmd_status,
-                "demo-push": lambda a: demo.push(config.load(a.config))}
+    clients = {"status": _cmd_status, "history": _cmd_history, "deploy": _cmd_act, "rollback": _cmd_act,
+               "logs": _cmd_logs}
     try:
-        return commands[args.command](args)
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "check":
+            return _cmd_check(args)
+        if args.command == "demo-push":
+            return demo.push(config.load(args.config))
+        return clients[args.command](args, config.load(args.config, secret=False))
     except ConfigError as exc:
         print(f"pushcd: config error: {exc}", file=sys.stderr)
         return 2
+    except ClientError as exc:
+        print(f"pushcd: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

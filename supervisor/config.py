@@ -217,11 +217,13 @@ def read_secret(cfg: Webhook, base: Path) -> bytes:
     raise ConfigError("[webhook] needs secret_env or secret_file; GitHub deliveries cannot be verified without a secret")
 
 
-def load(path: str | os.PathLike[str], *, prepare: bool = False) -> Settings:
+def load(path: str | os.PathLike[str], *, prepare: bool = False, secret: bool = True) -> Settings:
     """Read, validate and resolve a config file.
 
     ``prepare`` runs the demo bootstrap (if ``[demo] bootstrap``) before the
     secret and the work tree are checked, so a fresh checkout just runs.
+    ``secret=False`` skips reading the webhook secret (client commands need
+    only the control address and token).
     """
     source = Path(path).resolve()
     try:
@@ -238,10 +240,10 @@ def load(path: str | os.PathLike[str], *, prepare: bool = False) -> Settings:
         raw = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {_explain(exc)}") from None
-    return resolve(source, raw, prepare=prepare)
+    return resolve(source, raw, prepare=prepare, secret=secret)
 
 
-def resolve(source: Path, raw: Config, *, prepare: bool = False) -> Settings:
+def resolve(source: Path, raw: Config, *, prepare: bool = False, secret: bool = True) -> Settings:
     base = source.parent
     if prepare and raw.demo.bootstrap:
         from . import demo
@@ -272,7 +274,7 @@ def resolve(source: Path, raw: Config, *, prepare: bool = False) -> Settings:
         webhook_listen=parse_address(raw.webhook.listen, "[webhook] listen"),
         control_listen=control_listen,
         app_listen=parse_address(raw.app.listen, "[app] listen") if raw.app.listen else None,
-        secret=read_secret(raw.webhook, base),
+        secret=read_secret(raw.webhook, base) if secret else b"",
         repo_path=repo_path,
         app_cwd=app_cwd,
         watch_paths=watch_paths,

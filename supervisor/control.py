@@ -43,6 +43,7 @@ def status(sup: "Supervisor") -> dict[str, Any]:
         "app_port": sup.releases.port,
         "webhook_url": sup.webhook_url,
         "supervisor_uptime": round(time.time() - sup.started, 3),
+        "last_reload": sup.last_reload,
     }
 
 

@@ -23,7 +23,7 @@ from .child import Child, Spec, describe_exit
 from .guard import Guard
 from .history import DeployRecord, History
 from .metrics import Metrics
-from .release import Release, Releases, failure_report
+from .release import Release, Releases, SwapResult, failure_report
 from .watch import Expected
 from .worktree import Facts, FetchError, GitFailure, GitThread, WorkTree
 
@@ -180,7 +180,9 @@ class Deployer:
         self.deployed = self.tree.head()
         result = await self.releases.start(self.deployed)
         self.state = "running" if result.ok else "crashed"
-        if not result.ok:
+        if result.ok:
+            self._went_live(self.deployed)
+        else:
             log.error("app failed to start at %s: %s", self.deployed[:12], result.reason)
             self._wake.set()  # no release is live: the loop restarts it with backoff
 
@@ -340,11 +342,16 @@ class Deployer:
                 return failure_report(f"before_restart {' '.join(argv)} {describe_exit(code)}", child)
         return None
 
-    async def _swap(self, commit: str, trigger: str, previous: str | None):
+    async def _swap(self, commit: str, trigger: str, previous: str | None) -> SwapResult:
         result = await self.releases.start(commit, previous=previous)
         if result.ok:
             self.deployed = commit
+            self._went_live(commit)
         return result
+
+    def _went_live(self, commit: str) -> None:
+        if self.history:
+            self.history.record_release(commit)
 
     async def _roll_back(self, bad: str, good: str, why: str, trigger: str, phases: Phases) -> None:
         """The new commit failed: tree back to the running commit, old release untouched."""

@@ -39,6 +39,12 @@ MIGRATIONS: list[str] = [
         reason TEXT, output_tail TEXT, phases TEXT);
     CREATE TABLE bad_commits (sha TEXT PRIMARY KEY, reason TEXT NOT NULL, marked_at REAL NOT NULL);
     """,
+    # 2: every commit that went live and passed its checks (start-up included), for rollbacks.
+    """
+    CREATE TABLE releases (sha TEXT PRIMARY KEY, live_at REAL NOT NULL);
+    INSERT OR IGNORE INTO releases (sha, live_at)
+        SELECT to_commit, MAX(ended_at) FROM deploys WHERE result = 'ok' GROUP BY to_commit;
+    """,
 ]
 
 
@@ -152,10 +158,13 @@ class History:
         rows = self.db.execute(sql, ((before, limit) if before else (limit,))).fetchall()
         return [dict(r) for r in rows]
 
+    def record_release(self, sha: str) -> None:
+        self._write("INSERT OR REPLACE INTO releases (sha, live_at) VALUES (?, ?)", (sha, time.time()))
+
     def good_releases(self) -> Iterator[str]:
         """Commits that went live successfully, newest first."""
-        for row in self.db.execute("SELECT to_commit FROM deploys WHERE result = 'ok' ORDER BY seq DESC"):
-            yield row["to_commit"]
+        for row in self.db.execute("SELECT sha FROM releases ORDER BY live_at DESC LIMIT 1000"):
+            yield row["sha"]
 
     def prune(self) -> None:
         try:
@@ -163,6 +172,8 @@ class History:
                             "LIMIT 1 OFFSET ?)", (self.retention,))
             self.db.execute("DELETE FROM deliveries WHERE received_at <= (SELECT received_at FROM deliveries "
                             "ORDER BY received_at DESC LIMIT 1 OFFSET ?)", (self.delivery_retention,))
+            self.db.execute("DELETE FROM releases WHERE live_at <= (SELECT live_at FROM releases "
+                            "ORDER BY live_at DESC LIMIT 1 OFFSET ?)", (self.retention,))
         except sqlite3.Error as exc:
             log.error("history: cannot prune %s (%s)", self.path, exc)
 

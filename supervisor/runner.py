@@ -136,6 +136,7 @@ class Supervisor:
                                     trusted_proxies=settings.trusted_proxies, on_verdict=self._on_verdict)
         self.metrics.watch(self)
         self.started = time.time()
+        self.last_reload: dict[str, object] | None = None
         self.stop_event = asyncio.Event()
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -212,6 +213,7 @@ class Supervisor:
                 raise ConfigError(f"{', '.join(fixed)} cannot change while running; restart pushcd for that")
         except (ConfigError, StartupError) as exc:
             log.error("reload refused, keeping the running config: %s", exc)
+            self.last_reload = {"ok": False, "reason": str(exc), "at": time.time()}
             return
         old_watch = self.settings.raw.watch, self.settings.watch_paths
         self.settings = new
@@ -231,6 +233,7 @@ class Supervisor:
             self._watch_stop.set()
             self._start_watch()
         log.info("config reloaded from %s (app changes apply at the next restart or deploy)", new.source)
+        self.last_reload = {"ok": True, "reason": "applied", "at": time.time()}
 
     async def close(self) -> None:
         self.stop_event.set()

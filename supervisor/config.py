@@ -41,6 +41,16 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+class GitlabHook(_Section):
+    token_env: str
+    path: str = "/gitlab"
+
+
+class GiteaHook(_Section):  # Forgejo uses the same table
+    secret_env: str
+    path: str = "/gitea"
+
+
 class Webhook(_Section):
     listen: str = "127.0.0.1:9000"
     path: str = "/github"
@@ -51,6 +61,16 @@ class Webhook(_Section):
     tls_key: str | None = None
     allow_from: list[str] = []  # CIDRs; empty = everyone (the signature still decides)
     trusted_proxies: list[str] = []  # CIDRs whose X-Forwarded-For names the real peer
+    gitlab: GitlabHook | None = None
+    gitea: GiteaHook | None = None
+
+
+class Auth(_Section):
+    ssh_key: str | None = None  # private key file of a deploy key
+    ssh_passphrase_env: str | None = None
+    known_hosts: str | None = None  # default: the user's ~/.ssh/known_hosts
+    token_env: str | None = None  # HTTPS token
+    username: str = "x-access-token"  # what GitHub expects with a token
 
 
 class Repo(_Section):
@@ -60,6 +80,9 @@ class Repo(_Section):
     full_name: str | None = None
     on_diverge: Literal["refuse", "reset"] = "refuse"
     fetch_timeout: float = 60.0
+    url: str | None = None  # clone from here when path does not exist yet
+    poll_interval: float = 0.0  # seconds; 0 = off
+    auth: Auth = msgspec.field(default_factory=Auth)
 
 
 class Ready(_Section):
@@ -136,6 +159,21 @@ class Address:
 
 
 @dataclass(frozen=True)
+class GitAuth:
+    """Resolved fetch credentials; the repr never shows them."""
+
+    ssh_key: Path | None = None
+    ssh_passphrase: str = ""
+    known_hosts: Path | None = None
+    token: str | None = None
+    token_env: str | None = None
+    username: str = "x-access-token"
+
+    def __repr__(self) -> str:
+        return f"GitAuth(ssh_key={self.ssh_key}, known_hosts={self.known_hosts}, token={'***' if self.token else None})"
+
+
+@dataclass(frozen=True)
 class Settings:
     """The validated config with paths resolved and the secret loaded."""
 
@@ -154,6 +192,8 @@ class Settings:
     allow_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     tls: tuple[Path, Path] | None = None
+    hooks: tuple[tuple[str, str, bytes], ...] = ()  # (kind, path, secret) per receiver
+    auth: GitAuth = GitAuth()
 
     def __repr__(self) -> str:  # never print the secret
         return f"Settings(source={self.source!s}, repo={self.repo_path!s})"
@@ -192,17 +232,38 @@ def _explain(error: msgspec.ValidationError) -> str:
     return f"{where}: {what.lower()}; fix the value's type"
 
 
+def _env_secret(key: str, name: str, what: str) -> bytes:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"{key}: environment variable {name} is not set; export {name}=<{what}>")
+    return value.encode()
+
+
+def read_hooks(cfg: Webhook, base: Path) -> tuple[tuple[str, str, bytes], ...]:
+    """Every configured receiver with its secret; GitHub's only when it has one or nothing else is set."""
+    hooks = []
+    if cfg.gitlab:
+        hooks.append(("gitlab", cfg.gitlab.path,
+                      _env_secret("[webhook.gitlab] token_env", cfg.gitlab.token_env, "the GitLab secret token")))
+    if cfg.gitea:
+        hooks.append(("gitea", cfg.gitea.path,
+                      _env_secret("[webhook.gitea] secret_env", cfg.gitea.secret_env, "the Gitea/Forgejo secret")))
+    if cfg.secret_env or cfg.secret_file or not hooks:
+        hooks.insert(0, ("github", cfg.path, read_secret(cfg, base)))
+    paths = [path for _, path, _ in hooks]
+    for path in paths:
+        if not path.startswith("/"):
+            raise ConfigError(f'webhook path "{path}" must start with "/"')
+    if len(set(paths)) != len(paths):
+        raise ConfigError("[webhook] path, [webhook.gitlab] path and [webhook.gitea] path must differ")
+    return tuple(hooks)
+
+
 def read_secret(cfg: Webhook, base: Path) -> bytes:
     if cfg.secret_env and cfg.secret_file:
         raise ConfigError("[webhook] set secret_env or secret_file, not both")
     if cfg.secret_env:
-        value = os.environ.get(cfg.secret_env)
-        if not value:
-            raise ConfigError(
-                f"[webhook] secret_env: environment variable {cfg.secret_env} is not set; "
-                f"export {cfg.secret_env}=<the webhook secret you gave GitHub>"
-            )
-        return value.encode()
+        return _env_secret("[webhook] secret_env", cfg.secret_env, "the webhook secret you gave GitHub")
     if cfg.secret_file:
         path = (base / cfg.secret_file).resolve()
         try:
@@ -262,19 +323,22 @@ def resolve(source: Path, raw: Config, *, prepare: bool = False, secret: bool = 
             raise ConfigError(f"[app] {name} must be greater than 0")
     if raw.watch.debounce_ms < 0:
         raise ConfigError("[watch] debounce_ms must be 0 or more")
+    if raw.repo.poll_interval < 0:
+        raise ConfigError("[repo] poll_interval must be 0 (off) or more seconds")
     if raw.state.retention < 1:
         raise ConfigError("[state] retention must be 1 or more")
     repo_path = (base / raw.repo.path).resolve()
     app_cwd = (repo_path / raw.app.cwd).resolve()
     watch_paths = tuple((repo_path / p).resolve() for p in raw.watch.paths) or (repo_path,)
     control_listen = parse_address(raw.control.listen, "[control] listen")
+    hooks = read_hooks(raw.webhook, base) if secret else ()
     settings = Settings(
         source=source,
         raw=raw,
         webhook_listen=parse_address(raw.webhook.listen, "[webhook] listen"),
         control_listen=control_listen,
         app_listen=parse_address(raw.app.listen, "[app] listen") if raw.app.listen else None,
-        secret=read_secret(raw.webhook, base) if secret else b"",
+        secret=dict((k, v) for k, _, v in hooks).get("github", b""),
         repo_path=repo_path,
         app_cwd=app_cwd,
         watch_paths=watch_paths,
@@ -284,6 +348,8 @@ def resolve(source: Path, raw: Config, *, prepare: bool = False, secret: bool = 
         allow_from=_networks(raw.webhook.allow_from, "[webhook] allow_from"),
         trusted_proxies=_networks(raw.webhook.trusted_proxies, "[webhook] trusted_proxies"),
         tls=_tls(raw.webhook, base),
+        hooks=hooks,
+        auth=_auth(raw.repo.auth, base) if secret else GitAuth(),
     )
     return settings
 
@@ -320,6 +386,27 @@ def _networks(values: list[str], key: str) -> tuple[ipaddress.IPv4Network | ipad
     return tuple(out)
 
 
+def _auth(cfg: Auth, base: Path) -> GitAuth:
+    key = known = None
+    if cfg.ssh_key:
+        key = (base / cfg.ssh_key).expanduser().resolve()
+        if not key.is_file():
+            raise ConfigError(f"[repo.auth] ssh_key: {key} does not exist; give the private key of the deploy key")
+    if cfg.known_hosts:
+        known = (base / cfg.known_hosts).expanduser().resolve()
+        if not known.is_file():
+            raise ConfigError(f"[repo.auth] known_hosts: {known} does not exist; create it with "
+                              f"ssh-keyscan HOST >> {known} (and check the fingerprint)")
+    passphrase = ""
+    if cfg.ssh_passphrase_env:
+        passphrase = _env_secret("[repo.auth] ssh_passphrase_env", cfg.ssh_passphrase_env,
+                                 "the deploy key's passphrase").decode()
+    token = None
+    if cfg.token_env:
+        token = _env_secret("[repo.auth] token_env", cfg.token_env, "an access token with read access").decode()
+    return GitAuth(key, passphrase, known, token, cfg.token_env, cfg.username)
+
+
 def _tls(cfg: Webhook, base: Path) -> tuple[Path, Path] | None:
     if not cfg.tls_cert and not cfg.tls_key:
         return None
@@ -335,8 +422,11 @@ def _tls(cfg: Webhook, base: Path) -> tuple[Path, Path] | None:
 def check_work_tree(settings: Settings) -> None:
     """Errors a person can fix before we start: the work tree must exist and be a git repo."""
     repo = settings.repo_path
+    if not repo.exists() and settings.raw.repo.url:
+        return  # cloned on start
     if not repo.is_dir():
-        raise ConfigError(f"[repo] path: {repo} does not exist; clone your repository there first")
+        raise ConfigError(f"[repo] path: {repo} does not exist; clone your repository there first "
+                          f"or set [repo] url to have it cloned")
     if not (repo / ".git").exists():
         raise ConfigError(f"[repo] path: {repo} is not a git work tree (no .git); clone your repository there")
     if not settings.app_cwd.is_dir():

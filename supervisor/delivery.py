@@ -74,27 +74,55 @@ def decode_body(body: bytes, content_type: str) -> object:
     return json.loads(body)
 
 
+def verify_gitlab(headers: Mapping[str, str], body: bytes, secret: bytes, _allow_sha1: bool) -> str | None:
+    """GitLab sends the secret itself as a token, not a signature."""
+    token = headers.get("X-Gitlab-Token")
+    if not token:
+        return "missing X-Gitlab-Token"
+    if not hmac.compare_digest(token.encode("utf-8", "replace"), secret):
+        return "X-Gitlab-Token does not match"
+    return None
+
+
+def verify_gitea(headers: Mapping[str, str], body: bytes, secret: bytes, _allow_sha1: bool) -> str | None:
+    """Gitea and Forgejo: HMAC-SHA256 of the body, bare hex."""
+    name = "X-Forgejo-Signature" if headers.get("X-Forgejo-Signature") else "X-Gitea-Signature"
+    value = headers.get(name)
+    if not value:
+        return "missing X-Gitea-Signature (or X-Forgejo-Signature)"
+    return _hmac_header(secret, body, "sha256=" + value, "sha256", name)
+
+
 @dataclass(frozen=True)
 class Receiver:
-    """One kind of sender: where its event name, delivery id and signature live."""
+    """One kind of sender: where its event name, delivery id and signature live.
+
+    Headers are tried in order (Forgejo sends its own names besides Gitea's).
+    """
 
     name: str
-    event_header: str
-    delivery_header: str
+    event_headers: tuple[str, ...]
+    delivery_headers: tuple[str, ...]
     verify: Callable[[Mapping[str, str], bytes, bytes, bool], str | None]
     push_events: frozenset[str]
     ping_events: frozenset[str]
-    repo_key: str = "full_name"
+    repo_key: tuple[str, ...] = ("repository", "full_name")
+
+    def first(self, headers: Mapping[str, str], names: tuple[str, ...]) -> str | None:
+        for name in names:
+            value = headers.get(name)
+            if value:
+                return value
+        return None
 
 
-GITHUB = Receiver(
-    name="github",
-    event_header="X-GitHub-Event",
-    delivery_header="X-GitHub-Delivery",
-    verify=verify_github,
-    push_events=frozenset({"push"}),
-    ping_events=frozenset({"ping"}),
-)
+#: The receiver kinds, as a table (Flux's notification-controller does the same).
+GITHUB = Receiver("github", ("X-GitHub-Event",), ("X-GitHub-Delivery",), verify_github,
+                  frozenset({"push"}), frozenset({"ping"}))
+GITLAB = Receiver("gitlab", ("X-Gitlab-Event",), ("X-Gitlab-Event-UUID", "Idempotency-Key"), verify_gitlab,
+                  frozenset({"Push Hook"}), frozenset(), ("project", "path_with_namespace"))
+GITEA = Receiver("gitea", ("X-Forgejo-Event", "X-Gitea-Event"), ("X-Forgejo-Delivery", "X-Gitea-Delivery"),
+                 verify_gitea, frozenset({"push"}), frozenset())
 
 
 def judge(
@@ -108,15 +136,15 @@ def judge(
     seen: Collection[str],
     allow_sha1: bool = False,
 ) -> Verdict:
-    delivery = headers.get(receiver.delivery_header) or None
+    delivery = receiver.first(headers, receiver.delivery_headers)
     if delivery is not None and (len(delivery) > 200 or not delivery.isprintable()):
         delivery = None
     problem = receiver.verify(headers, body, secret, allow_sha1)
     if problem:
         return Verdict(401, "unauthorized", problem, delivery)
-    event = headers.get(receiver.event_header)
+    event = receiver.first(headers, receiver.event_headers)
     if not event:
-        return Verdict(400, "bad_request", f"missing {receiver.event_header}", delivery)
+        return Verdict(400, "bad_request", f"missing {receiver.event_headers[-1]}", delivery)
     if delivery is not None and delivery in seen:
         return Verdict(200, "duplicate", f"duplicate delivery {delivery}; already handled", delivery)
     try:

@@ -84,7 +84,7 @@ class Intake:
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         peer = real_peer(request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
-        delivery = request.headers.get(self.receiver.delivery_header, "-")[:200]
+        delivery = (self.receiver.first(request.headers, self.receiver.delivery_headers) or "-")[:200]
         if not allowed(peer, self.allow_from):
             verdict = Verdict(403, "forbidden", f"peer {peer} is not in [webhook] allow_from")
         else:
@@ -98,7 +98,7 @@ class Intake:
                 verdict = judge(request.headers, body, self.receiver, secret=self._secret, branch=self.branch,
                                 full_name=self.full_name, seen=self.seen, allow_sha1=self.allow_sha1)
         seconds = time.perf_counter() - started
-        self.act(verdict, request.headers.get(self.receiver.event_header), seconds)
+        self.act(verdict, self.receiver.first(request.headers, self.receiver.event_headers), seconds)
         level = logging.WARNING if verdict.status >= 400 else logging.INFO
         log.log(level, "delivery %s from %s: %s %s (%s) in %.1fms", verdict.delivery or delivery, peer,
                 verdict.status, verdict.verdict, verdict.reason, seconds * 1000,
@@ -121,7 +121,9 @@ class Intake:
         return [web.post(path, self.handle)]
 
 
-def make_app(intake: Intake, path: str) -> web.Application:
+def make_app(intakes: dict[str, Intake]) -> web.Application:
+    """One listener, one path per receiver kind (GitHub, GitLab, Gitea/Forgejo)."""
     app = web.Application(client_max_size=MAX_BODY)
-    app.add_routes(intake.routes(path))
+    for path, intake in intakes.items():
+        app.add_routes(intake.routes(path))
     return app

@@ -31,7 +31,7 @@ class Push:
     repository: str | None
 
     @classmethod
-    def from_payload(cls, payload: Any, repo_key: str = "full_name") -> "Push":
+    def from_payload(cls, payload: Any, repo_key: tuple[str, ...] = ("repository", "full_name")) -> "Push":
         if not isinstance(payload, dict):
             raise BadPayload("payload is not a JSON object")
         ref = payload.get("ref")
@@ -42,10 +42,10 @@ class Push:
             after = None
         zero = after is not None and set(after) == {"0"}
         deleted = payload.get("deleted") is True or zero
-        repository = None
-        repo = payload.get("repository")
-        if isinstance(repo, dict) and isinstance(repo.get(repo_key), str):
-            repository = repo[repo_key]
+        node: Any = payload
+        for key in repo_key:
+            node = node.get(key) if isinstance(node, dict) else None
+        repository = node if isinstance(node, str) else None
         return cls(ref=ref, after=None if zero else after, deleted=deleted, repository=repository)
 
 

@@ -16,6 +16,7 @@ import asyncio
 import errno
 import logging
 import os
+import random
 import signal
 import socket
 import ssl
@@ -28,17 +29,18 @@ from aiohttp import web
 
 from . import config, control, intake
 from .config import Address, ConfigError, Settings
-from .delivery import Verdict
+from .delivery import GITEA, GITHUB, GITLAB, Verdict
 from .deploy import Deployer
 from .guard import Guard
 from .history import History
 from .metrics import Metrics
 from .release import Releases
 from .watch import Expected, watch_tree
-from .worktree import GitFailure, GitThread, WorkTree, set_network_timeouts
+from .worktree import GitFailure, GitThread, WorkTree, clone, set_network_timeouts, use_known_hosts
 
 log = logging.getLogger("supervisor")
 
+RECEIVERS = {"github": GITHUB, "gitlab": GITLAB, "gitea": GITEA}
 LOG_LINES = 500  # the child's recent output, for /logs and the status page
 
 
@@ -104,8 +106,13 @@ class Supervisor:
         set_network_timeouts(raw.repo.fetch_timeout)
         _check_probe(settings)
         self.tls = _tls_context(settings)
+        if settings.auth.known_hosts:
+            use_known_hosts(settings.auth.known_hosts, settings.state_dir / "ssh-home")
         try:
-            self.tree = WorkTree(settings.repo_path, raw.repo.remote, raw.repo.branch)
+            if not settings.repo_path.exists() and raw.repo.url:
+                log.info("cloning %s into %s", raw.repo.url, settings.repo_path)
+                clone(raw.repo.url, settings.repo_path, raw.repo.branch, settings.auth)
+            self.tree = WorkTree(settings.repo_path, raw.repo.remote, raw.repo.branch, settings.auth)
             self.tree.check_branch()
         except GitFailure as exc:
             raise StartupError(f"[repo] {exc}") from None
@@ -130,10 +137,11 @@ class Supervisor:
                                  before_restart=raw.deploy.before_restart,
                                  before_restart_timeout=raw.deploy.before_restart_timeout,
                                  history=self.history, metrics=self.metrics)
-        self.intake = intake.Intake(secret=settings.secret, branch=raw.repo.branch, full_name=raw.repo.full_name,
-                                    allow_sha1=raw.webhook.allow_sha1, request_deploy=self.deployer.request_deploy,
-                                    seen=self.history.seen, allow_from=settings.allow_from,
-                                    trusted_proxies=settings.trusted_proxies, on_verdict=self._on_verdict)
+        self.intakes = {path: intake.Intake(
+            secret=secret, branch=raw.repo.branch, full_name=raw.repo.full_name, allow_sha1=raw.webhook.allow_sha1,
+            request_deploy=self.deployer.request_deploy, seen=self.history.seen, receiver=RECEIVERS[kind],
+            allow_from=settings.allow_from, trusted_proxies=settings.trusted_proxies, on_verdict=self._on_verdict)
+            for kind, path, secret in settings.hooks}
         self.metrics.watch(self)
         self.started = time.time()
         self.last_reload: dict[str, object] | None = None
@@ -152,12 +160,16 @@ class Supervisor:
         self.metrics.webhook_latency.observe(seconds)
         self.history.record_delivery(verdict.delivery, event, verdict.verdict, verdict.reason)
 
-    @property
-    def webhook_url(self) -> str:
+    def hook_url(self, path: str) -> str:
         host = self.settings.webhook_listen.host
         host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         scheme = "https" if self.tls else "http"
-        return f"{scheme}://{host}:{self.webhook_port}{self.settings.raw.webhook.path}"
+        return f"{scheme}://{host}:{self.webhook_port}{path}"
+
+    @property
+    def webhook_url(self) -> str:
+        """The first receiver's URL (GitHub's, when configured)."""
+        return self.hook_url(next(iter(self.intakes)))
 
     def describe(self, sha: str) -> dict[str, str]:
         if sha not in self._described:
@@ -173,17 +185,35 @@ class Supervisor:
         raw = self.settings.raw
         self.guard = self.releases.guard = self.deployer.guard = Guard()
         hook_runner, self.webhook_port = await _listen(
-            intake.make_app(self.intake, raw.webhook.path), self.settings.webhook_listen, "[webhook] listen",
+            intake.make_app(self.intakes), self.settings.webhook_listen, "[webhook] listen",
             self.tls)
         self._runners.append(hook_runner)
         ctl_runner, self.control_port = await _listen(
             control.make_app(self), self.settings.control_listen, "[control] listen")
         self._runners.append(ctl_runner)
-        log.info("webhook on %s; status on http://%s:%d/", self.webhook_url,
+        log.info("webhook on %s; status on http://%s:%d/",
+                 ", ".join(f"{i.receiver.name} {self.hook_url(p)}" for p, i in self.intakes.items()),
                  self.settings.control_listen.host, self.control_port)
         await self.deployer.start()
         self._tasks.append(asyncio.create_task(self.deployer.run(), name="deployer"))
         self._start_watch()
+        self._tasks.append(asyncio.create_task(self._poll(), name="poll"))
+
+    async def _poll(self) -> None:
+        """[repo] poll_interval: fetch on a timer, for boxes GitHub cannot reach.
+
+        It only asks for a deploy; the worker deploys when the tip moved, so a
+        push that also sent its webhook is deployed once.
+        """
+        while True:
+            interval = self.settings.raw.repo.poll_interval  # re-read: SIGHUP may change it
+            if interval <= 0:
+                await asyncio.sleep(5.0)  # off; look again in a while
+                continue
+            # up to 10% jitter, so many boxes polling one origin do not move in step
+            await asyncio.sleep(interval * (1 + 0.1 * random.random()))
+            if self.settings.raw.repo.poll_interval > 0 and not self.deployer.queued:
+                self.deployer.request_deploy("poll")
 
     def _start_watch(self) -> None:
         raw, s = self.settings.raw, self.settings
@@ -208,6 +238,7 @@ class Supervisor:
                 ("[repo] remote/branch", (new.raw.repo.remote, new.raw.repo.branch),
                  (self.settings.raw.repo.remote, self.settings.raw.repo.branch)),
                 ("[state] dir", new.state_dir, self.settings.state_dir),
+                ("webhook receivers and paths", [h[:2] for h in new.hooks], [h[:2] for h in self.settings.hooks]),
             ] if a != b]
             if fixed:
                 raise ConfigError(f"{', '.join(fixed)} cannot change while running; restart pushcd for that")
@@ -218,17 +249,22 @@ class Supervisor:
         old_watch = self.settings.raw.watch, self.settings.watch_paths
         self.settings = new
         raw = new.raw
-        self.intake._secret = new.secret
-        self.intake.full_name = raw.repo.full_name
-        self.intake.allow_sha1 = raw.webhook.allow_sha1
-        self.intake.allow_from = new.allow_from
-        self.intake.trusted_proxies = new.trusted_proxies
+        for _kind, path, secret in new.hooks:
+            hook = self.intakes[path]
+            hook._secret = secret
+            hook.full_name = raw.repo.full_name
+            hook.allow_sha1 = raw.webhook.allow_sha1
+            hook.allow_from = new.allow_from
+            hook.trusted_proxies = new.trusted_proxies
         self.releases.settings, self.releases.app = new, raw.app  # used from the next start on
         d = self.deployer
         d.on_diverge, d.probation = raw.repo.on_diverge, raw.deploy.probation
         d.before_restart, d.before_restart_timeout = raw.deploy.before_restart, raw.deploy.before_restart_timeout
         self.history.retention = raw.state.retention
         set_network_timeouts(raw.repo.fetch_timeout)
+        self.tree.auth = new.auth  # the next fetch uses the new credentials
+        if new.auth.known_hosts:
+            use_known_hosts(new.auth.known_hosts, new.state_dir / "ssh-home")
         if (raw.watch, new.watch_paths) != old_watch:
             self._watch_stop.set()
             self._start_watch()

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import pygit2
-from pygit2.enums import CheckoutStrategy, FileStatus, Option
+from pygit2.enums import CheckoutStrategy, CredentialType, FileStatus, Option
+
+from .config import GitAuth
 
 T = TypeVar("T")
 
@@ -62,6 +65,54 @@ class GitThread:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+class Credentials(pygit2.RemoteCallbacks):
+    """Deploy key or token for fetch and clone, and a host key that must be known.
+
+    pygit2's default accepts any SSH host key; here an unknown or changed host
+    key fails (libgit2 checks ``known_hosts`` and tells us in ``valid``).
+    """
+
+    def __init__(self, auth: GitAuth | None) -> None:
+        super().__init__()
+        self.auth = auth or GitAuth()
+        self.tried: list[str] = []
+
+    def credentials(self, url: str, username_from_url: str | None, allowed_types: CredentialType):
+        a = self.auth
+        if allowed_types & CredentialType.SSH_KEY and a.ssh_key and "ssh" not in self.tried:
+            self.tried.append("ssh")
+            pub = a.ssh_key.with_name(a.ssh_key.name + ".pub")
+            return pygit2.Keypair(username_from_url or "git", str(pub) if pub.exists() else None,
+                                  str(a.ssh_key), a.ssh_passphrase)
+        if allowed_types & CredentialType.USERPASS_PLAINTEXT and a.token and "token" not in self.tried:
+            self.tried.append("token")
+            return pygit2.UserPass(username_from_url or a.username, a.token)
+        if allowed_types & CredentialType.SSH_KEY and not a.ssh_key and "agent" not in self.tried:
+            self.tried.append("agent")  # no key configured: the user's ssh-agent, as git would
+            return pygit2.KeypairFromAgent(username_from_url or "git")
+        raise pygit2.GitError("no (more) credentials to try")
+
+    def certificate_check(self, certificate: None, valid: bool, host: bytes) -> bool:
+        return bool(valid)
+
+    def explain(self, exc: Exception, url: str) -> str:
+        a, text = self.auth, str(exc)
+        if isinstance(exc, pygit2.CertificateError) or "hostkey" in text or "certificate" in text.lower():
+            where = a.known_hosts or "~/.ssh/known_hosts"
+            return (f"the host key of {url} is unknown or changed ({text}); add it to {where} "
+                    f"(ssh-keyscan, then check the fingerprint) and set [repo.auth] known_hosts")
+        if isinstance(exc, pygit2.AuthError) or "authentication" in text or "credentials" in text:
+            if "ssh" in self.tried:
+                return (f"authentication with the SSH key {a.ssh_key} was rejected by {url} ({text}); add its "
+                        f"public half as a deploy key with read access, or fix [repo.auth] ssh_key")
+            if "token" in self.tried:
+                return (f"authentication with the token from ${a.token_env} (user {a.username}) was rejected by "
+                        f"{url} ({text}); check the token is valid and can read the repository")
+            return (f"{url} asks for credentials and none are configured ({text}); set [repo.auth] ssh_key "
+                    f"or token_env")
+        return text
+
+
 def set_network_timeouts(seconds: float) -> None:
     """libgit2's socket timeouts, so a hung remote fails instead of hanging forever."""
     ms = max(1, int(seconds * 1000))
@@ -69,8 +120,21 @@ def set_network_timeouts(seconds: float) -> None:
     pygit2.option(Option.SET_SERVER_TIMEOUT, ms)
 
 
+def use_known_hosts(known_hosts: Path, home: Path) -> None:
+    """libgit2 reads ``$HOME/.ssh/known_hosts``; give it a home whose file is ours.
+
+    This is process-wide (libgit2 has one home directory), so it also stops
+    libgit2 reading the user's ~/.gitconfig: the work tree's own config still applies.
+    """
+    ssh = home / ".ssh"
+    ssh.mkdir(parents=True, exist_ok=True)
+    (ssh / "known_hosts").write_bytes(known_hosts.read_bytes())
+    pygit2.option(Option.SET_HOMEDIR, str(home))
+
+
 class WorkTree:
-    def __init__(self, path: Path, remote: str, branch: str) -> None:
+    def __init__(self, path: Path, remote: str, branch: str, auth: GitAuth | None = None) -> None:
+        self.auth = auth
         self.path = path
         self.remote = remote
         self.branch = branch
@@ -111,10 +175,12 @@ class WorkTree:
         except KeyError:
             raise FetchError(f"no remote named {self.remote!r} in {self.path}; set [repo] remote") from None
         refspec = f"+{self.local_ref}:{self.remote_ref}"
+        callbacks = Credentials(self.auth)
         try:
-            remote.fetch([refspec], message=f"supervisor: fetch {self.branch}")
+            remote.fetch([refspec], message=f"supervisor: fetch {self.branch}", callbacks=callbacks)
         except (pygit2.GitError, OSError) as exc:
-            raise FetchError(f"fetch from {self.remote} ({remote.url}) failed: {exc}") from None
+            raise FetchError(f"fetch from {self.remote} ({remote.url}) failed: "
+                             f"{callbacks.explain(exc, remote.url)}") from None
         try:
             return str(self.repo.references[self.remote_ref].target)
         except KeyError:
@@ -160,3 +226,30 @@ class WorkTree:
             raise GitFailure(f"checkout of {target[:12]} refused: {exc}") from None
         self.repo.references[self.local_ref].set_target(target, f"supervisor: {reason}")
         self.repo.index.read(force=True)
+        self.update_submodules()
+
+    def update_submodules(self) -> None:
+        """Bring submodules to the revisions the commit records (cloning new ones)."""
+        if not (self.path / ".gitmodules").exists():
+            return
+        callbacks = Credentials(self.auth)
+        try:
+            self.repo.submodules.update(init=True, callbacks=callbacks)
+        except (pygit2.GitError, OSError) as exc:
+            raise GitFailure(f"submodule update failed: {callbacks.explain(exc, 'a submodule remote')}") from None
+
+
+def clone(url: str, path: Path, branch: str, auth: GitAuth | None) -> None:
+    """First start: clone ``url`` to ``path`` on ``branch`` (submodules too), all or nothing."""
+    callbacks = Credentials(auth)
+    partial = path.with_name(f".{path.name}.cloning")
+    if partial.exists():
+        shutil.rmtree(partial)  # a clone interrupted last time
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pygit2.clone_repository(url, str(partial), checkout_branch=branch, callbacks=callbacks)
+    except (pygit2.GitError, OSError) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise FetchError(f"clone of {url} failed: {callbacks.explain(exc, url)}") from None
+    partial.rename(path)  # only a complete clone ever appears at [repo] path
+    WorkTree(path, "origin", branch, auth).update_submodules()

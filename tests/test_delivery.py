@@ -150,3 +150,55 @@ def test_push_fields_are_type_checked() -> None:
     assert wanted(p, branch="main", full_name="a/b")[0] is False
     weird = Push.from_payload({"ref": "refs/notes/x"})
     assert wanted(weird, branch="main", full_name=None) == (False, "ref refs/notes/x is not a branch")
+
+
+# -- GitLab and Gitea/Forgejo ---------------------------------------------------
+
+from supervisor.delivery import GITEA, GITLAB  # noqa: E402
+
+
+def _other(receiver, name: str, headers: dict[str, str], *, branch: str = "master", full_name: str | None = None,
+           seen: SeenDeliveries | None = None):
+    return judge(headers, payload(name), receiver, secret=SECRET.encode(), branch=branch, full_name=full_name,
+                 seen=seen if seen is not None else SeenDeliveries())
+
+
+def _gitlab(token: str = SECRET, **extra: str) -> dict[str, str]:
+    return {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": token, "X-Gitlab-Event-UUID": "gl-1",
+            "Content-Type": "application/json", **extra}
+
+
+def _gitea(body: bytes, prefix: str = "Gitea", secret: str = SECRET) -> dict[str, str]:
+    sig = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {f"X-{prefix}-Event": "push", f"X-{prefix}-Signature": sig, f"X-{prefix}-Delivery": "gt-1",
+            "Content-Type": "application/json"}
+
+
+def test_gitlab_push_token_and_project_filter() -> None:
+    v = _other(GITLAB, "gitlab/push.json", _gitlab(), full_name="mike/diaspora")
+    assert (v.status, v.verdict, v.commit) == (202, "queued", "da1560886d4f094c3e6c9ef40349f7d38b5d27d7")
+    assert _other(GITLAB, "gitlab/push.json", _gitlab(), full_name="someone/else").verdict == "ignored"
+    assert _other(GITLAB, "gitlab/push.json", _gitlab(), branch="main").reason == "branch master is not main"
+    bad = _other(GITLAB, "gitlab/push.json", _gitlab(token="wrong"))
+    assert (bad.status, bad.reason) == (401, "X-Gitlab-Token does not match")
+    headers = _gitlab()
+    del headers["X-Gitlab-Token"]
+    assert _other(GITLAB, "gitlab/push.json", headers).status == 401
+    seen = SeenDeliveries()
+    seen.add("gl-1")
+    assert _other(GITLAB, "gitlab/push.json", _gitlab(), seen=seen).verdict == "duplicate"
+    tag = _other(GITLAB, "gitlab/push.json", _gitlab(**{"X-Gitlab-Event": "Tag Push Hook"}))
+    assert tag.verdict == "ignored"
+
+
+@pytest.mark.parametrize("name, full_name, after", [
+    ("gitea/push.json", "gogits/hello-world", "4522cbcefc20728a5b72b3a86af35e608622c514"),
+    ("gitea/push-new-branch.json", "example/example", "67b56589a45103f891bdee7c0546e5d40bc02001"),
+])
+@pytest.mark.parametrize("prefix", ["Gitea", "Forgejo"])
+def test_gitea_and_forgejo_push(name: str, full_name: str, after: str, prefix: str) -> None:
+    body = payload(name)
+    v = _other(GITEA, name, _gitea(body, prefix), full_name=full_name)
+    assert (v.status, v.verdict, v.commit, v.delivery) == (202, "queued", after, "gt-1")
+    assert _other(GITEA, name, _gitea(body, prefix, secret="wrong")).status == 401
+    assert _other(GITEA, name, _gitea(body, prefix), full_name="x/y").verdict == "ignored"

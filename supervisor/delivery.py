@@ -149,7 +149,7 @@ def judge(
         return Verdict(200, "duplicate", f"duplicate delivery {delivery}; already handled", delivery)
     try:
         payload = decode_body(body, headers.get("Content-Type", "application/json"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." bombs
         return Verdict(400, "bad_request", f"body is not valid JSON: {str(exc)[:120]}", delivery)
     if event in receiver.ping_events:
         return Verdict(200, "ping", "pong", delivery)

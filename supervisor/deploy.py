@@ -190,24 +190,38 @@ class Deployer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._rollback or self._deploy:
-                waiters, self._waiters = self._waiters, []
-                before = self.last
-                if self._rollback:
-                    self._rollback = False
-                    await self._run_job(self._roll_back_by_hand())
-                else:
-                    trigger, self._deploy = self._deploy, None
-                    await self._run_job(self._deploy_once(trigger, Phases()))
-                for w in waiters:
+            try:
+                await self._one_job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug or an OS error must not stop the worker
+                log.exception("deploy worker: unexpected error; the app keeps running, next request retries")
+                self.state = "running" if not self._needs_recovery() else "crashed"
+                for w in self._waiters:
                     if not w.done():
-                        w.set_result(self.last if self.last is not before else None)
-            elif self._needs_recovery():
-                await self._recover()
-            elif self._restart:
-                trigger, self._restart = self._restart, None
-                await self._swap(self.deployed, trigger, previous=None)
-            self.runs += 1
+                        w.set_result(None)
+                self._waiters = []
+                await asyncio.sleep(1.0)  # do not spin if the error repeats at once
+
+    async def _one_job(self) -> None:
+        if self._rollback or self._deploy:
+            waiters, self._waiters = self._waiters, []
+            before = self.last
+            if self._rollback:
+                self._rollback = False
+                await self._run_job(self._roll_back_by_hand())
+            else:
+                trigger, self._deploy = self._deploy, None
+                await self._run_job(self._deploy_once(trigger, Phases()))
+            for w in waiters:
+                if not w.done():
+                    w.set_result(self.last if self.last is not before else None)
+        elif self._needs_recovery():
+            await self._recover()
+        elif self._restart:
+            trigger, self._restart = self._restart, None
+            await self._swap(self.deployed, trigger, previous=None)
+        self.runs += 1
 
     def _needs_recovery(self) -> bool:
         live = self.releases.live
@@ -310,7 +324,7 @@ class Deployer:
             if backup:
                 ref = self.tree.backup(facts.head)
                 log.warning("saved %s as %s before reset", facts.head[:12], ref)
-            self.tree.move_to(facts.target, reason)
+            self.tree.move_to(facts.target, reason, facts.changed)
 
         # The checkout's own writes must not come back as a watched change.
         self.expected.expect(facts.writes)

@@ -7,16 +7,18 @@ only *requests* a deploy; the answer goes out before any git work starts.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
 from typing import Callable, Collection, Protocol, Sequence
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from .delivery import GITHUB, Receiver, SeenDeliveries, Verdict, judge
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+aiohttp_errors = (http_exceptions.HttpProcessingError,)
 
 
 class Seen(Protocol):
@@ -62,6 +64,7 @@ def allowed(peer: str, allow_from: Collection[Network]) -> bool:
 log = logging.getLogger("supervisor.intake")
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
+BODY_TIMEOUT = 30.0  # seconds to receive a body; GitHub itself gives up after 10
 
 
 class Intake:
@@ -85,16 +88,21 @@ class Intake:
         started = time.perf_counter()
         peer = real_peer(request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
         delivery = (self.receiver.first(request.headers, self.receiver.delivery_headers) or "-")[:200]
+        body: bytes | None = None
         if not allowed(peer, self.allow_from):
             verdict = Verdict(403, "forbidden", f"peer {peer} is not in [webhook] allow_from")
         else:
             try:
-                body = await request.read()  # bounded by client_max_size -> 413
+                # bounded in size by client_max_size (413) and in time (408): a slow sender
+                # cannot hold a connection open forever
+                body = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
             except web.HTTPRequestEntityTooLarge:
-                body = None
-            if body is None:
                 verdict = Verdict(413, "too_large", f"body over {MAX_BODY} bytes")
-            else:
+            except asyncio.TimeoutError:
+                verdict = Verdict(408, "too_slow", f"body not received within {BODY_TIMEOUT:g}s")
+            except (ConnectionError, aiohttp_errors) as exc:
+                verdict = Verdict(400, "bad_request", f"body could not be read: {type(exc).__name__}")
+            if body is not None:
                 verdict = judge(request.headers, body, self.receiver, secret=self._secret, branch=self.branch,
                                 full_name=self.full_name, seen=self.seen, allow_sha1=self.allow_sha1)
         seconds = time.perf_counter() - started
@@ -105,7 +113,7 @@ class Intake:
                 extra={"delivery": verdict.delivery or delivery, "commit": verdict.commit,
                        "duration": round(seconds, 6), "peer": peer, "verdict": verdict.verdict})
         response = web.json_response(verdict.body(), status=verdict.status)
-        if verdict.status == 413:
+        if verdict.status in (408, 413) or body is None:
             response.force_close()  # we did not read the rest of the body
         return response
 

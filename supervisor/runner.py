@@ -36,7 +36,7 @@ from .history import History
 from .metrics import Metrics
 from .release import Releases
 from .watch import Expected, watch_tree
-from .worktree import GitFailure, GitThread, WorkTree, clone, set_network_timeouts, use_known_hosts
+from .worktree import GitFailure, GitThread, Journal, WorkTree, clone, set_network_timeouts, use_known_hosts
 
 log = logging.getLogger("supervisor")
 
@@ -112,7 +112,11 @@ class Supervisor:
             if not settings.repo_path.exists() and raw.repo.url:
                 log.info("cloning %s into %s", raw.repo.url, settings.repo_path)
                 clone(raw.repo.url, settings.repo_path, raw.repo.branch, settings.auth)
-            self.tree = WorkTree(settings.repo_path, raw.repo.remote, raw.repo.branch, settings.auth)
+            self.tree = WorkTree(settings.repo_path, raw.repo.remote, raw.repo.branch, settings.auth,
+                                 Journal(settings.state_dir / "git-journal.json"))
+            self.recovered = self.tree.recover()
+            if self.recovered:
+                log.warning("recovered the work tree after a crash: %s", self.recovered)
             self.tree.check_branch()
         except GitFailure as exc:
             raise StartupError(f"[repo] {exc}") from None
@@ -196,6 +200,8 @@ class Supervisor:
                  self.settings.control_listen.host, self.control_port)
         await self.deployer.start()
         self._tasks.append(asyncio.create_task(self.deployer.run(), name="deployer"))
+        if self.recovered:
+            self.deployer.request_deploy("webhook")  # redo the deploy the crash interrupted
         self._start_watch()
         self._tasks.append(asyncio.create_task(self._poll(), name="poll"))
 

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
+import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import pygit2
 from pygit2.enums import CheckoutStrategy, CredentialType, FileStatus, Option
@@ -27,6 +30,7 @@ from pygit2.enums import CheckoutStrategy, CredentialType, FileStatus, Option
 from .config import GitAuth
 
 T = TypeVar("T")
+log = logging.getLogger("supervisor.worktree")
 
 _UNTOUCHED = {FileStatus.CURRENT, FileStatus.IGNORED}
 
@@ -50,6 +54,47 @@ class Facts:
     changed: tuple[str, ...]  # paths the move would write
     blocking: tuple[str, ...]  # local edits among them
     writes: dict[str, str | None] = field(default_factory=dict)  # path -> blob id it will hold (None: deleted)
+
+
+class Journal:
+    """What git operation is under way, on disk, so a SIGKILL mid-way can be repaired.
+
+    Written (atomically) before a fetch or a move of the tree and removed after it;
+    finding one at start-up means the last run died inside that operation.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def begin(self, op: str, **facts: object) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump({"op": op, "at": time.time(), **facts}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            # A full or read-only state dir must not stop deploys; only crash repair is lost.
+            tmp.unlink(missing_ok=True)
+            log.error("journal: cannot write %s (%s); a crash during this %s would need repair by hand",
+                      self.path, exc.strerror or exc, op)
+
+    def end(self) -> None:
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("journal: cannot remove %s (%s)", self.path, exc.strerror or exc)
+
+    def pending(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"op": "unknown"}  # torn write: treat as interrupted, repair conservatively
+        return data if isinstance(data, dict) else {"op": "unknown"}
 
 
 class GitThread:
@@ -113,11 +158,20 @@ class Credentials(pygit2.RemoteCallbacks):
         return text
 
 
+PACK_FILES_OPEN = 16
+
+
 def set_network_timeouts(seconds: float) -> None:
-    """libgit2's socket timeouts, so a hung remote fails instead of hanging forever."""
+    """libgit2's socket timeouts, so a hung remote fails instead of hanging forever.
+
+    Also caps the pack files libgit2 keeps open: every fetch adds a pack (libgit2
+    has no ``fetch.unpackLimit``), and by default it keeps them all open, one more
+    file descriptor per deploy, forever.
+    """
     ms = max(1, int(seconds * 1000))
     pygit2.option(Option.SET_SERVER_CONNECT_TIMEOUT, ms)
     pygit2.option(Option.SET_SERVER_TIMEOUT, ms)
+    pygit2.option(Option.SET_MWINDOW_FILE_LIMIT, PACK_FILES_OPEN)
 
 
 def use_known_hosts(known_hosts: Path, home: Path) -> None:
@@ -133,8 +187,10 @@ def use_known_hosts(known_hosts: Path, home: Path) -> None:
 
 
 class WorkTree:
-    def __init__(self, path: Path, remote: str, branch: str, auth: GitAuth | None = None) -> None:
+    def __init__(self, path: Path, remote: str, branch: str, auth: GitAuth | None = None,
+                 journal: Journal | None = None) -> None:
         self.auth = auth
+        self.journal = journal
         self.path = path
         self.remote = remote
         self.branch = branch
@@ -176,11 +232,14 @@ class WorkTree:
             raise FetchError(f"no remote named {self.remote!r} in {self.path}; set [repo] remote") from None
         refspec = f"+{self.local_ref}:{self.remote_ref}"
         callbacks = Credentials(self.auth)
+        self._begin("fetch")
         try:
             remote.fetch([refspec], message=f"supervisor: fetch {self.branch}", callbacks=callbacks)
         except (pygit2.GitError, OSError) as exc:
             raise FetchError(f"fetch from {self.remote} ({remote.url}) failed: "
                              f"{callbacks.explain(exc, remote.url)}") from None
+        finally:
+            self._end()
         try:
             return str(self.repo.references[self.remote_ref].target)
         except KeyError:
@@ -216,17 +275,80 @@ class WorkTree:
         self.repo.references.create(name, sha, force=True)
         return name
 
-    def move_to(self, target: str, reason: str) -> None:
+    def _begin(self, op: str, **facts: object) -> None:
+        if self.journal is not None:
+            self.journal.begin(op, **facts)
+
+    def _end(self) -> None:
+        if self.journal is not None:
+            self.journal.end()
+
+    def move_to(self, target: str, reason: str, changed: tuple[str, ...] = ()) -> None:
         """Check out ``target`` and point the branch at it; all or nothing."""
         commit = self.repo[target]
+        self._begin("move", source=self.head(), target=target, paths=list(changed))
         try:
             # SAFE: refuse (before writing anything) if a file to update has local edits.
             self.repo.checkout_tree(commit, strategy=CheckoutStrategy.SAFE)
         except pygit2.GitError as exc:
+            self._end()
             raise GitFailure(f"checkout of {target[:12]} refused: {exc}") from None
         self.repo.references[self.local_ref].set_target(target, f"supervisor: {reason}")
         self.repo.index.read(force=True)
         self.update_submodules()
+        self._end()
+
+    def _remove(self, path: str) -> None:
+        full = self.path / path
+        if full.is_file() or full.is_symlink():
+            full.unlink()
+        parent = full.parent
+        while parent != self.path and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+    def recover(self) -> str | None:
+        """Repair what a SIGKILL in the middle of a fetch or a move left; say what was done.
+
+        Only our own leftovers are touched: lock files libgit2 holds during those
+        operations, and the paths the interrupted move was writing (they had no
+        local edits, or the move would not have started).
+        """
+        pending = self.journal.pending() if self.journal else None
+        if pending is None:
+            return None
+        git_dir = Path(self.repo.path)
+        locks = [git_dir / "index.lock", git_dir / "HEAD.lock", git_dir / "packed-refs.lock",
+                 git_dir / "FETCH_HEAD.lock", git_dir / f"{self.local_ref}.lock", git_dir / f"{self.remote_ref}.lock"]
+        removed = [str(p.relative_to(git_dir)) for p in locks if p.exists()]
+        for p in locks:
+            p.unlink(missing_ok=True)
+        what = f"interrupted {pending.get('op')}"
+        if pending.get("op") == "move":
+            head = self.head()
+            paths = [p for p in pending.get("paths", []) if isinstance(p, str)]
+            # The ref moves last: if it did not, go back to where we were; if it did, finish.
+            self.repo.index.read(force=True)
+            tree = self.repo[head].peel(pygit2.Tree)
+            keep, gone = [], []
+            for path in paths:
+                try:
+                    tree[path]
+                    keep.append(path)
+                except KeyError:
+                    gone.append(path)  # created by the interrupted checkout (it was not in the way before)
+            index = self.repo.index
+            for path in gone:
+                self._remove(path)
+                if path in index:
+                    index.remove(path)
+            index.write()
+            if keep:
+                self.repo.checkout_tree(tree, strategy=CheckoutStrategy.FORCE, paths=keep)
+            self.repo.index.read(force=True)
+            what += f" {str(pending.get('source'))[:12]}..{str(pending.get('target'))[:12]}: tree set to {head[:12]}"
+        self.journal.end()  # type: ignore[union-attr]
+        return what + (f"; removed stale {', '.join(removed)}" if removed else "")
 
     def update_submodules(self) -> None:
         """Bring submodules to the revisions the commit records (cloning new ones)."""

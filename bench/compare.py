@@ -151,9 +151,10 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, kind: str = "VmRSS") -> float:
+    """Resident memory in MB; ``kind`` "RssAnon" leaves out mapped files (pack files, libraries)."""
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(kind + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 

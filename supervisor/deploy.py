@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import time
 from dataclasses import dataclass, field
@@ -216,6 +217,7 @@ class Deployer:
             for w in waiters:
                 if not w.done():
                     w.set_result(self.last if self.last is not before else None)
+            release_memory()
         elif self._needs_recovery():
             await self._recover()
         elif self._restart:
@@ -422,6 +424,23 @@ class Deployer:
         if self._retry:
             self._retry.cancel()
         self._retry = asyncio.get_running_loop().call_later(delay, self.request_deploy, trigger)
+
+
+try:
+    _malloc_trim = ctypes.CDLL(None).malloc_trim  # glibc
+except (OSError, AttributeError):
+    _malloc_trim = None
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS after a deploy.
+
+    libgit2 allocates in the git thread's malloc arena while the event loop
+    allocates in the main one; without a trim, a burst of webhooks during a
+    deploy of a large tree leaves the process tens of MB above its baseline.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _exit(release: Release) -> str:

@@ -159,6 +159,8 @@ class Credentials(pygit2.RemoteCallbacks):
 
 
 PACK_FILES_OPEN = 16
+OBJECT_CACHE_BYTES = 8 << 20
+PACK_MAP_BYTES = 64 << 20
 
 
 def set_network_timeouts(seconds: float) -> None:
@@ -172,6 +174,10 @@ def set_network_timeouts(seconds: float) -> None:
     pygit2.option(Option.SET_SERVER_CONNECT_TIMEOUT, ms)
     pygit2.option(Option.SET_SERVER_TIMEOUT, ms)
     pygit2.option(Option.SET_MWINDOW_FILE_LIMIT, PACK_FILES_OPEN)
+    # libgit2's object cache may grow to 256 MB and its pack maps to gigabytes by default;
+    # a supervisor reads a few trees per deploy, so keep both small.
+    pygit2.option(Option.SET_CACHE_MAX_SIZE, OBJECT_CACHE_BYTES)
+    pygit2.option(Option.SET_MWINDOW_MAPPED_LIMIT, PACK_MAP_BYTES)
 
 
 def use_known_hosts(known_hosts: Path, home: Path) -> None:
@@ -258,8 +264,7 @@ class WorkTree:
             writes.setdefault(delta.old_file.path, None)  # renamed away or deleted
             if delta.status != pygit2.enums.DeltaStatus.DELETED:
                 writes[delta.new_file.path] = str(delta.new_file.id)
-        status = self.repo.status()
-        blocking = sorted(p for p in changed if status.get(p, FileStatus.CURRENT) not in _UNTOUCHED)
+        blocking = sorted(p for p in changed if self._status(p) not in _UNTOUCHED)
         return Facts(
             head=head,
             target=target,
@@ -269,6 +274,17 @@ class WorkTree:
             blocking=tuple(blocking),
             writes=writes,
         )
+
+    def _status(self, path: str) -> FileStatus:
+        """One path's status: only the paths a move writes are looked at, never the whole tree."""
+        try:
+            return FileStatus(self.repo.status_file(path))
+        except KeyError:
+            return FileStatus.CURRENT  # in neither the index nor the work tree
+        except pygit2.GitError:
+            full = self.path / path
+            # e.g. a folder now stands where the update puts a file: that blocks too
+            return FileStatus.WT_NEW if full.exists() or full.is_symlink() else FileStatus.CURRENT
 
     def backup(self, sha: str) -> str:
         name = f"refs/supervisor/backup/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{sha[:12]}"

@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Scale figures.
+
+1. A repository with 20,000 files and a long history (made with ``git fast-import``):
+   pushcd's fetch + fast-forward (the same WorkTree code the deployer runs) against
+   ``git pull --ff-only`` on the same change, in two identical clones; and the
+   supervisor's memory while it deploys that repository.
+2. A burst of 2,000 signed deliveries in 10 s at a running supervisor: no 5xx, at most
+   one deploy running at any time, memory back to its baseline afterwards.
+
+    .venv/bin/python bench/scale.py [--files 20000] [--history 2000] [--burst 2000]
+
+Only 127.0.0.1; bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.compare import free_port, rss_mb, wait_http  # noqa: E402
+from supervisor.worktree import WorkTree  # noqa: E402
+from tests.gitrepos import EXAMPLE_APP, git  # noqa: E402
+
+SECRET = b"bench-secret"
+
+
+def fast_import(repo: Path, files: int, history: int) -> None:
+    """A first commit with `files` files, then `history` commits touching a few each."""
+    lines: list[bytes] = []
+    mark = 0
+
+    def blob(data: bytes) -> int:
+        nonlocal mark
+        mark += 1
+        lines.append(b"blob\nmark :%d\ndata %d\n%s\n" % (mark, len(data), data))
+        return mark
+
+    now = int(time.time()) - history * 60
+    first = {f"src/pkg{i // 500:03d}/mod{i:05d}.py": blob(f"X = {i}\n".encode()) for i in range(files)}
+    for name in os.listdir(EXAMPLE_APP):
+        if (EXAMPLE_APP / name).is_file():
+            first[name] = blob((EXAMPLE_APP / name).read_bytes())
+    msg = b"initial"
+    lines.append(b"commit refs/heads/main\ncommitter B <b@example.invalid> %d +0000\ndata %d\n%s\n"
+                 % (now, len(msg), msg))
+    for path, m in first.items():
+        lines.append(b"M 100644 :%d %s\n" % (m, path.encode()))
+    for c in range(history):
+        touched = {f"src/pkg{(c * 7) % max(1, files // 500):03d}/mod{(c * 13 + k) % files:05d}.py": k for k in range(3)}
+        msg = b"change %d" % c
+        lines.append(b"commit refs/heads/main\ncommitter B <b@example.invalid> %d +0000\ndata %d\n%s\n"
+                     % (now + 60 * (c + 1), len(msg), msg))
+        for path, k in touched.items():
+            lines.append(b"M 100644 inline %s\ndata %d\n%s\n" % (path.encode(), len(f"X = {c}.{k}\n"),
+                                                               f"X = {c}.{k}\n".encode()))
+    subprocess.run(["git", "fast-import", "--quiet"], cwd=repo, input=b"".join(lines), check=True)
+
+
+def scale_git(root: Path, files: int, history: int, rounds: int) -> dict:
+    origin, dev = root / "origin.git", root / "dev"
+    git("init", "-q", "--bare", "-b", "main", str(origin), cwd=root)
+    t = time.perf_counter()
+    fast_import(origin, files, history)
+    made = time.perf_counter() - t
+    git("clone", "-q", str(origin), str(dev), cwd=root)
+    ours, theirs = root / "pushcd", root / "gitcli"
+    for d in (ours, theirs):
+        git("clone", "-q", str(origin), str(d), cwd=root)
+    tree = WorkTree(ours, "origin", "main")
+    ours_t, theirs_t = [], []
+    for r in range(rounds):
+        for k in range(20):  # one push touching 20 files
+            p = dev / f"src/pkg000/mod{(r * 20 + k) % files:05d}.py"
+            p.write_text(f"X = 'round {r} {k}'\n")
+        git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", f"round {r}", cwd=dev)
+        git("push", "-q", "origin", "HEAD:main", cwd=dev)
+        t = time.perf_counter()
+        tip = tree.fetch()
+        facts = tree.facts(tip)
+        assert facts.head_is_ancestor and not facts.blocking
+        tree.move_to(tip, "bench", facts.changed)
+        ours_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        subprocess.run(["git", "pull", "-q", "--ff-only", "origin", "main"], cwd=theirs, check=True)
+        theirs_t.append(time.perf_counter() - t)
+        assert git("rev-parse", "HEAD", cwd=ours) == git("rev-parse", "HEAD", cwd=theirs) == tip
+    assert git("status", "--porcelain", cwd=ours) == ""
+    return {"files": files, "history": history, "fast_import_s": made, "rounds": rounds,
+            "pushcd_ms": statistics.median(ours_t) * 1000, "pushcd_max_ms": max(ours_t) * 1000,
+            "git_pull_ms": statistics.median(theirs_t) * 1000, "git_pull_max_ms": max(theirs_t) * 1000,
+            "origin": origin, "dev": dev}
+
+
+def start_supervisor(root: Path, origin: Path) -> tuple[subprocess.Popen, int, int, Path]:
+    work = root / "deployed"
+    git("clone", "-q", str(origin), str(work), cwd=root)
+    hook, ctl, app = free_port(), free_port(), free_port()
+    cfg = root / "c.toml"
+    cfg.write_text(f"""
+[webhook]
+listen = "127.0.0.1:{hook}"
+secret_env = "WEBHOOK_SECRET"
+[repo]
+path = "{work}"
+[app]
+command = ["{sys.executable}", "app.py", "--fd", "{{fd}}", "--fd", "{{probe_fd}}"]
+listen = "127.0.0.1:{app}"
+[app.ready]
+http = "/health"
+min_uptime = 0.0
+[watch]
+ignore = ["src/*"]
+[control]
+listen = "127.0.0.1:{ctl}"
+[state]
+dir = "{root}/state"
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "run", "--config", str(cfg)], cwd=ROOT,
+                            env={**os.environ, "WEBHOOK_SECRET": SECRET.decode()},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{app}/health", 120)
+    return proc, hook, ctl, work
+
+
+def control(ctl: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ctl}{path}", timeout=10) as resp:
+        return json.load(resp)
+
+
+async def burst(hook: int, ctl: int, dev: Path, n: int, seconds: float, commits: int = 10) -> dict:
+    url = f"http://127.0.0.1:{hook}/github"
+    statuses: dict[int, int] = {}
+    tips = []
+
+    async def one(i: int, session: aiohttp.ClientSession, body: bytes) -> None:
+        sig = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+        try:
+            async with session.post(url, data=body, headers={
+                    "X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": sig,
+                    "Content-Type": "application/json"}) as resp:
+                await resp.read()
+                statuses[resp.status] = statuses.get(resp.status, 0) + 1
+        except aiohttp.ClientError:
+            statuses[0] = statuses.get(0, 0) + 1
+
+    start = time.monotonic()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
+        tasks = []
+        for i in range(n):
+            if i == 0 or commits and i % (n // commits or 1) == 0:  # new commits during the burst
+                (dev / "message.txt").write_text(f"burst {i}\n")
+                git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", f"burst {i}", cwd=dev)
+                git("push", "-q", "origin", "HEAD:main", cwd=dev)
+                tips.append(git("rev-parse", "HEAD", cwd=dev))
+            body = json.dumps({"ref": "refs/heads/main", "after": tips[-1]}).encode()
+            delay = start + i * seconds / n - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, session, body)))
+        await asyncio.gather(*tasks)
+    return {"statuses": statuses, "took_s": time.monotonic() - start, "last_tip": tips[-1]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=20_000)
+    parser.add_argument("--history", type=int, default=2_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--burst", type=int, default=2_000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--commits", type=int, default=10, help="new commits pushed during the burst")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pushcd-scale-") as tmp:
+        root = Path(tmp)
+        g = scale_git(root, args.files, args.history, args.rounds)
+        print(f"repository: {g['files']} files, {g['history'] + 1} commits (fast-import {g['fast_import_s']:.1f}s)")
+        print(f"fetch + fast-forward of a 20-file push, median of {g['rounds']}: pushcd (libgit2) "
+              f"{g['pushcd_ms']:.0f} ms (max {g['pushcd_max_ms']:.0f}), git pull --ff-only "
+              f"{g['git_pull_ms']:.0f} ms (max {g['git_pull_max_ms']:.0f})")
+        proc, hook, ctl, work = start_supervisor(root, g["origin"])
+        try:
+            time.sleep(1.0)  # settle before the baseline (the scenario, not a sync)
+            base = rss_mb(proc.pid)
+            base_anon = rss_mb(proc.pid, "RssAnon")
+            peak = base
+            result: dict = {}
+
+            async def run_burst() -> None:
+                nonlocal peak, result
+                task = asyncio.create_task(burst(hook, ctl, g["dev"], args.burst, args.seconds, args.commits))
+                while not task.done():
+                    peak = max(peak, rss_mb(proc.pid))
+                    await asyncio.sleep(0.05)
+                result = task.result()
+
+            asyncio.run(run_burst())
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                st = control(ctl, "/status")
+                if st["deployed_commit"] == result["last_tip"] and st["state"] == "running" and not st["queue"]:
+                    break
+                time.sleep(0.2)
+            time.sleep(5.0)  # let it go idle again before reading memory
+            after = rss_mb(proc.pid)
+            after_anon = rss_mb(proc.pid, "RssAnon")
+            deploys = control(ctl, "/history?limit=200")["deploys"]
+            spans = sorted((d["started_at"], d["ended_at"]) for d in deploys)
+            overlap = any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+            print(f"burst: {args.burst} signed deliveries in {result['took_s']:.1f}s: answers {result['statuses']}; "
+                  f"{len(deploys)} deploys for {max(1, args.commits)} new commits, overlapping: {overlap}; "
+                  f"final commit deployed: {st['deployed_commit'] == result['last_tip']}")
+            print(f"supervisor RSS: {base:.1f} MB before, {peak:.1f} MB peak, {after:.1f} MB after; "
+                  f"of which anonymous (heap, not mapped files): {base_anon:.1f} MB before, {after_anon:.1f} MB after")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -39,7 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.gitrepos import Repos, git  # noqa: E402
+from bench.common import cpu_seconds, free_port, pct, rss_mb, session_pids, wait_http  # noqa: E402
+from bench.common import start_pushcd as start_pushcd_process  # noqa: E402
+from tests.gitrepos import Repos  # noqa: E402
 from tests.load import Load  # noqa: E402
 
 PY = sys.executable
@@ -95,14 +97,6 @@ if __name__ == "__main__":
 '''
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def seed(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "app.py").write_text(APP)
@@ -125,49 +119,6 @@ def post_push(url: str, sha: str) -> tuple[float, int]:
     except OSError:
         status = 0
     return time.perf_counter() - t, status
-
-
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except (OSError, urllib.error.HTTPError):
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
-
-
-def session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid:  # field 6: session id
-                pids.append(int(entry))
-    return pids
-
-
-def rss_mb(pid: int, kind: str = "VmRSS") -> float:
-    """Resident memory in MB; ``kind`` "RssAnon" leaves out mapped files (pack files, libraries)."""
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith(kind + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -194,37 +145,11 @@ class Stack:
 
 
 def start_pushcd(repos: Repos, logs: Path) -> Stack:
-    port, hook_port, ctl = free_port(), free_port(), free_port()
-    cfg = repos.root / "pushcd.toml"
-    cfg.write_text(f"""
-[webhook]
-listen = "127.0.0.1:{hook_port}"
-secret_env = "WEBHOOK_SECRET"
-[repo]
-path = "{repos.work}"
-branch = "main"
-[app]
-command = ["{BIN / 'gunicorn'}", "--bind", "fd://{{fd}}", "--bind", "fd://{{probe_fd}}", "--workers", "2",
-           "--graceful-timeout", "10", "app:app"]
-listen = "127.0.0.1:{port}"
-[app.ready]
-http = "/health"
-min_uptime = 0.0
-timeout = 30
-[watch]
-debounce_ms = 100
-[control]
-listen = "127.0.0.1:{ctl}"
-[state]
-dir = "{repos.root / 'state'}"
-""")
-    env = {**os.environ, "WEBHOOK_SECRET": SECRET}
-    proc = subprocess.Popen([PY, "-m", "supervisor", "run", "--config", str(cfg)], cwd=ROOT, env=env,
-                            stdout=open(logs / "pushcd.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{port}/health")
-    stack = Stack("pushcd", port, f"http://127.0.0.1:{hook_port}/github", [proc], proc.pid)
-    stack.control = ctl  # type: ignore[attr-defined]
-    return stack
+    command = [str(BIN / "gunicorn"), "--bind", "fd://{fd}", "--bind", "fd://{probe_fd}", "--workers", "2",
+               "--graceful-timeout", "10", "app:app"]
+    proc, port, hook, _ = start_pushcd_process(repos.root, repos.work, command, SECRET, logs / "pushcd.log",
+                                               extra="[watch]\ndebounce_ms = 100")
+    return Stack("pushcd", port, f"http://127.0.0.1:{hook}/github", [proc], proc.pid)
 
 
 def start_legacy(repos: Repos, logs: Path) -> Stack:
@@ -257,13 +182,6 @@ def start_watchfiles(repos: Repos, logs: Path) -> Stack:
             time.sleep(0.05)
     return Stack("watchfiles CLI + gunicorn, separate hook", port, f"http://127.0.0.1:{hook_port}/github",
                  [wf, hook], wf.pid)
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
 def run_stack(starter, name: str, root: Path, deploys: int, spacing: float, clients: int, logs: Path) -> dict:

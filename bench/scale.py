@@ -35,7 +35,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.compare import free_port, rss_mb, wait_http  # noqa: E402
+from bench.common import rss_mb, start_pushcd  # noqa: E402
 from supervisor.worktree import WorkTree  # noqa: E402
 from tests.gitrepos import EXAMPLE_APP, git  # noqa: E402
 
@@ -112,31 +112,8 @@ def scale_git(root: Path, files: int, history: int, rounds: int) -> dict:
 def start_supervisor(root: Path, origin: Path) -> tuple[subprocess.Popen, int, int, Path]:
     work = root / "deployed"
     git("clone", "-q", str(origin), str(work), cwd=root)
-    hook, ctl, app = free_port(), free_port(), free_port()
-    cfg = root / "c.toml"
-    cfg.write_text(f"""
-[webhook]
-listen = "127.0.0.1:{hook}"
-secret_env = "WEBHOOK_SECRET"
-[repo]
-path = "{work}"
-[app]
-command = ["{sys.executable}", "app.py", "--fd", "{{fd}}", "--fd", "{{probe_fd}}"]
-listen = "127.0.0.1:{app}"
-[app.ready]
-http = "/health"
-min_uptime = 0.0
-[watch]
-ignore = ["src/*"]
-[control]
-listen = "127.0.0.1:{ctl}"
-[state]
-dir = "{root}/state"
-""")
-    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "run", "--config", str(cfg)], cwd=ROOT,
-                            env={**os.environ, "WEBHOOK_SECRET": SECRET.decode()},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_http(f"http://127.0.0.1:{app}/health", 120)
+    proc, _app, hook, ctl = start_pushcd(root, work, [sys.executable, "app.py", "--fd", "{fd}", "--fd", "{probe_fd}"],
+                                         SECRET.decode(), extra='[watch]\nignore = ["src/*"]')
     return proc, hook, ctl, work
 
 

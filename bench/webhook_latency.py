@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
 import selectors
 import socket
 import statistics
@@ -32,7 +31,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.compare import cpu_seconds, free_port, pct, rss_mb, wait_http  # noqa: E402
+from bench.common import cpu_seconds, free_port, pct, rss_mb, start_pushcd, wait_http  # noqa: E402
 from tests.gitrepos import Repos  # noqa: E402
 
 SECRET = b"bench-secret"
@@ -101,30 +100,9 @@ def burst(port: int, body: bytes, n: int) -> list[float]:
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="pushcd-bench-") as tmp:
         repos = Repos(Path(tmp) / "r")
-        hook, ctl, app = free_port(), free_port(), free_port()
-        cfg = Path(tmp) / "c.toml"
-        cfg.write_text(f"""
-[webhook]
-listen = "127.0.0.1:{hook}"
-secret_env = "WEBHOOK_SECRET"
-[repo]
-path = "{repos.work}"
-[app]
-command = ["{sys.executable}", "app.py", "--fd", "{{fd}}", "--fd", "{{probe_fd}}"]
-listen = "127.0.0.1:{app}"
-[app.ready]
-http = "/health"
-min_uptime = 0.0
-[control]
-listen = "127.0.0.1:{ctl}"
-[state]
-dir = "{tmp}/state"
-""")
-        proc = subprocess.Popen([sys.executable, "-m", "supervisor", "run", "--config", str(cfg)], cwd=ROOT,
-                                env={**os.environ, "WEBHOOK_SECRET": SECRET.decode()},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc, app, hook, ctl = start_pushcd(Path(tmp), repos.work, [sys.executable, "app.py", "--fd", "{fd}",
+                                                                    "--fd", "{probe_fd}"], SECRET.decode())
         try:
-            wait_http(f"http://127.0.0.1:{app}/health")
             time.sleep(1.0)  # settle, then measure idle (the scenario, not a sync)
             c0 = cpu_seconds([proc.pid])
             time.sleep(5.0)

@@ -186,7 +186,6 @@ class Supervisor:
         return self._described[sha]
 
     async def start(self) -> None:
-        raw = self.settings.raw
         self.guard = self.releases.guard = self.deployer.guard = Guard()
         hook_runner, self.webhook_port = await _listen(
             intake.make_app(self.intakes), self.settings.webhook_listen, "[webhook] listen",

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from .gitrepos import EXAMPLE_APP, ROOT, Repos, git  # noqa: F401 - re-exported for the tests
+from .gitrepos import ROOT, Repos, git  # noqa: F401 - re-exported for the tests
 
 PAYLOADS = Path(os.environ.get("PUSHCD_PAYLOADS", ROOT.parent / "shared" / "webhook-payloads"))
 SECRET = "test-secret-不要"  # non-ASCII on purpose: the secret is bytes, not text
@@ -83,6 +83,21 @@ def pid_alive(pid: int) -> bool:
         return state != "Z"
     except FileNotFoundError:
         return False
+
+
+WSGI_APP = ("import os\n"
+            "def app(environ, start_response):\n"
+            "    body = open('message.txt', 'rb').read() + b'commit ' + os.environ['SUPERVISOR_COMMIT'].encode()\n"
+            "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+            "    return [body + b'\\n']\n")
+
+
+def gunicorn_app(repos: Repos) -> list[str]:
+    """Commit a tiny WSGI app to the repo (and the deployed tree); the gunicorn command for it."""
+    repos.commit({"wsgi.py": WSGI_APP}, "wsgi")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    return [PY, "-m", "gunicorn", "--bind", "fd://{fd}", "--bind", "fd://{probe_fd}", "--workers", "2",
+            "--graceful-timeout", "5", "wsgi:app"]
 
 
 @pytest.fixture
@@ -187,6 +202,13 @@ class Client:
         body = json.dumps({"ref": f"refs/heads/{repos.branch}", "after": sha, "before": "0" * 40,
                            "repository": {"full_name": "test/app"}}).encode()
         return await self.deliver(body, **kw)
+
+    async def ship(self, repos: Repos, files: dict[str, str | None], message: str) -> str:
+        """Commit and push, send the webhook, wait until it is deployed; the new sha."""
+        sha = repos.commit(files, message)
+        await self.push(repos, sha)
+        await deployed(self, sha)
+        return sha
 
     async def app_get(self, path: str = "/") -> str:
         port = self.sup.releases.port

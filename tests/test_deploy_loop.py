@@ -3,7 +3,6 @@ fast-forward -> the real app restarted and serving the new commit."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -11,9 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
-from .conftest import Client, Repos, deployed, eventually, git, payload, running, sign, write_config
+from .conftest import gunicorn_app, Client, Repos, deployed, eventually, git, payload, running, sign, write_config
 
 
 async def test_real_push_payload_deploys_the_branch_tip(tmp_path: Path, session) -> None:
@@ -257,21 +255,11 @@ async def test_one_deploy_is_exactly_one_restart(repos: Repos, tmp_path: Path, s
 
 
 async def test_gunicorn_app_is_deployed(repos: Repos, tmp_path: Path, session) -> None:
-    wsgi = ("import os\n"
-            "def app(environ, start_response):\n"
-            "    body = open('message.txt', 'rb').read() + b'commit ' + os.environ['SUPERVISOR_COMMIT'].encode()\n"
-            "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
-            "    return [body]\n")
-    repos.commit({"wsgi.py": wsgi}, "wsgi")
-    git("pull", "-q", "--ff-only", cwd=repos.work)
-    cmd = [os.sys.executable, "-m", "gunicorn", "--bind", "fd://{fd}", "--bind", "fd://{probe_fd}",
-           "--workers", "2", "--graceful-timeout", "5", "wsgi:app"]
+    cmd = gunicorn_app(repos)
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": cmd}, ready={"http": "/", "min_uptime": 0.3})
     async with running(cfg) as sup:
         c = Client(sup, session)
         assert f"commit {repos.head()}" in await c.app_get()
-        sha = repos.commit({"message.txt": "gunicorn v2\n"}, "v2")
-        await c.push(repos, sha)
-        await deployed(c, sha)
+        sha = await c.ship(repos, {"message.txt": "gunicorn v2\n"}, "v2")
         text = await c.app_get()
         assert "gunicorn v2" in text and f"commit {sha}" in text

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -27,7 +26,7 @@ from hypothesis import strategies as st
 from supervisor import intake as intake_mod
 from supervisor.intake import Intake, make_app
 
-from .conftest import (PY, SECRET, Client, Repos, deployed, eventually, free_port, git, pid_alive, running,
+from .conftest import (SECRET, Client, Repos, deployed, eventually, git, pid_alive, running,
                        spawn_supervisor, stop_process, wait_sync, write_config)
 from .load import Load
 
@@ -205,7 +204,7 @@ def _app_pids(cfg: Path) -> list[int]:
 def test_sigkill_mid_checkout_then_restart(tmp_path: Path, repos: Repos) -> None:
     """A commit of 20,000 files: kill -9 as soon as the move starts, then start again."""
     cfg = write_config(tmp_path / "c.toml", repos, watch="enabled = false")
-    first = repos.head()
+    repos.head()
     big = repos.dev / "big"
     big.mkdir()
     for i in range(20_000):
@@ -382,9 +381,7 @@ async def test_many_deploys_under_load_keep_fds_and_memory_flat(repos: Repos, tm
         samples = []
         with Load(sup.releases.port, clients=4, max_requests=10**6, max_seconds=count * 3 + 60) as load:
             for i in range(count):
-                sha = repos.commit({"message.txt": f"soak {i}\n"}, f"soak {i}")
-                await c.push(repos, sha)
-                await deployed(c, sha)
+                await c.ship(repos, {"message.txt": f"soak {i}\n"}, f"soak {i}")
                 # after a warm-up (libgit2 keeps up to PACK_FILES_OPEN packs open per handle)
                 if i in (min(20, count // 2), count - 1):
                     samples.append((_fds(me), _rss_kb(me)))

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from supervisor import config
 from supervisor.config import ConfigError
 
-from .conftest import (PY, ROOT, SECRET, Client, Repos, deployed, eventually, free_port, payload, running,
+from .conftest import (PY, ROOT, SECRET, Client, Repos, deployed, eventually, payload, running,
                        spawn_supervisor, stop_process, wait_sync, write_config)
 
 BROKEN_APP = "raise SystemExit(9)\n"
@@ -70,9 +70,7 @@ async def test_history_is_paged_and_bounded(repos: Repos, tmp_path: Path, sessio
     async with running(cfg) as sup:
         c = Client(sup, session)
         for i in range(5):
-            sha = repos.commit({"message.txt": f"v{i}\n"}, f"v{i}")
-            await c.push(repos, sha)
-            await deployed(c, sha)
+            await c.ship(repos, {"message.txt": f"v{i}\n"}, f"v{i}")
         sup.history.prune()
         async with session.get(f"http://127.0.0.1:{sup.control_port}/history?limit=2") as resp:
             page = await resp.json()
@@ -88,9 +86,7 @@ async def test_rollback_through_the_api_and_the_cli(repos: Repos, tmp_path: Path
     cfg = write_config(tmp_path / "c.toml", repos)
     async with running(cfg) as sup:
         c = Client(sup, session)
-        v2 = repos.commit({"message.txt": "v2\n"}, "v2")
-        await c.push(repos, v2)
-        await deployed(c, v2)
+        v2 = await c.ship(repos, {"message.txt": "v2\n"}, "v2")
         v3 = repos.commit({"message.txt": "v3\n"}, "v3")
         code, out, err = await cli(cfg, "deploy")
         assert code == 0, (out, err)
@@ -133,9 +129,7 @@ async def test_metrics(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
     async with running(cfg) as sup:
         c = Client(sup, session)
-        sha = repos.commit({"message.txt": "v2\n"}, "v2")
-        await c.push(repos, sha)
-        await deployed(c, sha)
+        sha = await c.ship(repos, {"message.txt": "v2\n"}, "v2")
         await c.deliver(b"{}", "ping")
         await c.deliver(b"{}", "ping", signature="sha256=00")
         async with session.get(f"http://127.0.0.1:{sup.control_port}/metrics") as resp:
@@ -185,9 +179,7 @@ async def test_secret_never_appears(repos: Repos, tmp_path: Path, session, caplo
     cfg = write_config(tmp_path / "c.toml", repos)
     async with running(cfg) as sup:
         c = Client(sup, session)
-        sha = repos.commit({"message.txt": "v2\n"}, "v2")
-        await c.push(repos, sha)
-        await deployed(c, sha)
+        await c.ship(repos, {"message.txt": "v2\n"}, "v2")
         await c.deliver(payload("github/push.json"), signature="sha256=" + "1" * 64)
         base = f"http://127.0.0.1:{sup.control_port}"
         texts = []

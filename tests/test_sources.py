@@ -6,7 +6,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
-import json
 import os
 import shutil
 import subprocess
@@ -36,9 +35,7 @@ async def test_https_token(repos: Repos, tmp_path: Path, session, monkeypatch) -
         monkeypatch.setenv("PUSHCD_GIT_TOKEN", "right-token")
         async with running(cfg) as sup:
             c = Client(sup, session)
-            sha = repos.commit({"message.txt": "over https\n"}, "https")
-            await c.push(repos, sha)
-            await deployed(c, sha)
+            sha = await c.ship(repos, {"message.txt": "over https\n"}, "https")
         monkeypatch.setenv("PUSHCD_GIT_TOKEN", "wrong-token")
         async with running(cfg) as sup:
             c = Client(sup, session)
@@ -129,9 +126,7 @@ async def test_ssh_deploy_key(repos: Repos, tmp_path: Path, session, sshd: Sshd)
     _use_remote(repos, sshd.url(repos.origin))
     async with running(_ssh_config(tmp_path, repos, sshd, "deploy_key", "known_hosts")) as sup:
         c = Client(sup, session)
-        sha = repos.commit({"message.txt": "over ssh\n"}, "ssh")
-        await c.push(repos, sha)
-        await deployed(c, sha)
+        sha = await c.ship(repos, {"message.txt": "over ssh\n"}, "ssh")
 
     async with running(_ssh_config(tmp_path, repos, sshd, "other_key", "known_hosts")) as sup:
         c = Client(sup, session)
@@ -157,9 +152,7 @@ async def test_polling_deploys_a_push_once_even_with_its_webhook(repos: Repos, t
         sha = repos.commit({"message.txt": "polled\n"}, "no webhook for this one")
         await deployed(c, sha, timeout=10)  # within a couple of intervals, no webhook sent
         assert sup.deployer.last.trigger == "poll"
-        sha2 = repos.commit({"message.txt": "both\n"}, "webhook and poll")
-        await c.push(repos, sha2)
-        await deployed(c, sha2)
+        sha2 = await c.ship(repos, {"message.txt": "both\n"}, "webhook and poll")
         runs = sup.deployer.runs
         await eventually(lambda: sup.deployer.runs >= runs + 3, what="a few more polls")
         history = sup.history.deploys(10)
@@ -223,9 +216,7 @@ async def test_clone_on_first_start_with_submodules(tmp_path: Path, session) -> 
         assert (await c.status())["deployed_commit"] == repos.head()
         lib.commit({"lib.txt": "lib v2\n"}, "lib v2")
         git("-c", "protocol.file.allow=always", "submodule", "update", "-q", "--remote", cwd=repos.dev)
-        sha = repos.commit({}, "bump the lib")
-        await c.push(repos, sha)
-        await deployed(c, sha)
+        await c.ship(repos, {}, "bump the lib")
         assert (repos.work / "vendor/lib/lib.txt").read_text() == "lib v2\n"
         assert git("status", "--porcelain", cwd=repos.work) == ""
         assert lib_v1 != git("rev-parse", "HEAD", cwd=repos.work / "vendor/lib")

@@ -13,7 +13,7 @@ import pytest
 from supervisor import config
 from supervisor.runner import StartupError, Supervisor
 
-from .conftest import PY, Client, Repos, deployed, eventually, git, running, write_config
+from .conftest import gunicorn_app, PY, Client, Repos, deployed, eventually, git, running, write_config
 from .load import Load
 
 APP = (Path(__file__).resolve().parents[1] / "examples" / "app" / "app.py").read_text()
@@ -46,23 +46,13 @@ async def test_deploys_and_file_changes_under_load_fail_no_request(repos: Repos,
 
 
 async def test_gunicorn_swaps_under_load_fail_no_request(repos: Repos, tmp_path: Path, session) -> None:
-    wsgi = ("import os\n"
-            "def app(environ, start_response):\n"
-            "    body = b'commit ' + os.environ['SUPERVISOR_COMMIT'].encode() + b'\\n'\n"
-            "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
-            "    return [body]\n")
-    repos.commit({"wsgi.py": wsgi}, "wsgi")
-    git("pull", "-q", "--ff-only", cwd=repos.work)
-    cmd = [PY, "-m", "gunicorn", "--bind", "fd://{fd}", "--bind", "fd://{probe_fd}", "--workers", "2",
-           "--graceful-timeout", "5", "wsgi:app"]
+    cmd = gunicorn_app(repos)
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": cmd}, ready={"http": "/", "min_uptime": 0.3})
     async with running(cfg) as sup:
         c = Client(sup, session)
         with Load(sup.releases.port, clients=8, max_seconds=60) as load:
             for i in range(2):
-                sha = repos.commit({"message.txt": f"g{i}\n"}, f"g{i}")
-                await c.push(repos, sha)
-                await deployed(c, sha)
+                sha = await c.ship(repos, {"message.txt": f"g{i}\n"}, f"g{i}")
             await eventually(lambda: load.results.commits[sha] > 20, what="the last release serving")
         r = load.stop()
         assert r.failed == 0, (r.failures, r.examples)
@@ -116,9 +106,7 @@ async def test_broken_commit_keeps_the_old_release_serving(kind: str, repos: Rep
         await eventually(lambda: sup.deployer.runs > runs, what="the worker to look again")
         assert sup.deployer.last is last
         # ...and a fixed commit goes out normally.
-        fixed = repos.commit({"app.py": APP, "broken-flag": None}, "fix")
-        await c.push(repos, fixed)
-        await deployed(c, fixed)
+        await c.ship(repos, {"app.py": APP, "broken-flag": None}, "fix")
 
 
 async def test_rollback_does_not_trigger_the_watcher(repos: Repos, tmp_path: Path, session) -> None:
@@ -187,9 +175,7 @@ async def test_without_a_held_socket_swaps_are_stop_then_start(repos: Repos, tmp
         c = Client(sup, session)
         good = repos.head()
         assert sup.releases.port is None
-        sha = repos.commit({"message.txt": "v2\n"}, "v2")
-        await c.push(repos, sha)
-        await deployed(c, sha)
+        sha = await c.ship(repos, {"message.txt": "v2\n"}, "v2")
         async with session.get(f"http://127.0.0.1:{port}/") as resp:
             assert f"commit {sha}" in await resp.text()
         bad = repos.commit({"app.py": "raise SystemExit(5)\n"}, "broken")
@@ -207,9 +193,7 @@ async def test_notify_readiness(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, ready={"notify": True, "http": None, "min_uptime": 0})
     async with running(cfg) as sup:
         c = Client(sup, session)
-        sha = repos.commit({"message.txt": "v2\n"}, "v2")
-        await c.push(repos, sha)
-        await deployed(c, sha)
+        await c.ship(repos, {"message.txt": "v2\n"}, "v2")
         silent = APP.replace("    notify_ready()\n", "")
         bad = repos.commit({"app.py": silent}, "never notifies")
         await c.push(repos, bad)
@@ -249,3 +233,50 @@ async def test_probe_without_probe_fd_is_refused_at_startup(repos: Repos, tmp_pa
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": [PY, "app.py", "--fd", "{fd}"]})
     with pytest.raises(StartupError, match=r"cannot reach the new child alone: add \{probe_fd\}"):
         Supervisor(config.load(cfg))
+
+
+AIOHTTP_APP = '''import asyncio, os, signal, socket
+from aiohttp import web
+
+async def index(request):
+    return web.Response(text=f"commit {os.environ['SUPERVISOR_COMMIT']}\\n")
+
+async def main():
+    app = web.Application()
+    app.add_routes([web.get("/", index), web.get("/health", index)])
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    # fd 3: the held public socket; fd 4: this child's private probe socket
+    sites = [web.SockSite(runner, socket.socket(fileno=fd)) for fd in (3, 4)]
+    for site in sites:
+        await site.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    # Stop accepting first (the next release takes new connections), give the
+    # connections we already accepted a moment to send their requests, then finish.
+    # run_app() closes those at once, and their clients see a dropped connection.
+    for site in sites:
+        await site.stop()
+    await asyncio.sleep(2.0)
+    await runner.cleanup()
+
+asyncio.run(main())
+'''
+
+
+async def test_aiohttp_app_swaps_under_load_fail_no_request(repos: Repos, tmp_path: Path, session) -> None:
+    repos.commit({"aioapp.py": AIOHTTP_APP}, "aiohttp app")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    cmd = [PY, "aioapp.py", "{probe_fd}"]  # naming {probe_fd} gives it fd 4; LISTEN_FDS=2
+    cfg = write_config(tmp_path / "c.toml", repos, app={"command": cmd, "stop_timeout": 5},
+                       ready={"http": "/health", "min_uptime": 0.2})
+    async with running(cfg) as sup:
+        c = Client(sup, session)
+        with Load(sup.releases.port, clients=8, max_requests=10**6, max_seconds=60) as load:
+            for i in range(3):
+                sha = await c.ship(repos, {"message.txt": f"a{i}\n"}, f"a{i}")
+            await eventually(lambda: load.results.commits[sha] > 20, what="the last release serving")
+        r = load.stop()
+        assert r.failed == 0, (r.failures, r.examples)
+

@@ -231,6 +231,8 @@ def run_stack(starter, name: str, root: Path, deploys: int, spacing: float, clie
             "webhook_p50_ms": pct(hook_lat, 50) * 1000, "webhook_p99_ms": pct(hook_lat, 99) * 1000,
             "serve_median_s": statistics.median(serve_times), "serve_max_s": max(serve_times),
             "requests": r.ok + r.failed, "failures": dict(r.failures),
+            "failures_deploys": _kinds(e for e in r.events if e[0] < t_broken),
+            "failures_broken": _kinds(e for e in r.events if e[0] >= t_broken),
             "p99_swap_ms": pct(inside, 99) * 1000, "p99_outside_ms": pct(outside, 99) * 1000,
             "broken_availability_pct": 100.0 * answered_old / max(1, len(window)),
             "broken_failed": failed_after, "examples": r.examples[:3],
@@ -240,12 +242,25 @@ def run_stack(starter, name: str, root: Path, deploys: int, spacing: float, clie
     return out
 
 
+def _kinds(events) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for _, kind, _ in events:
+        if kind:
+            out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def _fmt(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "0"
+
+
 def table(results: list[dict]) -> str:
     rows = [
         ("webhook answer p50 / p99 (ms)", lambda r: f"{r['webhook_p50_ms']:.1f} / {r['webhook_p99_ms']:.1f}"),
         ("push -> new release serving, median / max (s)", lambda r: f"{r['serve_median_s']:.2f} / {r['serve_max_s']:.2f}"),
         ("requests sent", lambda r: str(r["requests"])),
-        ("failed requests (by kind)", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r["failures"].items())) or "0"),
+        ("failed requests during the deploys (by kind)", lambda r: _fmt(r["failures_deploys"])),
+        ("failed requests after the broken commit (by kind)", lambda r: _fmt(r["failures_broken"])),
         ("p99 request latency during swaps / outside (ms)", lambda r: f"{r['p99_swap_ms']:.0f} / {r['p99_outside_ms']:.0f}"),
         ("10 s after a broken commit: answered by the old release", lambda r: f"{r['broken_availability_pct']:.1f}%"),
         ("manager RSS (MB)", lambda r: f"{r['manager_rss_mb']:.1f}"),

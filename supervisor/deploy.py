@@ -162,6 +162,8 @@ class Deployer:
         self._wake.set()
 
     def crashed(self, _release: Release) -> None:
+        if self.state == "running":
+            self.state = "crashed"
         self._wake.set()  # the loop sees the dead release and recovers
 
     def _wait_and_wake(self) -> "asyncio.Future[LastDeploy | None]":
@@ -219,11 +221,25 @@ class Deployer:
                     w.set_result(self.last if self.last is not before else None)
             release_memory()
         elif self._needs_recovery():
+            self.state = "crashed"
             await self._recover()
+            self.state = "crashed" if self._needs_recovery() else "running"
         elif self._restart:
             trigger, self._restart = self._restart, None
-            await self._swap(self.deployed, trigger, previous=None)
+            await self._run_job(self._restart_in_place(trigger))
         self.runs += 1
+
+    async def _restart_in_place(self, trigger: str) -> None:
+        """A watched file changed: the same commit, a new child, the same health gate."""
+        phases = Phases()
+        with phases("start"):
+            result = await self._swap(self.deployed, trigger, previous=None)
+        if result.ok:
+            await self._finish("ok", "restarted after file changes", self.deployed, trigger, phases, self.deployed)
+        else:
+            await self._finish("failed", f"restart after file changes failed, the running release keeps serving: "
+                                         f"{result.reason}", self.deployed, trigger, phases, self.deployed,
+                               tail=result.reason)
 
     def _needs_recovery(self) -> bool:
         live = self.releases.live
@@ -433,11 +449,11 @@ except (OSError, AttributeError):
 
 
 def release_memory() -> None:
-    """Hand freed heap back to the OS after a deploy.
+    """Hand freed heap back to the OS after a deploy (glibc's malloc_trim).
 
-    libgit2 allocates in the git thread's malloc arena while the event loop
-    allocates in the main one; without a trim, a burst of webhooks during a
-    deploy of a large tree leaves the process tens of MB above its baseline.
+    libgit2 allocates in the git thread while the event loop allocates in the
+    main one; after a burst of webhooks during deploys of a large tree the heap
+    stays above its baseline. Trimming recovers part of it (bench/scale.py).
     """
     if _malloc_trim is not None:
         _malloc_trim(0)

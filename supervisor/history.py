@@ -9,9 +9,12 @@ Writes are small and local, so they run on the event loop; a write that fails
 to refuse a deploy or a webhook.
 
 >>> import tempfile, pathlib
->>> h = History(pathlib.Path(tempfile.mkdtemp()) / "state.db")
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "state.db"
+>>> h = History(path)
 >>> h.record_delivery("d1", "push", "queued", "push to main")
->>> "d1" in h.seen, "d2" in h.seen
+>>> h.close()
+>>> again = History(path)     # after a restart, a redelivery is still a duplicate
+>>> "d1" in again.seen, "d2" in again.seen
 (True, False)
 """
 
@@ -24,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from .delivery import SeenDeliveries
 
 log = logging.getLogger("supervisor.history")
 
@@ -62,16 +67,23 @@ class DeployRecord:
 
 
 class SeenIds:
-    """``delivery in history.seen``: backed by the deliveries table."""
+    """``delivery in history.seen``, answered from memory.
 
-    def __init__(self, history: "History") -> None:
-        self._h = history
+    Loaded at start from the deliveries table (which keeps the same number of
+    rows), so a redelivery stays a duplicate across restarts without a query on
+    every webhook.
+    """
+
+    def __init__(self, ids: Iterator[str], limit: int) -> None:
+        self._ids = SeenDeliveries(limit)
+        for delivery in ids:
+            self._ids.add(delivery)
 
     def __contains__(self, delivery: object) -> bool:
-        return self._h._seen(str(delivery))
+        return delivery in self._ids
 
-    def add(self, delivery: str) -> None:  # recorded with its verdict by record_delivery
-        pass
+    def add(self, delivery: str) -> None:
+        self._ids.add(delivery)
 
 
 class History:
@@ -86,8 +98,11 @@ class History:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=2000")
         self._migrate()
-        self.seen = SeenIds(self)
+        rows = self.db.execute("SELECT id FROM deliveries WHERE verdict != 'bad_request' AND id NOT LIKE '-%' "
+                               "ORDER BY received_at LIMIT ?", (delivery_retention,))
+        self.seen = SeenIds((row["id"] for row in rows), delivery_retention)
         self._writes = 0
+        self._pending: list[tuple[Any, ...]] = []  # deliveries waiting to be written in one transaction
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -110,22 +125,39 @@ class History:
             log.error("history: cannot write to %s (%s); continuing without it", self.path, exc)
             return
         self._writes += 1
-        if self._writes % 100 == 0:
+        if self._writes >= 100:
+            self._writes = 0
             self.prune()
 
-    def _seen(self, delivery: str) -> bool:
-        try:
-            return self.db.execute("SELECT 1 FROM deliveries WHERE id = ? AND verdict != 'bad_request'",
-                                   (delivery,)).fetchone() is not None
-        except sqlite3.Error:
-            return False
-
     def record_delivery(self, delivery: str | None, event: str | None, verdict: str, reason: str) -> None:
+        """Queue a delivery row; :meth:`flush` writes the queue in one transaction.
+
+        Webhooks can arrive by the thousand: one commit per batch keeps the answer fast.
+        """
         if verdict in ("duplicate", "unauthorized"):
             # A duplicate is already on record; an unsigned request must not claim a delivery id.
             delivery = None
-        self._write("INSERT OR REPLACE INTO deliveries (id, event, received_at, verdict, reason) VALUES (?,?,?,?,?)",
-                    (delivery or f"-{time.time_ns()}", event, time.time(), verdict, reason))
+        self._pending.append((delivery or f"-{time.time_ns()}", event, time.time(), verdict, reason))
+        if len(self._pending) >= 500:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        try:
+            with self.db:  # one transaction
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT OR REPLACE INTO deliveries (id, event, received_at, verdict, reason) "
+                                    "VALUES (?,?,?,?,?)", rows)
+        except sqlite3.Error as exc:
+            log.error("history: cannot write %d deliveries to %s (%s); continuing without them",
+                      len(rows), self.path, exc)
+            return
+        self._writes += len(rows)
+        if self._writes >= 100:
+            self._writes = 0
+            self.prune()
 
     def record_deploy(self, rec: DeployRecord) -> None:
         self._write(
@@ -153,6 +185,7 @@ class History:
         return out
 
     def deliveries(self, limit: int = 50, before: float | None = None) -> list[dict[str, Any]]:
+        self.flush()
         sql = ("SELECT * FROM deliveries" + (" WHERE received_at < ?" if before else "")
                + " ORDER BY received_at DESC LIMIT ?")
         rows = self.db.execute(sql, ((before, limit) if before else (limit,))).fetchall()
@@ -178,4 +211,5 @@ class History:
             log.error("history: cannot prune %s (%s)", self.path, exc)
 
     def close(self) -> None:
+        self.flush()
         self.db.close()

@@ -203,6 +203,13 @@ class Supervisor:
             self.deployer.request_deploy("webhook")  # redo the deploy the crash interrupted
         self._start_watch()
         self._tasks.append(asyncio.create_task(self._poll(), name="poll"))
+        self._tasks.append(asyncio.create_task(self._flush_history(), name="history"))
+
+    async def _flush_history(self) -> None:
+        """Write queued delivery rows twice a second (in one transaction each time)."""
+        while True:
+            await asyncio.sleep(0.5)
+            self.history.flush()
 
     async def _poll(self) -> None:
         """[repo] poll_interval: fetch on a timer, for boxes GitHub cannot reach.

@@ -128,3 +128,16 @@ def test_run_with_missing_work_tree_is_a_one_line_error(tmp_path: Path) -> None:
     result = subprocess.run([PY, "-m", "supervisor", "run", "--config", str(p)], cwd=ROOT,
                             capture_output=True, text=True, env=os.environ.copy(), timeout=60)
     assert_user_error(result, "[repo] path", "does not exist", "clone")
+
+
+def test_a_foreign_supervisor_package_is_named(tmp_path: Path) -> None:
+    """supervisord's package has our import name: the entry point says so instead of crashing."""
+    import os
+
+    fake = tmp_path / "site" / "supervisor"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{ROOT}"}  # the foreign one first
+    result = subprocess.run([PY, "-c", "import sys, pushcd_entry; sys.exit(pushcd_entry.main())", "status"],
+                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+    assert_user_error(result, "found another package", str(fake), "own virtualenv")

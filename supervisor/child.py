@@ -82,7 +82,7 @@ class Child:
     """A started process: ``wait()`` for it or ``stop()`` it; always reaped."""
 
     def __init__(self, proc: asyncio.subprocess.Process, spec: Spec, label: str,
-                 on_line: Callable[[int, str], None] | None) -> None:
+                 on_line: Callable[[int, str], None] | None, guard: "Guard | None" = None) -> None:
         self.proc = proc
         self.spec = spec
         self.pid = proc.pid
@@ -90,7 +90,9 @@ class Child:
         self.started = time.monotonic()
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.stopping = False
-        self.guard: Guard | None = None
+        self.guard = guard
+        if guard is not None:
+            guard.add(self.pid)  # its group dies with us even if it forked workers
         self._on_line = on_line
         self._pump = asyncio.create_task(self._read_output(), name=f"output-{self.pid}")
 
@@ -128,10 +130,7 @@ class Child:
             preexec_fn=_preexec(os.getpid(), fds),
             limit=1 << 20,
         )
-        child = cls(proc, spec, label, on_line)
-        child.guard = guard
-        if guard is not None:
-            guard.add(child.pid)  # its group dies with us even if it forked workers
+        child = cls(proc, spec, label, on_line, guard)
         log.info("%s started: pid %d: %s", label, child.pid, " ".join(spec.argv))
         return child
 

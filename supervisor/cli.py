@@ -66,16 +66,9 @@ def _parser() -> argparse.ArgumentParser:
 
 # -- the client side ----------------------------------------------------------
 
-def _base(settings: Settings) -> str:
-    host = settings.control_listen.host
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.control_listen.port}"
-
-
 def call(settings: Settings, method: str, path: str, timeout: float = 10.0) -> Any:
     headers = {"Authorization": f"Bearer {settings.control_token.decode()}"} if settings.control_token else {}
-    req = urllib.request.Request(_base(settings) + path, method=method, headers=headers,
+    req = urllib.request.Request(settings.control_listen.url() + path, method=method, headers=headers,
                                  data=b"" if method == "POST" else None)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -84,7 +77,7 @@ def call(settings: Settings, method: str, path: str, timeout: float = 10.0) -> A
         detail = exc.read().decode("utf-8", "replace")[:300]
         raise ClientError(f"{method} {path} answered {exc.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise ClientError(f"no supervisor answers at {_base(settings)} ({exc}); is `pushcd run` running "
+        raise ClientError(f"no supervisor answers at {settings.control_listen.url()} ({exc}); is `pushcd run` running "
                           f"with this config?") from None
 
 

@@ -157,6 +157,15 @@ class Address:
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    def url(self, port: int | None = None, scheme: str = "http") -> str:
+        """A URL this machine can connect to: a wildcard listen address means loopback.
+
+        >>> Address("0.0.0.0", 9000).url(), Address("::", 1).url(), Address("::1", 2).url(scheme="https")
+        ('http://127.0.0.1:9000', 'http://[::1]:1', 'https://[::1]:2')
+        """
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"{scheme}://{Address(host, self.port if port is None else port)}"
+
 
 @dataclass(frozen=True)
 class GitAuth:

@@ -102,9 +102,7 @@ def push(settings: "Settings") -> int:
         print(f"demo: no origin at {origin}; start the demo first (make run)")
         return 2
     sha = commit_to_origin(origin, raw.repo.branch, f"Deployed by pushcd at {time.strftime('%H:%M:%S')}")
-    host = settings.webhook_listen.host
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    url = f"http://{host}:{settings.webhook_listen.port}{raw.webhook.path}"
+    url = settings.webhook_listen.url() + raw.webhook.path
     try:
         status, body = signed_push(url, settings.secret, branch=raw.repo.branch, after=sha)
     except OSError as exc:
@@ -120,7 +118,7 @@ def banner(settings: "Settings", app_port: int | None, control_port: int) -> str
     return (
         "\n  pushcd is running the demo.\n"
         f"    app:     {app_url}\n"
-        f"    status:  http://{settings.control_listen.host}:{control_port}/status\n"
+        f"    status:  {settings.control_listen.url(control_port)}/status\n"
         "  Make a new commit and send the signed webhook (paste in another terminal):\n"
         f"    {_python()} -m supervisor demo-push --config {cfg}\n"
     )

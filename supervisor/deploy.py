@@ -274,6 +274,10 @@ class Deployer:
         if self.history:
             self.history.mark_bad(sha, reason)
 
+    def _unmark_bad(self, sha: str) -> None:
+        if self.bad.pop(sha, None) is not None and self.history:
+            self.history.unmark_bad(sha)
+
     async def _deploy_once(self, trigger: str, phases: Phases) -> None:
         try:
             with phases("fetch"):
@@ -335,7 +339,7 @@ class Deployer:
         self._mark_bad(current, "rolled back by hand")
         await self._go(facts, target, f"roll back {current[:12]} to {target[:12]}", "rollback", phases)
         if self.deployed != target:
-            self.bad.pop(current, None)  # the rollback itself failed: current still runs
+            self._unmark_bad(current)  # the rollback itself failed: current still runs (and is not bad)
 
     async def _move(self, facts: Facts, backup: bool, reason: str) -> None:
         def work() -> None:
@@ -361,15 +365,14 @@ class Deployer:
             except OSError as exc:
                 return f"before_restart {argv[0]}: {exc.strerror or exc}"
             try:
-                code = await asyncio.wait_for(child.wait(), self.before_restart_timeout)
+                code: int | None = await asyncio.wait_for(child.wait(), self.before_restart_timeout)
             except asyncio.TimeoutError:
-                await child.stop()
+                code = None
+            finally:
+                await child.stop()  # stops it on a timeout or a shutdown; reaps what it left in its group
+            if code is None:
                 return failure_report(f"before_restart {' '.join(argv)} timed out after "
                                       f"{self.before_restart_timeout:g}s", child)
-            finally:
-                if child.returncode is None:
-                    await child.stop()  # cancelled (shutdown): never leave it running
-            await child.stop()  # reaps anything it left in its group
             if code != 0:
                 return failure_report(f"before_restart {' '.join(argv)} {describe_exit(code)}", child)
         return None
@@ -385,12 +388,16 @@ class Deployer:
         if self.history:
             self.history.record_release(commit)
 
-    async def _roll_back(self, bad: str, good: str, why: str, trigger: str, phases: Phases) -> None:
-        """The new commit failed: tree back to the running commit, old release untouched."""
+    async def _back_to(self, good: str, bad: str, why: str, phases: Phases) -> None:
+        """Mark ``bad``, return the tree to ``good`` (the watcher ignores it) and call it deployed."""
         self._mark_bad(bad, why)
         with phases("rollback"):
             await self._move_back(good)
         self.deployed = good
+
+    async def _roll_back(self, bad: str, good: str, why: str, trigger: str, phases: Phases) -> None:
+        """The new commit failed: tree back to the running commit, old release untouched."""
+        await self._back_to(good, bad, why, phases)
         await self._finish("failed", f"{bad[:12]} rolled back to {good[:12]}: {why}", bad, trigger, phases,
                            good, tail=why)
         if self._needs_recovery():
@@ -402,14 +409,12 @@ class Deployer:
         dead = self.releases.live
         if dead is not None:
             self._crash_backoff.observe_uptime(dead.child.uptime)
-            why = f"{_exit(dead)}"
+            why = failure_report(describe_exit(dead.child.returncode), dead.child)
             if dead.previous and time.monotonic() - dead.live_since < self.probation:
                 # Went live, then crashed within probation: it was never good.
                 phases = Phases()
-                self._mark_bad(dead.commit, f"crashed {time.monotonic() - dead.live_since:.1f}s after going live: {why}")
-                with phases("rollback"):
-                    await self._move_back(dead.previous)
-                self.deployed = dead.previous
+                await self._back_to(dead.previous, dead.commit,
+                                    f"crashed {time.monotonic() - dead.live_since:.1f}s after going live: {why}", phases)
                 await self._finish("failed", f"probation: {dead.commit[:12]} {self.bad[dead.commit]}; "
                                              f"back to {dead.previous[:12]}", dead.commit, "rollback", phases,
                                    dead.previous, tail=why)
@@ -457,7 +462,3 @@ def release_memory() -> None:
     """
     if _malloc_trim is not None:
         _malloc_trim(0)
-
-
-def _exit(release: Release) -> str:
-    return failure_report(describe_exit(release.child.returncode), release.child)

@@ -66,26 +66,6 @@ class DeployRecord:
     phases: dict[str, float] | None = None
 
 
-class SeenIds:
-    """``delivery in history.seen``, answered from memory.
-
-    Loaded at start from the deliveries table (which keeps the same number of
-    rows), so a redelivery stays a duplicate across restarts without a query on
-    every webhook.
-    """
-
-    def __init__(self, ids: Iterator[str], limit: int) -> None:
-        self._ids = SeenDeliveries(limit)
-        for delivery in ids:
-            self._ids.add(delivery)
-
-    def __contains__(self, delivery: object) -> bool:
-        return delivery in self._ids
-
-    def add(self, delivery: str) -> None:
-        self._ids.add(delivery)
-
-
 class History:
     def __init__(self, path: Path, retention: int = 500, delivery_retention: int = 10_000) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,9 +78,13 @@ class History:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=2000")
         self._migrate()
+        # Duplicates are answered from memory, loaded here (newest last) from the table that keeps as
+        # many rows, so a redelivery stays a duplicate across restarts without a query per webhook.
         rows = self.db.execute("SELECT id FROM deliveries WHERE verdict != 'bad_request' AND id NOT LIKE '-%' "
-                               "ORDER BY received_at LIMIT ?", (delivery_retention,))
-        self.seen = SeenIds((row["id"] for row in rows), delivery_retention)
+                               "ORDER BY received_at DESC LIMIT ?", (delivery_retention,)).fetchall()
+        self.seen = SeenDeliveries(delivery_retention)
+        for row in reversed(rows):
+            self.seen.add(row["id"])
         self._writes = 0
         self._pending: list[tuple[Any, ...]] = []  # deliveries waiting to be written in one transaction
 
@@ -124,7 +108,11 @@ class History:
         except sqlite3.Error as exc:
             log.error("history: cannot write to %s (%s); continuing without it", self.path, exc)
             return
-        self._writes += 1
+        self._wrote(1)
+
+    def _wrote(self, rows: int) -> None:
+        """Prune every hundred rows written, so retention holds without a timer."""
+        self._writes += rows
         if self._writes >= 100:
             self._writes = 0
             self.prune()
@@ -154,10 +142,7 @@ class History:
             log.error("history: cannot write %d deliveries to %s (%s); continuing without them",
                       len(rows), self.path, exc)
             return
-        self._writes += len(rows)
-        if self._writes >= 100:
-            self._writes = 0
-            self.prune()
+        self._wrote(len(rows))
 
     def record_deploy(self, rec: DeployRecord) -> None:
         self._write(
@@ -170,6 +155,9 @@ class History:
     def mark_bad(self, sha: str, reason: str) -> None:
         self._write("INSERT OR REPLACE INTO bad_commits (sha, reason, marked_at) VALUES (?,?,?)",
                     (sha, reason, time.time()))
+
+    def unmark_bad(self, sha: str) -> None:
+        self._write("DELETE FROM bad_commits WHERE sha = ?", (sha,))
 
     def bad_commits(self) -> dict[str, str]:
         return {row["sha"]: row["reason"] for row in self.db.execute("SELECT sha, reason FROM bad_commits")}

@@ -36,7 +36,7 @@ from .history import History
 from .metrics import Metrics
 from .release import Releases
 from .watch import Expected, watch_tree
-from .worktree import GitFailure, GitThread, Journal, WorkTree, clone, set_network_timeouts, use_known_hosts
+from .worktree import GitFailure, GitThread, Journal, WorkTree, clone, describe_commit, set_network_timeouts, use_known_hosts
 
 log = logging.getLogger("supervisor")
 
@@ -165,10 +165,7 @@ class Supervisor:
         self.history.record_delivery(verdict.delivery, event, verdict.verdict, verdict.reason)
 
     def hook_url(self, path: str) -> str:
-        host = self.settings.webhook_listen.host
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://{host}:{self.webhook_port}{path}"
+        return self.settings.webhook_listen.url(self.webhook_port, "https" if self.tls else "http") + path
 
     @property
     def webhook_url(self) -> str:
@@ -177,12 +174,10 @@ class Supervisor:
 
     def describe(self, sha: str) -> dict[str, str]:
         if sha not in self._described:
-            try:
-                commit = self._reader[sha]
-                msg = commit.message.strip()
-                self._described[sha] = {"message": msg.splitlines()[0] if msg else "", "author": commit.author.name}
-            except (KeyError, ValueError):
-                return {"message": "", "author": ""}
+            info = describe_commit(self._reader, sha)
+            if not info["author"]:
+                return info  # unknown here (yet): do not cache
+            self._described[sha] = info
         return self._described[sha]
 
     async def start(self) -> None:
@@ -194,9 +189,9 @@ class Supervisor:
         ctl_runner, self.control_port = await _listen(
             control.make_app(self), self.settings.control_listen, "[control] listen")
         self._runners.append(ctl_runner)
-        log.info("webhook on %s; status on http://%s:%d/",
+        log.info("webhook on %s; status on %s/",
                  ", ".join(f"{i.receiver.name} {self.hook_url(p)}" for p, i in self.intakes.items()),
-                 self.settings.control_listen.host, self.control_port)
+                 self.settings.control_listen.url(self.control_port))
         await self.deployer.start()
         self._tasks.append(asyncio.create_task(self.deployer.run(), name="deployer"))
         if self.recovered:

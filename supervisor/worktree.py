@@ -221,15 +221,6 @@ class WorkTree:
     def head(self) -> str:
         return str(self.repo.head.target)
 
-    def describe(self, sha: str) -> dict[str, str]:
-        try:
-            commit = self.repo[sha]
-        except (KeyError, ValueError):
-            return {"message": "", "author": ""}
-        assert isinstance(commit, pygit2.Commit)
-        return {"message": commit.message.strip().splitlines()[0] if commit.message.strip() else "",
-                "author": commit.author.name}
-
     def fetch(self) -> str:
         """Fetch remote/branch; return the remote tip."""
         try:
@@ -375,6 +366,16 @@ class WorkTree:
             self.repo.submodules.update(init=True, callbacks=callbacks)
         except (pygit2.GitError, OSError) as exc:
             raise GitFailure(f"submodule update failed: {callbacks.explain(exc, 'a submodule remote')}") from None
+
+
+def describe_commit(repo: pygit2.Repository, sha: str) -> dict[str, str]:
+    """A commit's subject line and author; empty strings for a commit this repo does not have."""
+    try:
+        commit = repo[sha]
+    except (KeyError, ValueError):
+        return {"message": "", "author": ""}
+    message = commit.message.strip()
+    return {"message": message.splitlines()[0] if message else "", "author": commit.author.name}
 
 
 def clone(url: str, path: Path, branch: str, auth: GitAuth | None) -> None:

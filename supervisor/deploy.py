@@ -350,7 +350,8 @@ class Deployer:
 
         # The checkout's own writes must not come back as a watched change.
         self.expected.expect(facts.writes)
-        await self.git.run(work)
+        with self.expected.writing():
+            await self.git.run(work)
 
     async def _move_back(self, to: str) -> None:
         facts = await self.git.run(self.tree.facts, to)

@@ -1,10 +1,12 @@
 """Releases: which child serves traffic, and how a new one replaces it.
 
-With ``[app] listen`` the supervisor binds the public socket once and hands
-it to every child, so a swap is *start new, wait until ready, stop old*: the
-socket never closes and connections wait in its backlog rather than fail.
-Without it, the app binds its own port and a swap has to be *stop old, start
-new* (a short outage), still readiness-gated.
+With ``[app] listen`` the supervisor owns the public address for its whole
+life (see ``listener``), so a swap is *start new on a fresh socket, wait until
+ready, steer connections to it, let the old backlog run dry, stop old*:
+connections wait in a backlog rather than fail. A child that died leaves its
+socket, and the connections waiting in it, to the next one. Without it, the
+app binds its own port and a swap has to be *stop old, start new* (a short
+outage), still readiness-gated.
 
 A failed swap never touches the running release: the new child is stopped
 and the caller is told why (exit status or probe answer plus its last lines).
@@ -20,8 +22,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .child import Child, Spec, describe_exit
-from .config import Address, Settings
+from .config import Settings
 from .guard import Guard
+from .listener import Listeners
 from .readiness import Notify, Probe, wait_ready
 
 log = logging.getLogger("supervisor.release")
@@ -33,6 +36,7 @@ class Release:
     child: Child
     live_since: float
     previous: str | None = None  # the commit it replaced, for probation rollback
+    sock: socket.socket | None = None  # its public socket, with [app] listen
 
     @property
     def alive(self) -> bool:
@@ -43,15 +47,6 @@ class Release:
 class SwapResult:
     ok: bool
     reason: str
-
-
-def bind_public(addr: Address) -> socket.socket:
-    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((addr.host, addr.port))
-    sock.listen(1024)
-    return sock
 
 
 def _probe_socket() -> socket.socket:
@@ -81,13 +76,13 @@ def failure_report(reason: str, child: Child) -> str:
 
 
 class Releases:
-    """Owns the public socket and the live release; one swap at a time."""
+    """Owns the public sockets and the live release; one swap at a time."""
 
     def __init__(self, settings: Settings, guard: Guard | None = None,
                  on_line: Callable[[int, str], None] | None = None) -> None:
         self.settings = settings
         self.app = settings.raw.app
-        self.public: socket.socket | None = bind_public(settings.app_listen) if settings.app_listen else None
+        self.public: Listeners | None = Listeners(settings.app_listen) if settings.app_listen else None
         self.live: Release | None = None
         self.starts = 0
         self._on_line = on_line
@@ -103,20 +98,20 @@ class Releases:
 
     @property
     def port(self) -> int | None:
-        return self.public.getsockname()[1] if self.public else None
+        return self.public.port if self.public else None
 
     def spec(self) -> Spec:
         return Spec(argv=self.app.command, cwd=self.settings.app_cwd, env=self.app.env,
                     stop_signal=self.settings.stop_signal, stop_timeout=self.app.stop_timeout)
 
-    async def _spawn(self, commit: str) -> tuple[Child, str | None]:
+    async def _spawn(self, commit: str, sock: socket.socket | None) -> tuple[Child, str | None]:
         spec = self.spec()
         values = {"port": str(self.port or "")}
         fds: list[int] = []
         probe_sock = None
         extra = {"SUPERVISOR_COMMIT": commit}
-        if self.public is not None:
-            fds.append(self.public.fileno())
+        if sock is not None:
+            fds.append(sock.fileno())
             values["fd"] = "3"
             names = ["public"]
             if uses_probe_fd(list(spec.argv)):
@@ -161,30 +156,52 @@ class Releases:
         return child, why
 
     async def start(self, commit: str, previous: str | None = None) -> SwapResult:
-        """Put ``commit`` live. With a held socket the old child serves until the new one is ready."""
+        """Put ``commit`` live. With ``[app] listen`` the old child serves until the new one is ready."""
         async with self._lock:
             old = self.live
             if old is not None and self.public is None:
-                # No shared socket: the port is the app's own, so the old one must go first.
+                # No [app] listen: the port is the app's own, so the old one must go first.
                 await self._retire(old)
                 self.live = old = None  # on failure the caller restores the running commit
+            sock = None
+            if self.public is not None:
+                # A dead release's socket holds the connections that waited for it: the next child takes it.
+                sock = self.public.fresh() if old is not None and old.alive else self.public.current
             try:
-                child, why = await self._spawn(commit)
+                child, why = await self._spawn(commit, sock)
             except SpawnError as exc:
+                self._drop_unused(sock)
                 return SwapResult(False, str(exc))
             if why is not None:
                 report = failure_report(why, child)
                 await child.stop()
                 self.children.discard(child)
+                self._drop_unused(sock)
                 log.warning("release %s failed: %s", commit[:12], report)
                 return SwapResult(False, report)
-            self.live = Release(commit, child, time.monotonic(), previous)
+            self.live = Release(commit, child, time.monotonic(), previous, sock)
             self.starts += 1
             asyncio.create_task(self._watch(self.live), name=f"watch-{child.pid}")
             if old is not None:
-                await self._retire(old)  # graceful if alive; reaps stragglers if it had crashed
+                await self._hand_over(old, sock)
             log.info("release %s live: pid %d", commit[:12], child.pid)
             return SwapResult(True, f"pid {child.pid} ready")
+
+    def _drop_unused(self, sock: socket.socket | None) -> None:
+        if self.public is not None and sock is not None and sock is not self.public.current:
+            self.public.retire(sock)  # never steered to: nothing waits in it
+
+    async def _hand_over(self, old: Release, sock: socket.socket | None) -> None:
+        """The new release is ready: give it the traffic, then stop the old one with nothing left to accept."""
+        if self.public is None or sock is None or old.sock is None or sock is old.sock:
+            await self._retire(old)  # graceful if alive; reaps stragglers if it had crashed
+            return
+        self.public.steer(sock)
+        if old.alive and not await self.public.drained(old.sock, timeout=self.app.stop_timeout):
+            log.warning("release %s pid %d: backlog not empty after %ss; stopping it anyway",
+                        old.commit[:12], old.child.pid, self.app.stop_timeout)
+        await self._retire(old)
+        self.public.retire(old.sock)
 
     async def _retire(self, release: Release) -> None:
         code = await release.child.stop()

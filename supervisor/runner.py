@@ -33,6 +33,7 @@ from .delivery import GITEA, GITHUB, GITLAB, Verdict
 from .deploy import Deployer
 from .guard import Guard
 from .history import History
+from .listener import ListenError
 from .metrics import Metrics
 from .release import Releases
 from .watch import Expected, watch_tree
@@ -132,9 +133,8 @@ class Supervisor:
         self.lines: deque[tuple[float, int, str]] = deque(maxlen=LOG_LINES)
         try:
             self.releases = Releases(settings, on_line=self._on_line)
-        except OSError as exc:
-            raise StartupError(f"[app] listen = \"{settings.app_listen}\": cannot bind ({exc.strerror}); "
-                               f"pick another port") from None
+        except ListenError as exc:
+            raise StartupError(str(exc)) from None
         self.guard: Guard | None = None
         self.deployer = Deployer(self.tree, self.git, self.releases, self.expected,
                                  on_diverge=raw.repo.on_diverge, probation=raw.deploy.probation,

@@ -22,13 +22,14 @@ deploy still restarts the app.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import watchfiles
 
@@ -63,6 +64,24 @@ class Expected:
         self._dirs: dict[str, float] = {}
         self.batches = 0  # debounced batches seen
         self.dropped = 0  # of them, wholly our own writes
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around a checkout: a file it is halfway through writing matches no blob id, so wait."""
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._idle.set()
+
+    async def settled(self, timeout: float = 600.0) -> None:
+        """Return once no checkout is writing (or after ``timeout``: then judge what is there)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("watch: a checkout has been writing for %ss; judging changes anyway", timeout)
 
     def expect(self, writes: Mapping[str, str | None]) -> None:
         until = time.monotonic() + self.ttl
@@ -124,6 +143,7 @@ async def watch_tree(root: Path, paths: tuple[Path, ...], ignore: list[str], deb
                 rel.add(Path(path).relative_to(root).as_posix())
             except ValueError:
                 rel.add(path)
+        await expected.settled()
         changed = expected.unexpected(rel)
         if changed:
             log.info("watch: %d file(s) changed (%s); restart requested", len(changed), ", ".join(sorted(changed)[:5]))

@@ -100,6 +100,23 @@ def gunicorn_app(repos: Repos) -> list[str]:
             "--graceful-timeout", "5", "wsgi:app"]
 
 
+AIOHTTP_APP = ("import os, socket, sys\n"
+               "from aiohttp import web\n"
+               "async def hello(request):\n"
+               "    body = open('message.txt').read() + 'commit ' + os.environ['SUPERVISOR_COMMIT']\n"
+               "    return web.Response(text=body + '\\n')\n"
+               "app = web.Application()\n"
+               "app.router.add_get('/', hello)\n"
+               "web.run_app(app, sock=[socket.socket(fileno=int(fd)) for fd in sys.argv[1:]], print=None)\n")
+
+
+def aiohttp_app(repos: Repos) -> list[str]:
+    """Commit a tiny aiohttp app (web.run_app on the sockets we pass); the command for it."""
+    repos.commit({"aioapp.py": AIOHTTP_APP}, "aiohttp app")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    return [PY, "aioapp.py", "{fd}", "{probe_fd}"]
+
+
 @pytest.fixture
 def repos(tmp_path: Path) -> Repos:
     return Repos(tmp_path)

@@ -122,7 +122,7 @@ def control(ctl: int, path: str) -> dict:
         return json.load(resp)
 
 
-async def burst(hook: int, ctl: int, dev: Path, n: int, seconds: float, commits: int = 10) -> dict:
+async def burst(hook: int, ctl: int, dev: Path, n: int, seconds: float, commits: int = 10, label: int = 1) -> dict:
     url = f"http://127.0.0.1:{hook}/github"
     statuses: dict[int, int] = {}
     tips = []
@@ -143,8 +143,8 @@ async def burst(hook: int, ctl: int, dev: Path, n: int, seconds: float, commits:
         tasks = []
         for i in range(n):
             if i == 0 or commits and i % (n // commits or 1) == 0:  # new commits during the burst
-                (dev / "message.txt").write_text(f"burst {i}\n")
-                git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", f"burst {i}", cwd=dev)
+                (dev / "message.txt").write_text(f"burst {label}.{i}\n")
+                git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", f"burst {label}.{i}", cwd=dev)
                 git("push", "-q", "origin", "HEAD:main", cwd=dev)
                 tips.append(git("rev-parse", "HEAD", cwd=dev))
             body = json.dumps({"ref": "refs/heads/main", "after": tips[-1]}).encode()
@@ -156,6 +156,38 @@ async def burst(hook: int, ctl: int, dev: Path, n: int, seconds: float, commits:
     return {"statuses": statuses, "took_s": time.monotonic() - start, "last_tip": tips[-1]}
 
 
+def one_burst(proc: subprocess.Popen, hook: int, ctl: int, dev: Path, args: argparse.Namespace,
+              n: int) -> tuple[float, float, float]:
+    """Send one burst, wait until its last commit is live and the queue is empty; (peak, after, after anon)."""
+    peak = rss_mb(proc.pid)
+    result: dict = {}
+    before = len(control(ctl, "/history?limit=1000")["deploys"])
+
+    async def run_burst() -> None:
+        nonlocal peak, result
+        task = asyncio.create_task(burst(hook, ctl, dev, args.burst, args.seconds, args.commits, n))
+        while not task.done():
+            peak = max(peak, rss_mb(proc.pid))
+            await asyncio.sleep(0.05)
+        result = task.result()
+
+    asyncio.run(run_burst())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        st = control(ctl, "/status")
+        if st["deployed_commit"] == result["last_tip"] and st["state"] == "running" and not st["queue"]:
+            break
+        time.sleep(0.2)
+    time.sleep(5.0)  # let it go idle again before reading memory
+    deploys = control(ctl, "/history?limit=1000")["deploys"]
+    spans = sorted((d["started_at"], d["ended_at"]) for d in deploys)
+    overlap = any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+    print(f"burst {n}: {args.burst} signed deliveries in {result['took_s']:.1f}s: answers {result['statuses']}; "
+          f"{len(deploys) - before} deploys for {max(1, args.commits)} new commits, overlapping: {overlap}; "
+          f"final commit deployed: {st['deployed_commit'] == result['last_tip']}")
+    return peak, rss_mb(proc.pid), rss_mb(proc.pid, "RssAnon")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=20_000)
@@ -163,7 +195,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--burst", type=int, default=2_000)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--commits", type=int, default=10, help="new commits pushed during the burst")
+    parser.add_argument("--commits", type=int, default=10, help="new commits pushed during each burst")
+    parser.add_argument("--bursts", type=int, default=2, help="bursts one after another (a residue that "
+                                                                 "grows with each would be a leak)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pushcd-scale-") as tmp:
         root = Path(tmp)
@@ -177,35 +211,11 @@ def main() -> None:
             time.sleep(1.0)  # settle before the baseline (the scenario, not a sync)
             base = rss_mb(proc.pid)
             base_anon = rss_mb(proc.pid, "RssAnon")
-            peak = base
-            result: dict = {}
-
-            async def run_burst() -> None:
-                nonlocal peak, result
-                task = asyncio.create_task(burst(hook, ctl, g["dev"], args.burst, args.seconds, args.commits))
-                while not task.done():
-                    peak = max(peak, rss_mb(proc.pid))
-                    await asyncio.sleep(0.05)
-                result = task.result()
-
-            asyncio.run(run_burst())
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                st = control(ctl, "/status")
-                if st["deployed_commit"] == result["last_tip"] and st["state"] == "running" and not st["queue"]:
-                    break
-                time.sleep(0.2)
-            time.sleep(5.0)  # let it go idle again before reading memory
-            after = rss_mb(proc.pid)
-            after_anon = rss_mb(proc.pid, "RssAnon")
-            deploys = control(ctl, "/history?limit=200")["deploys"]
-            spans = sorted((d["started_at"], d["ended_at"]) for d in deploys)
-            overlap = any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
-            print(f"burst: {args.burst} signed deliveries in {result['took_s']:.1f}s: answers {result['statuses']}; "
-                  f"{len(deploys)} deploys for {max(1, args.commits)} new commits, overlapping: {overlap}; "
-                  f"final commit deployed: {st['deployed_commit'] == result['last_tip']}")
-            print(f"supervisor RSS: {base:.1f} MB before, {peak:.1f} MB peak, {after:.1f} MB after; "
-                  f"of which anonymous (heap, not mapped files): {base_anon:.1f} MB before, {after_anon:.1f} MB after")
+            print(f"supervisor RSS before: {base:.1f} MB, of which anonymous (heap, not mapped files) {base_anon:.1f} MB")
+            for n in range(1, args.bursts + 1):
+                peak, after, after_anon = one_burst(proc, hook, ctl, g["dev"], args, n)
+                print(f"  after burst {n}: RSS {after:.1f} MB (peak {peak:.1f}), anonymous {after_anon:.1f} MB "
+                      f"({after_anon - base_anon:+.1f} MB on the baseline)")
         finally:
             proc.terminate()
             proc.wait(30)

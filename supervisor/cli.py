@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
-from . import config, demo, logs
+from . import config, demo, logs, memory
 from .config import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -195,6 +195,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if settings.raw.demo.bootstrap:
             print(demo.banner(settings, sup.releases.port, sup.control_port), flush=True)
 
+    memory.one_arena()  # before the git and watcher threads exist
     try:
         asyncio.run(serve(settings, on_ready))
     except StartupError as exc:

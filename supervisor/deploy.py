@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Iterator, Literal
 
+from . import memory
 from .child import Child, Spec, describe_exit
 from .guard import Guard
 from .history import DeployRecord, History
@@ -219,7 +219,9 @@ class Deployer:
             for w in waiters:
                 if not w.done():
                     w.set_result(self.last if self.last is not before else None)
-            release_memory()
+            if not (self._deploy or self._rollback):  # quiet again: give back what git work took
+                await self.git.run(self.tree.forget_caches)
+                memory.release()
         elif self._needs_recovery():
             self.state = "crashed"
             await self._recover()
@@ -446,20 +448,3 @@ class Deployer:
         if self._retry:
             self._retry.cancel()
         self._retry = asyncio.get_running_loop().call_later(delay, self.request_deploy, trigger)
-
-
-try:
-    _malloc_trim = ctypes.CDLL(None).malloc_trim  # glibc
-except (OSError, AttributeError):
-    _malloc_trim = None
-
-
-def release_memory() -> None:
-    """Hand freed heap back to the OS after a deploy (glibc's malloc_trim).
-
-    libgit2 allocates in the git thread while the event loop allocates in the
-    main one; after a burst of webhooks during deploys of a large tree the heap
-    stays above its baseline. Trimming recovers part of it (bench/scale.py).
-    """
-    if _malloc_trim is not None:
-        _malloc_trim(0)

@@ -175,6 +175,9 @@ class Supervisor:
     def describe(self, sha: str) -> dict[str, str]:
         if sha not in self._described:
             info = describe_commit(self._reader, sha)
+            # Once per commit (cached below); libgit2 would otherwise keep this
+            # thread's pack caches for a large repository, ~15 MB, for good.
+            self._reader.free()
             if not info["author"]:
                 return info  # unknown here (yet): do not cache
             self._described[sha] = info

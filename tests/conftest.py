@@ -92,10 +92,15 @@ WSGI_APP = ("import os\n"
             "    return [body + b'\\n']\n")
 
 
-def gunicorn_app(repos: Repos) -> list[str]:
-    """Commit a tiny WSGI app to the repo (and the deployed tree); the gunicorn command for it."""
-    repos.commit({"wsgi.py": WSGI_APP}, "wsgi")
+def _add_app(repos: Repos, name: str, text: str) -> None:
+    """Commit an app file to the repo and bring the deployed tree to it (before the supervisor starts)."""
+    repos.commit({name: text}, name)
     git("pull", "-q", "--ff-only", cwd=repos.work)
+
+
+def gunicorn_app(repos: Repos) -> list[str]:
+    """A tiny WSGI app in the repo; the gunicorn command for it."""
+    _add_app(repos, "wsgi.py", WSGI_APP)
     return [PY, "-m", "gunicorn", "--bind", "fd://{fd}", "--bind", "fd://{probe_fd}", "--workers", "2",
             "--graceful-timeout", "5", "wsgi:app"]
 
@@ -111,9 +116,8 @@ AIOHTTP_APP = ("import os, socket, sys\n"
 
 
 def aiohttp_app(repos: Repos) -> list[str]:
-    """Commit a tiny aiohttp app (web.run_app on the sockets we pass); the command for it."""
-    repos.commit({"aioapp.py": AIOHTTP_APP}, "aiohttp app")
-    git("pull", "-q", "--ff-only", cwd=repos.work)
+    """A tiny aiohttp app (``web.run_app`` on the sockets we pass) in the repo; the command for it."""
+    _add_app(repos, "aioapp.py", AIOHTTP_APP)
     return [PY, "aioapp.py", "{fd}", "{probe_fd}"]
 
 

@@ -404,7 +404,7 @@ class Deployer:
         await self._finish("failed", f"{bad[:12]} rolled back to {good[:12]}: {why}", bad, trigger, phases,
                            good, tail=why)
         if self._needs_recovery():
-            # Nothing kept serving (no held socket, or it had crashed): bring the good one back.
+            # Nothing kept serving (no [app] listen, or it had crashed): bring the good one back.
             await self._recover()
 
     async def _recover(self) -> None:

@@ -121,6 +121,22 @@ def aiohttp_app(repos: Repos) -> list[str]:
     return [PY, "aioapp.py", "{fd}", "{probe_fd}"]
 
 
+ASGI_APP = ("import os\n"
+            "async def app(scope, receive, send):\n"
+            "    if scope['type'] != 'http':\n"
+            "        return\n"
+            "    body = open('message.txt', 'rb').read() + b'commit ' + os.environ['SUPERVISOR_COMMIT'].encode()\n"
+            "    await send({'type': 'http.response.start', 'status': 200,\n"
+            "                'headers': [(b'content-type', b'text/plain')]})\n"
+            "    await send({'type': 'http.response.body', 'body': body + b'\\n'})\n")
+
+
+def uvicorn_app(repos: Repos) -> list[str]:
+    """A tiny ASGI app in the repo; ``uvicorn --fd`` takes one socket, so no probe fd."""
+    _add_app(repos, "asgi.py", ASGI_APP)
+    return [PY, "-m", "uvicorn", "--fd", "{fd}", "--timeout-graceful-shutdown", "5", "asgi:app"]
+
+
 @pytest.fixture
 def repos(tmp_path: Path) -> Repos:
     return Repos(tmp_path)

@@ -13,7 +13,7 @@ import pytest
 from supervisor import config
 from supervisor.runner import StartupError, Supervisor
 
-from .conftest import aiohttp_app, gunicorn_app, PY, Client, Repos, deployed, eventually, git, running, write_config
+from .conftest import aiohttp_app, gunicorn_app, uvicorn_app, PY, Client, Repos, deployed, eventually, git, running, write_config
 from .load import Load
 
 APP = (Path(__file__).resolve().parents[1] / "examples" / "app" / "app.py").read_text()
@@ -48,12 +48,19 @@ async def test_deploys_and_file_changes_under_load_fail_no_request(repos: Repos,
 ROUNDS = int(os.environ.get("PUSHCD_SWAP_ROUNDS", "3"))
 
 
-@pytest.mark.parametrize("server", ["gunicorn", "aiohttp"])
+SERVERS = {  # the command, and its readiness: uvicorn takes one socket, so no probe of its own
+    "gunicorn": (gunicorn_app, {"http": "/", "min_uptime": 0.3}),
+    "aiohttp": (aiohttp_app, {"http": "/", "min_uptime": 0.3}),
+    "uvicorn": (uvicorn_app, {"http": None, "min_uptime": 1.0}),
+}
+
+
+@pytest.mark.parametrize("server", SERVERS)
 async def test_app_server_swaps_under_load_fail_no_request(server: str, repos: Repos, tmp_path: Path,
                                                              session) -> None:
-    """A sync server and an asyncio one: deploys and a hand edit, 8 clients, not one failed request."""
-    cmd = {"gunicorn": gunicorn_app, "aiohttp": aiohttp_app}[server](repos)
-    cfg = write_config(tmp_path / "c.toml", repos, app={"command": cmd}, ready={"http": "/", "min_uptime": 0.3})
+    """A sync server and asyncio ones: deploys and a hand edit, 8 clients, not one failed request."""
+    make_command, ready = SERVERS[server]
+    cfg = write_config(tmp_path / "c.toml", repos, app={"command": make_command(repos)}, ready=ready)
     async with running(cfg) as sup:
         c = Client(sup, session)
         with Load(sup.releases.port, clients=8, max_requests=10**6, max_seconds=90) as load:

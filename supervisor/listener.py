@@ -38,7 +38,7 @@ from .config import Address
 
 log = logging.getLogger("supervisor.listener")
 
-SO_ATTACH_REUSEPORT_CBPF = 51  # <asm-generic/socket.h>; Linux >= 4.5
+SO_ATTACH_REUSEPORT_CBPF = 51  # <asm-generic/socket.h>; Linux >= 4.6 for TCP
 _BPF_RET_K = 0x06  # BPF_RET | BPF_K: "return the constant k"
 BACKLOG = 1024
 
@@ -96,12 +96,16 @@ class Listeners:
         self._group: list[socket.socket] = []
         self.current = self._join(addr.port)
         self.port: int = self.current.getsockname()[1]
+        self.steering = True
         try:
             self.steer(self.current)
         except OSError as exc:
-            self.close()
-            raise ListenError(f"[app] listen = \"{addr}\": cannot steer connections between listening sockets "
-                              f"(SO_ATTACH_REUSEPORT_CBPF needs Linux >= 4.6): {exc.strerror or exc}") from None
+            # A kernel (or sandbox such as gVisor) without reuseport BPF: fall back
+            # to one socket shared by old and new child. Sync servers still swap
+            # cleanly; asyncio ones may drop a request or two per swap (README).
+            self.steering = False
+            log.warning("[app] listen: cannot steer connections between sockets (SO_ATTACH_REUSEPORT_CBPF: %s); "
+                        "old and new releases will share one socket", exc.strerror or exc)
 
     def _join(self, port: int) -> socket.socket:
         sock = socket.socket(_family(self.addr), socket.SOCK_STREAM)
@@ -117,8 +121,11 @@ class Listeners:
         return sock
 
     def fresh(self) -> socket.socket:
-        """A new socket on the public address that gets no connections until steered to."""
-        return self._join(self.port)
+        """A new socket on the public address that gets no connections until steered to.
+
+        Without steering, the one shared socket.
+        """
+        return self._join(self.port) if self.steering else self.current
 
     def steer(self, sock: socket.socket) -> None:
         """From now on the kernel puts every new connection in ``sock``'s backlog."""

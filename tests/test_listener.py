@@ -7,6 +7,7 @@ import socket
 import pytest
 
 from supervisor.config import Address
+from supervisor import listener
 from supervisor.listener import ListenError, Listeners
 
 from .conftest import wait_sync
@@ -78,3 +79,19 @@ def test_a_second_supervisor_on_the_same_address_is_refused() -> None:
             Listeners(Address("127.0.0.1", first.port))
     finally:
         first.close()
+
+
+def test_without_reuseport_bpf_old_and_new_share_one_socket(monkeypatch, caplog) -> None:
+    # A kernel or sandbox without SO_ATTACH_REUSEPORT_CBPF, made here with an option number no kernel knows.
+    monkeypatch.setattr(listener, "SO_ATTACH_REUSEPORT_CBPF", 0x7FFF)
+    group = Listeners(Address("127.0.0.1", 0))
+    try:
+        assert not group.steering
+        assert group.fresh() is group.current
+        assert "will share one socket" in caplog.text
+        clients = _connect(group.port, 2)
+        wait_sync(lambda: group.backlog(group.current) == 2, what="2 waiting on the shared socket")
+        for s in clients:
+            s.close()
+    finally:
+        group.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import config
+from supervisor import config, listener
 from supervisor.runner import StartupError, Supervisor
 
 from .conftest import aiohttp_app, gunicorn_app, uvicorn_app, PY, Client, Repos, deployed, eventually, git, running, write_config
@@ -59,6 +59,18 @@ SERVERS = {  # the command, and its readiness: uvicorn takes one socket, so no p
 async def test_app_server_swaps_under_load_fail_no_request(server: str, repos: Repos, tmp_path: Path,
                                                              session) -> None:
     """A sync server and asyncio ones: deploys and a hand edit, 8 clients, not one failed request."""
+    await _swaps_under_load(server, repos, tmp_path, session)
+
+
+async def test_without_steering_a_shared_socket_still_swaps_gunicorn(monkeypatch, repos: Repos, tmp_path: Path,
+                                                                     session) -> None:
+    # A kernel or sandbox without reuseport BPF (an option number no kernel knows): the fallback.
+    monkeypatch.setattr(listener, "SO_ATTACH_REUSEPORT_CBPF", 0x7FFF)
+    sup = await _swaps_under_load("gunicorn", repos, tmp_path, session)
+    assert not sup.releases.public.steering
+
+
+async def _swaps_under_load(server: str, repos: Repos, tmp_path: Path, session) -> Supervisor:
     make_command, ready = SERVERS[server]
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": make_command(repos)}, ready=ready)
     async with running(cfg) as sup:
@@ -75,6 +87,7 @@ async def test_app_server_swaps_under_load_fail_no_request(server: str, repos: R
         r = load.stop()
         assert r.failed == 0, (r.failures, r.examples)
         assert sup.releases.restarts == ROUNDS + 1
+    return sup
 
 
 BROKEN = {

@@ -100,7 +100,7 @@ class Listeners:
         try:
             self.steer(self.current)
         except OSError as exc:
-            # A kernel (or sandbox such as gVisor) without reuseport BPF: fall back
+            # A kernel (or a sandbox) without reuseport BPF: fall back
             # to one socket shared by old and new child. Sync servers still swap
             # cleanly; asyncio ones may drop a request or two per swap (README).
             self.steering = False

@@ -59,6 +59,37 @@ def app_start_time(work: Path, runs: int = 10) -> float:
     return statistics.median(times)
 
 
+FLOOR_APP = """
+import sys
+from aiohttp import web
+async def answer(request):
+    await request.read()
+    return web.json_response({"verdict": "ignored"})
+app = web.Application()
+app.router.add_post("/github", answer)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def floor(body: bytes, rounds: int, concurrency: int) -> list[float]:
+    """The same bursts against an aiohttp app that only reads the body and answers: the stack's own floor."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        burst(port, body, concurrency)  # warm up
+        return [t for _ in range(rounds) for t in burst(port, body, concurrency)]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def status(ctl: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{ctl}/status", timeout=5) as resp:
         return json.load(resp)
@@ -142,6 +173,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     phases.append(status(ctl)["last_deploy"]["phases"])
             rss_after = rss_mb(proc.pid)
             own = app_start_time(repos.work)
+            bare = floor(other, args.rounds, args.concurrency)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -149,6 +181,8 @@ async def main_async(args: argparse.Namespace) -> None:
           f"p50 {pct(lat, 50) * 1000:.2f} ms, p99 {pct(lat, 99) * 1000:.2f} ms")
     print(f"webhook answer, {args.concurrency} concurrent pushes that queue deploys, {len(queued)} deliveries: "
           f"p50 {pct(queued, 50) * 1000:.2f} ms, p99 {pct(queued, 99) * 1000:.2f} ms")
+    print(f"  the same bursts at a bare aiohttp app that only reads and answers (the floor of this stack "
+          f"and client): p50 {pct(bare, 50) * 1000:.2f} ms, p99 {pct(bare, 99) * 1000:.2f} ms")
     over = [t - own for t in totals]
     print(f"push -> new version served: median {statistics.median(totals) * 1000:.0f} ms, max "
           f"{max(totals) * 1000:.0f} ms ({args.deploys} deploys); the app's own start (spawn -> first answer, "

@@ -187,6 +187,7 @@ def _cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import StartupError, serve
 
+    memory.one_arena()  # before any thread (git, watcher) exists
     settings = config.load(args.config, prepare=True)
     logs.setup(args.log_format or settings.raw.log.format, args.verbose)
     config.check_work_tree(settings)
@@ -195,7 +196,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if settings.raw.demo.bootstrap:
             print(demo.banner(settings, sup.releases.port, sup.control_port), flush=True)
 
-    memory.one_arena()  # before the git and watcher threads exist
     try:
         asyncio.run(serve(settings, on_ready))
     except StartupError as exc:

@@ -200,25 +200,25 @@ class Deployer:
             except Exception:  # noqa: BLE001 - a bug or an OS error must not stop the worker
                 log.exception("deploy worker: unexpected error; the app keeps running, next request retries")
                 self.state = "running" if not self._needs_recovery() else "crashed"
-                for w in self._waiters:
-                    if not w.done():
-                        w.set_result(None)
-                self._waiters = []
                 await asyncio.sleep(1.0)  # do not spin if the error repeats at once
 
     async def _one_job(self) -> None:
         if self._rollback or self._deploy:
             waiters, self._waiters = self._waiters, []
             before = self.last
-            if self._rollback:
-                self._rollback = False
-                await self._run_job(self._roll_back_by_hand())
-            else:
-                trigger, self._deploy = self._deploy, None
-                await self._run_job(self._deploy_once(trigger, Phases()))
-            for w in waiters:
-                if not w.done():
-                    w.set_result(self.last if self.last is not before else None)
+            try:
+                if self._rollback:
+                    self._rollback = False
+                    await self._run_job(self._roll_back_by_hand())
+                else:
+                    trigger, self._deploy = self._deploy, None
+                    await self._run_job(self._deploy_once(trigger, Phases()))
+            finally:
+                # Whoever asked for this job hears how it ended, even when it raised;
+                # requests made meanwhile wait for the next job.
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(self.last if self.last is not before else None)
             if not (self._deploy or self._rollback):  # quiet again: give back what git work took
                 await self.git.run(self.tree.forget_caches)
                 memory.release()

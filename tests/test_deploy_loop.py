@@ -3,6 +3,7 @@ fast-forward -> the real app restarted and serving the new commit."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -263,3 +264,20 @@ async def test_gunicorn_app_is_deployed(repos: Repos, tmp_path: Path, session) -
         sha = await c.ship(repos, {"message.txt": "gunicorn v2\n"}, "v2")
         text = await c.app_get()
         assert "gunicorn v2" in text and f"commit {sha}" in text
+
+
+async def test_a_job_that_raises_still_answers_who_asked_and_the_worker_goes_on(repos: Repos, tmp_path: Path,
+                                                                             session, monkeypatch) -> None:
+    cfg = write_config(tmp_path / "c.toml", repos)
+    async with running(cfg) as sup:
+        c = Client(sup, session)
+        real = sup.deployer._deploy_once
+
+        async def broken(trigger: str, phases: object) -> None:
+            raise RuntimeError("a bug in the deploy job")
+
+        monkeypatch.setattr(sup.deployer, "_deploy_once", broken)
+        # POST /deploy?wait=1 waits on this future: it must not hang until WAIT_LIMIT.
+        assert await asyncio.wait_for(sup.deployer.request_deploy("manual"), 10) is None
+        monkeypatch.setattr(sup.deployer, "_deploy_once", real)
+        await c.ship(repos, {"message.txt": "after the bug\n"}, "v2")

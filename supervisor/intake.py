@@ -73,16 +73,22 @@ class Intake:
                  receiver: Receiver = GITHUB, allow_from: Collection[Network] = (),
                  trusted_proxies: Sequence[Network] = (),
                  on_verdict: Callable[[Verdict, str | None, float], None] | None = None) -> None:
-        self._secret = secret
         self.branch = branch
-        self.full_name = full_name
-        self.allow_sha1 = allow_sha1
         self.request_deploy = request_deploy
         self.seen: Seen = seen if seen is not None else SeenDeliveries()
         self.receiver = receiver
+        self.on_verdict = on_verdict
+        self.configure(secret=secret, full_name=full_name, allow_sha1=allow_sha1, allow_from=allow_from,
+                       trusted_proxies=trusted_proxies)
+
+    def configure(self, *, secret: bytes, full_name: str | None, allow_sha1: bool,
+                  allow_from: Collection[Network] = (), trusted_proxies: Sequence[Network] = ()) -> None:
+        """What the config file decides and SIGHUP may change; applies from the next request."""
+        self._secret = secret
+        self.full_name = full_name
+        self.allow_sha1 = allow_sha1
         self.allow_from = allow_from
         self.trusted_proxies = trusted_proxies
-        self.on_verdict = on_verdict
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()

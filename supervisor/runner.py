@@ -23,7 +23,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from typing import Callable
+from typing import Any, Callable
 
 import pygit2
 from aiohttp import web
@@ -91,6 +91,13 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+def _hook_policy(settings: Settings, secret: bytes) -> dict[str, Any]:
+    """A receiver's settings from the config file: the same at start-up and on SIGHUP."""
+    raw = settings.raw
+    return {"secret": secret, "full_name": raw.repo.full_name, "allow_sha1": raw.webhook.allow_sha1,
+            "allow_from": settings.allow_from, "trusted_proxies": settings.trusted_proxies}
+
+
 def _check_probe(settings: Settings) -> None:
     raw = settings.raw
     if raw.app.ready.http and not raw.app.ready.http.startswith(("http://", "https://")):
@@ -143,9 +150,8 @@ class Supervisor:
                                  before_restart_timeout=raw.deploy.before_restart_timeout,
                                  history=self.history, metrics=self.metrics)
         self.intakes = {path: intake.Intake(
-            secret=secret, branch=raw.repo.branch, full_name=raw.repo.full_name, allow_sha1=raw.webhook.allow_sha1,
-            request_deploy=self.deployer.request_deploy, seen=self.history.seen, receiver=RECEIVERS[kind],
-            allow_from=settings.allow_from, trusted_proxies=settings.trusted_proxies, on_verdict=self._on_verdict)
+            branch=raw.repo.branch, request_deploy=self.deployer.request_deploy, seen=self.history.seen,
+            receiver=RECEIVERS[kind], on_verdict=self._on_verdict, **_hook_policy(settings, secret))
             for kind, path, secret in settings.hooks}
         self.metrics.watch(self)
         self.started = time.time()
@@ -261,12 +267,7 @@ class Supervisor:
         self.settings = new
         raw = new.raw
         for _kind, path, secret in new.hooks:
-            hook = self.intakes[path]
-            hook._secret = secret
-            hook.full_name = raw.repo.full_name
-            hook.allow_sha1 = raw.webhook.allow_sha1
-            hook.allow_from = new.allow_from
-            hook.trusted_proxies = new.trusted_proxies
+            self.intakes[path].configure(**_hook_policy(new, secret))
         self.releases.settings, self.releases.app = new, raw.app  # used from the next start on
         d = self.deployer
         d.on_diverge, d.probation = raw.repo.on_diverge, raw.deploy.probation

@@ -24,7 +24,10 @@ import pytest
 
 from .gitrepos import ROOT, Repos, git  # noqa: F401 - re-exported for the tests
 
-PAYLOADS = Path(os.environ.get("PUSHCD_PAYLOADS", ROOT.parent / "shared" / "webhook-payloads"))
+# The project's shared copy when this checkout sits beside it; otherwise ours, the same files byte for
+# byte (tests/payloads, with their sources and licenses), so a clone anywhere runs the suite.
+_SHARED = ROOT.parent / "shared" / "webhook-payloads"
+PAYLOADS = Path(os.environ.get("PUSHCD_PAYLOADS") or (_SHARED if _SHARED.is_dir() else ROOT / "tests" / "payloads"))
 SECRET = "test-secret-不要"  # non-ASCII on purpose: the secret is bytes, not text
 PY = sys.executable
 
@@ -32,7 +35,7 @@ PY = sys.executable
 def payload(name: str) -> bytes:
     path = PAYLOADS / name
     if not path.exists():
-        pytest.fail(f"missing shared payload {path}; set PUSHCD_PAYLOADS to the webhook-payloads folder")
+        pytest.fail(f"missing payload {path}; set PUSHCD_PAYLOADS to a webhook-payloads folder")
     return path.read_bytes()
 
 

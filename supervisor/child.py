@@ -21,11 +21,15 @@ import ctypes
 import fcntl
 import logging
 import os
+import resource
+import secrets
 import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+from . import reaper
 
 if TYPE_CHECKING:
     from .guard import Guard
@@ -48,6 +52,7 @@ class Spec:
     env: Mapping[str, str] = field(default_factory=dict)
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 10.0
+    unset: frozenset[str] = frozenset()  # variables of ours the app must not see (secrets pushcd reads)
 
 
 def describe_exit(code: int | None) -> str:
@@ -59,6 +64,11 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with status {code}"
+
+
+# pushcd raises its own soft RLIMIT_NOFILE to the hard limit (it holds many connections);
+# the app gets the limit pushcd was started with, as if started directly.
+NOFILE_AT_START = resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def _preexec(parent: int, fds: Sequence[int]) -> Callable[[], None]:
@@ -74,6 +84,10 @@ def _preexec(parent: int, fds: Sequence[int]) -> Callable[[], None]:
         for target, fd in enumerate(high, start=3):
             os.dup2(fd, target, inheritable=True)
             os.close(fd)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, NOFILE_AT_START)
+        except (ValueError, OSError):
+            pass
 
     return run
 
@@ -82,13 +96,15 @@ class Child:
     """A started process: ``wait()`` for it or ``stop()`` it; always reaped."""
 
     def __init__(self, proc: asyncio.subprocess.Process, spec: Spec, label: str,
-                 on_line: Callable[[int, str], None] | None, guard: "Guard | None" = None) -> None:
+                 on_line: Callable[[int, str], None] | None, guard: "Guard | None" = None,
+                 instance: str = "") -> None:
         self.proc = proc
         self.spec = spec
         self.pid = proc.pid
         self.label = label
         self.started = time.monotonic()
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.instance = instance
         self.stopping = False
         self.guard = guard
         if guard is not None:
@@ -106,7 +122,9 @@ class Child:
         activation). Leave it off when the command already names its fds:
         gunicorn honours both and would open fd 3 twice.
         """
-        env = {**os.environ, **spec.env, **(extra_env or {})}
+        env = {k: v for k, v in os.environ.items() if k not in spec.unset}
+        instance = secrets.token_hex(8)
+        env.update({**spec.env, **(extra_env or {}), "SUPERVISOR_INSTANCE": instance})
         argv = list(spec.argv)
         env.pop("LISTEN_PID", None)
         if not env.get("NOTIFY_SOCKET"):
@@ -118,19 +136,24 @@ class Child:
         else:
             for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
                 env.pop(key, None)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=os.fspath(spec.cwd),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # own group: signals reach the workers too
-            close_fds=not fds,  # with fds, preexec places them; PEP 446 keeps the rest closed
-            preexec_fn=_preexec(os.getpid(), fds),
-            limit=1 << 20,
-        )
-        child = cls(proc, spec, label, on_line, guard)
+        reaper.spawning += 1  # until its pid is in OURS, no sweep may mistake it for an orphan
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=os.fspath(spec.cwd),
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # own group: signals reach the workers too
+                close_fds=not fds,  # with fds, preexec places them; PEP 446 keeps the rest closed
+                preexec_fn=_preexec(os.getpid(), fds),
+                limit=1 << 20,
+            )
+            reaper.OURS.add(proc.pid)
+        finally:
+            reaper.spawning -= 1
+        child = cls(proc, spec, label, on_line, guard, instance)
         log.info("%s started: pid %d: %s", label, child.pid, " ".join(spec.argv))
         return child
 
@@ -173,9 +196,10 @@ class Child:
             pass
 
     async def stop(self, timeout: float | None = None) -> int:
-        """stop_signal to the group, SIGKILL after the timeout; always reaped."""
+        """stop_signal to the group, SIGKILL after the timeout; always reaped, and so is what it left."""
         self.stopping = True
         timeout = self.spec.stop_timeout if timeout is None else timeout
+        family = reaper.descendants(self.pid) if self.proc.returncode is None else set()
         if self.proc.returncode is None:
             self._signal_group(self.spec.stop_signal)
             try:
@@ -184,13 +208,12 @@ class Child:
                 log.warning("%s pid %d did not stop within %.1fs; sending SIGKILL", self.label, self.pid, timeout)
                 self._signal_group(signal.SIGKILL)
         code = await self.wait()
-        # Stragglers the app left in its group (a worker that outlived its master).
+        reaper.OURS.discard(self.pid)
+        # Stragglers the app left in its group (a worker that outlived its master)...
         self._signal_group(signal.SIGKILL)
+        # ...and outside it (setsid), handed to us as their subreaper.
+        await reaper.stop_left_by(self.instance, family, timeout)
         if self.guard is not None:
             self.guard.remove(self.pid)
         self._pump.cancel()
         return code
-
-    def kill_now(self) -> None:
-        """Last resort on an abnormal exit path: SIGKILL the whole group."""
-        self._signal_group(signal.SIGKILL)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import sys
 import threading
 import time
@@ -24,7 +25,7 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
-from . import config, demo, logs, memory
+from . import config, controltoken, demo, logs, memory, reaper
 from .config import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -67,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
 # -- the client side ----------------------------------------------------------
 
 def call(settings: Settings, method: str, path: str, timeout: float = 10.0) -> Any:
-    headers = {"Authorization": f"Bearer {settings.control_token.decode()}"} if settings.control_token else {}
+    token = settings.control_token or controltoken.read(settings.state_dir)
+    headers = {"Authorization": f"Bearer {token.decode()}"} if token else {}
     req = urllib.request.Request(settings.control_listen.url() + path, method=method, headers=headers,
                                  data=b"" if method == "POST" else None)
     try:
@@ -75,6 +77,9 @@ def call(settings: Settings, method: str, path: str, timeout: float = 10.0) -> A
             return json.load(resp)
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")[:300]
+        if exc.code == 401 and not token:
+            detail += (f" (no token: {settings.state_dir / controltoken.FILE} cannot be read; run this as the "
+                       f"user pushcd runs as, or set [control] token_env)")
         raise ClientError(f"{method} {path} answered {exc.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise ClientError(f"no supervisor answers at {settings.control_listen.url()} ({exc}); is `pushcd run` running "
@@ -188,6 +193,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import StartupError, serve
 
     memory.one_arena()  # before any thread (git, watcher) exists
+    reaper.become_subreaper()  # what the app detaches (setsid) is handed to us, to stop and reap
+    _raise_nofile()
     settings = config.load(args.config, prepare=True)
     logs.setup(args.log_format or settings.raw.log.format, args.verbose)
     config.check_work_tree(settings)
@@ -202,6 +209,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"pushcd: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _raise_nofile() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: connections must not starve the app's sockets or git.
+
+    The app still gets the limit we were started with (see child.NOFILE_AT_START).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

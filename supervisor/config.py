@@ -26,6 +26,7 @@ import os
 import re
 import signal
 import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -61,6 +62,8 @@ class Webhook(_Section):
     tls_key: str | None = None
     allow_from: list[str] = []  # CIDRs; empty = everyone (the signature still decides)
     trusted_proxies: list[str] = []  # CIDRs whose X-Forwarded-For names the real peer
+    header_timeout: float = 10.0  # a connection's request headers must arrive within this (also: idle keep-alive)
+    max_connections: int = 256  # open connections; more are closed at once
     gitlab: GitlabHook | None = None
     gitea: GiteaHook | None = None
 
@@ -82,6 +85,7 @@ class Repo(_Section):
     fetch_timeout: float = 60.0
     url: str | None = None  # clone from here when path does not exist yet
     poll_interval: float = 0.0  # seconds; 0 = off
+    submodule_urls: list[str] = []  # patterns of submodule URLs allowed besides the main remote's host
     auth: Auth = msgspec.field(default_factory=Auth)
 
 
@@ -111,7 +115,10 @@ class Watch(_Section):
 
 class Control(_Section):
     listen: str = "127.0.0.1:9001"
-    token_env: str | None = None  # required when listen is not loopback
+    token_env: str | None = None  # default: a token generated at first start in [state] dir/control-token
+    hosts: list[str] = []  # host names the page may be reached by besides IPs and localhost (a proxy, a tunnel)
+    header_timeout: float = 10.0
+    max_connections: int = 64
 
 
 class State(_Section):
@@ -183,6 +190,56 @@ class GitAuth:
 
 
 @dataclass(frozen=True)
+class AppSpec:
+    """The web process as the config file describes it, resolved once; replaced whole on SIGHUP."""
+
+    command: tuple[str, ...]
+    cwd: Path
+    env: dict[str, str]
+    unset: frozenset[str]  # variables pushcd reads its secrets from: the app does not inherit them
+    stop_signal: signal.Signals
+    stop_timeout: float
+    listen: Address | None
+    ready: Ready
+
+    @property
+    def uses_probe_fd(self) -> bool:
+        return any("{probe_fd}" in a for a in self.command)
+
+    @property
+    def names_fds(self) -> bool:
+        """The command says where its sockets are ({fd}, {probe_fd}): no LISTEN_PID, or gunicorn opens fd 3 twice."""
+        return any("{fd}" in a or "{probe_fd}" in a for a in self.command)
+
+
+def probe_problem(app: AppSpec) -> str | None:
+    """Why ``[app.ready] http`` cannot tell whether the *new* child is ready; None when it can.
+
+    During a swap the old release still answers on the public address, so a probe
+    sent there would pass for a new release that is broken.
+    """
+    http = app.ready.http
+    if not http:
+        return None
+    fix = ("add {probe_fd} to [app] command (e.g. --bind fd://{probe_fd}) with [app] listen set, and give "
+           "[app.ready] http as a path such as \"/health\": pushcd probes the new child alone on its private socket")
+    if not http.startswith(("http://", "https://")):
+        if not app.listen or not app.uses_probe_fd:
+            return f"[app.ready] http = \"{http}\" cannot reach the new child alone: {fix}"
+        return None
+    if app.listen is not None:
+        url = urllib.parse.urlsplit(http)
+        try:
+            port = url.port or (443 if url.scheme == "https" else 80)
+        except ValueError:
+            return f"[app.ready] http = \"{http}\" is not a valid URL"
+        if port == app.listen.port:
+            return (f"[app.ready] http = \"{http}\" probes the public address [app] listen = \"{app.listen}\", "
+                    f"which the old release answers during a swap, so a broken release would pass; {fix}")
+    return None
+
+
+@dataclass(frozen=True)
 class Settings:
     """The validated config with paths resolved and the secret loaded."""
 
@@ -203,6 +260,7 @@ class Settings:
     tls: tuple[Path, Path] | None = None
     hooks: tuple[tuple[str, str, bytes], ...] = ()  # (kind, path, secret) per receiver
     auth: GitAuth = GitAuth()
+    app: AppSpec | None = None  # always set by resolve()
 
     def __repr__(self) -> str:  # never print the secret
         return f"Settings(source={self.source!s}, repo={self.repo_path!s})"
@@ -336,17 +394,29 @@ def resolve(source: Path, raw: Config, *, prepare: bool = False, secret: bool = 
         raise ConfigError("[repo] poll_interval must be 0 (off) or more seconds")
     if raw.state.retention < 1:
         raise ConfigError("[state] retention must be 1 or more")
+    for key, section in (("[webhook]", raw.webhook), ("[control]", raw.control)):
+        if section.header_timeout <= 0:
+            raise ConfigError(f"{key} header_timeout must be greater than 0 (seconds)")
+        if section.max_connections < 1:
+            raise ConfigError(f"{key} max_connections must be 1 or more")
     repo_path = (base / raw.repo.path).resolve()
     app_cwd = (repo_path / raw.app.cwd).resolve()
     watch_paths = tuple((repo_path / p).resolve() for p in raw.watch.paths) or (repo_path,)
     control_listen = parse_address(raw.control.listen, "[control] listen")
     hooks = read_hooks(raw.webhook, base) if secret else ()
+    app_listen = parse_address(raw.app.listen, "[app] listen") if raw.app.listen else None
+    app = AppSpec(command=tuple(raw.app.command), cwd=app_cwd, env=dict(raw.app.env),
+                  unset=frozenset(secret_variables(raw)), stop_signal=stop_signal,
+                  stop_timeout=raw.app.stop_timeout, listen=app_listen, ready=raw.app.ready)
+    problem = probe_problem(app)
+    if problem:
+        raise ConfigError(problem)
     settings = Settings(
         source=source,
         raw=raw,
         webhook_listen=parse_address(raw.webhook.listen, "[webhook] listen"),
         control_listen=control_listen,
-        app_listen=parse_address(raw.app.listen, "[app] listen") if raw.app.listen else None,
+        app_listen=app_listen,
         secret=dict((k, v) for k, _, v in hooks).get("github", b""),
         repo_path=repo_path,
         app_cwd=app_cwd,
@@ -359,8 +429,17 @@ def resolve(source: Path, raw: Config, *, prepare: bool = False, secret: bool = 
         tls=_tls(raw.webhook, base),
         hooks=hooks,
         auth=_auth(raw.repo.auth, base) if secret else GitAuth(),
+        app=app,
     )
     return settings
+
+
+def secret_variables(raw: Config) -> list[str]:
+    """Names of the environment variables pushcd reads secrets from."""
+    w, a = raw.webhook, raw.repo.auth
+    names = [w.secret_env, w.gitlab and w.gitlab.token_env, w.gitea and w.gitea.secret_env, raw.control.token_env,
+             a.token_env, a.ssh_passphrase_env]
+    return [n for n in names if n]
 
 
 def is_loopback(host: str) -> bool:

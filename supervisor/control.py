@@ -2,8 +2,18 @@
 
 ``GET /status``, ``GET /history``, ``GET /logs``, ``POST /deploy``, ``POST /rollback``,
 ``GET /metrics`` (Prometheus text) and ``GET /`` (an HTML page that refreshes
-itself). Off loopback every request needs ``Authorization: Bearer <token>``
-(compared in constant time); on loopback too when ``token_env`` is set.
+itself).
+
+Who may do what (:func:`gate`): no request of another site may change state, and
+a web page may not even read through a rebound DNS name.
+
+- ``Host`` must be an IP address, ``localhost`` or a name in ``[control] hosts``:
+  DNS rebinding (a stranger's name resolving to 127.0.0.1) is refused (403).
+- A POST that a browser marks as cross-site (``Sec-Fetch-Site``) or that comes
+  from another ``Origin`` is refused (403), token or not.
+- Every POST needs ``Authorization: Bearer <token>`` (compared in constant time),
+  on loopback too: the ``[control] token_env`` token or the generated one
+  (:mod:`supervisor.controltoken`). Reads need it when ``token_env`` is set.
 """
 
 from __future__ import annotations
@@ -11,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
+import ipaddress
+import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Collection
 
 from aiohttp import web
 
@@ -20,6 +32,8 @@ from .metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from .runner import Supervisor
+
+log = logging.getLogger("supervisor.control")
 
 WAIT_LIMIT = 900.0  # POST /deploy?wait=1 answers within this, finished or not
 
@@ -57,22 +71,71 @@ def _int(request: web.Request, name: str, default: int | None, low: int = 1, hig
         raise web.HTTPBadRequest(text=f"{name} must be a whole number") from None
 
 
-def _token_check(token: bytes | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _refuse(status: int, error: str, request: web.Request) -> web.Response:
+    log.warning("control: refused %s %s (%s): %s", request.method, request.path, status, error)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.json_response({"error": error}, status=status, headers=headers)
+
+
+def host_allowed(host: str, names: Collection[str] = ()) -> bool:
+    """Is ``host`` (a Host header) one this listener may be reached by?
+
+    >>> [host_allowed(h) for h in ("127.0.0.1:9001", "[::1]:9001", "localhost:9001", "10.1.2.3")]
+    [True, True, True, True]
+    >>> host_allowed("attacker.example:9001"), host_allowed("pushcd.internal", ["pushcd.internal"])
+    (False, True)
+    """
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name == "localhost" or name in {n.lower() for n in names}:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def cross_site(request: web.Request) -> str | None:
+    """Why a state-changing request looks like another site's; None when it is same-origin or not a browser's."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site: {fetch_site[:40]}"
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        scheme = "https" if request.secure else "http"
+        if origin.lower() != f"{scheme}://{request.host}".lower():
+            return f"Origin {origin[:80]} is not this page's"
+    return None
+
+
+def gate(token: bytes, reads_need_token: bool, hosts: Collection[str] = ()) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The control API's middleware: Host, then cross-site, then the credential (see the module doc)."""
+
     @web.middleware
-    async def check(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                    ) -> web.StreamResponse:
-        if token is not None:
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not host_allowed(request.host, hosts):
+            return _refuse(403, f"Host {request.host[:80]!r} is not this pushcd's; reach it by its address or "
+                                f"localhost, or add the name to [control] hosts", request)
+        writes = request.method not in SAFE_METHODS
+        if writes and (why := cross_site(request)):
+            return _refuse(403, f"cross-site request refused ({why})", request)
+        if writes or reads_need_token:
             sent = request.headers.get("Authorization", "")
             given = sent[len("Bearer "):].encode() if sent.startswith("Bearer ") else b""
             if not hmac.compare_digest(given, token):
-                return web.json_response({"error": "a valid 'Authorization: Bearer <token>' is required"},
-                                         status=401, headers={"WWW-Authenticate": "Bearer"})
+                return _refuse(401, "a valid 'Authorization: Bearer <token>' is required (the CLI sends it: "
+                                    "the [control] token_env token, or [state] dir/control-token)", request)
         return await handler(request)
 
     return check
 
 
-def make_app(sup: "Supervisor") -> web.Application:
+def make_app(sup: "Supervisor", token: bytes, reads_need_token: bool) -> web.Application:
     async def get_status(_request: web.Request) -> web.Response:
         return web.json_response(status(sup))
 
@@ -87,7 +150,10 @@ def make_app(sup: "Supervisor") -> web.Application:
         })
 
     async def get_logs(request: web.Request) -> web.Response:
-        since = float(request.query.get("since", "0") or 0)
+        try:
+            since = float(request.query.get("since", "0") or 0)
+        except ValueError:
+            raise web.HTTPBadRequest(text="since must be a number (seconds since the epoch)") from None
         lines = [{"time": t, "pid": pid, "line": line} for t, pid, line in sup.lines if t > since]
         return web.json_response({"lines": lines[-(_int(request, "limit", 200, 1, 500) or 200):]})
 
@@ -115,7 +181,7 @@ def make_app(sup: "Supervisor") -> web.Application:
     async def get_page(_request: web.Request) -> web.Response:
         return web.Response(text=render_page(sup), content_type="text/html")
 
-    app = web.Application(middlewares=[_token_check(sup.settings.control_token)])
+    app = web.Application(middlewares=[gate(token, reads_need_token, sup.settings.raw.control.hosts)])
     app.add_routes([
         web.get("/", get_page),
         web.get("/status", get_status),

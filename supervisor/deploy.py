@@ -1,30 +1,34 @@
-"""The deploy worker: one job at a time, requests coalesced, decisions pure.
+"""The deploy worker: one job at a time, taken from one mailbox; decisions pure.
 
-Everything that changes the tree or the live release goes through the single
-worker loop in :class:`Deployer`: webhook/manual deploys, watched file
-changes, crash recovery. So no two of them ever interleave, and any number of
-requests that arrive during a deploy collapse into one next deploy of the
-branch tip (the webhook payload is only a hint to look).
+Everything that changes the tree or the live release is a job in the
+:class:`~supervisor.jobs.Mailbox` (webhook and manual deploys, rollbacks,
+watched file changes, crash recovery), and :meth:`Deployer.run` is its only
+consumer: it takes the most urgent job and calls ``handle_<kind>``. So no two
+jobs ever interleave, no request is lost, and any number of requests that
+arrive during a deploy collapse into one next deploy of the branch tip (the
+webhook payload is only a hint to look).
 
 The decisions are plain functions: :func:`plan` (which way to move the tree,
-or refuse) and :func:`Backoff` arithmetic.
+or refuse) and :class:`Backoff` arithmetic. Results are written down by the
+:class:`~supervisor.record.Recorder`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import enum
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Awaitable, Iterator, Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from . import memory
 from .child import Child, Spec, describe_exit
 from .guard import Guard
-from .history import DeployRecord, History
-from .metrics import Metrics
-from .release import Release, Releases, SwapResult, failure_report
+from .history import History
+from .jobs import Job, Kind, Mailbox
+from .record import LastDeploy, Phases, Recorder
+from .release import Releases, SwapResult, failure_report
 from .watch import Expected
 from .worktree import Facts, FetchError, GitFailure, GitThread, WorkTree
 
@@ -60,6 +64,7 @@ def plan(facts: Facts, on_diverge: str, bad: dict[str, str]) -> Plan:
                           f"(force-push or local commits); fix by hand or set on_diverge = \"reset\"")
 
 
+
 @dataclass
 class Backoff:
     """0.5 s, 1 s, 2 s ... capped; reset after a healthy stretch."""
@@ -79,102 +84,81 @@ class Backoff:
             self.failures = 0
 
 
-class Phases:
-    """Seconds spent in each phase of one deploy: ``with phases("fetch"): ...``."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.started_wall = time.time()
-        self.done: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        t = time.monotonic()
-        try:
-            yield
-        finally:
-            self.done[name] = round(time.monotonic() - t, 4)
-
-    def total(self) -> float:
-        return time.monotonic() - self.started
+class State(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DEPLOYING = "deploying"  # a deploy, rollback or restart job is under way
+    CRASHED = "crashed"  # no live release is running; a recovery is queued or scheduled
 
 
-@dataclass
-class LastDeploy:
-    result: str
-    reason: str
-    commit: str
-    trigger: str = ""
-    at: float = field(default_factory=time.time)
-    phases: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, object]:
-        return {"result": self.result, "reason": self.reason, "commit": self.commit,
-                "trigger": self.trigger, "at": self.at, "phases": self.phases}
+Result = LastDeploy | None  # what a job's waiters hear: the recorded result, or None (nothing done)
 
 
 class Deployer:
     """The single worker: deploys, restarts, rollbacks and crash recovery, one at a time."""
 
     def __init__(self, tree: WorkTree, git: GitThread, releases: Releases, expected: Expected,
-                 on_diverge: str, probation: float, before_restart: list[list[str]],
+                 recorder: Recorder, *, on_diverge: str, probation: float, before_restart: list[list[str]],
                  before_restart_timeout: float, history: History | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 guard: Guard | None = None) -> None:
         self.tree = tree
         self.git = git
         self.releases = releases
         self.expected = expected
+        self.recorder = recorder
         self.on_diverge = on_diverge
         self.probation = probation
         self.before_restart = before_restart
         self.before_restart_timeout = before_restart_timeout
         self.history = history
-        self.metrics = metrics
+        self.guard = guard
+        self.mailbox = Mailbox()
         self.bad: dict[str, str] = history.bad_commits() if history else {}
-        self.last: LastDeploy | None = None
-        self.state = "starting"
         self.deployed: str = ""
-        self._wake = asyncio.Event()
-        self._deploy: str | None = None  # pending deploy trigger
-        self._restart: str | None = None  # pending restart trigger
-        self._rollback = False
-        self._waiters: list[asyncio.Future[LastDeploy | None]] = []  # for the next deploy or rollback
+        self.runs = 0  # jobs the worker finished, including ones that found nothing to do
+        self._started = False
+        self._busy: Kind | None = None
         self._fetch_backoff = Backoff(first=1.0, cap=60.0)
         self._crash_backoff = Backoff()
-        self._retry: asyncio.TimerHandle | None = None
-        self.deploys = 0  # deploys that ended in a result (ok, refused, failed)
-        self.guard: Guard | None = None
-        self.runs = 0  # jobs the worker finished, including ones that found nothing to do
+        self._recovery_due: float | None = None  # a crash restart is scheduled for this monotonic time
+        self._judged: object = None  # the dead release whose crash was already looked at
         releases.on_exit = self.crashed
 
-    # -- requests (called from the event loop; never block) -----------------
-    def request_deploy(self, trigger: str) -> "asyncio.Future[LastDeploy | None]":
-        """Ask for a deploy of the branch tip; the future resolves when the worker has done it."""
-        self._deploy = self._deploy or trigger
-        return self._wait_and_wake()
+    # -- what others read ----------------------------------------------------
+    @property
+    def state(self) -> State:
+        if not self._started:
+            return State.STARTING
+        if self._busy in (Kind.DEPLOY, Kind.ROLLBACK, Kind.RESTART):
+            return State.DEPLOYING
+        return State.CRASHED if self._needs_recovery() else State.RUNNING
 
-    def request_rollback(self) -> "asyncio.Future[LastDeploy | None]":
-        self._rollback = True
-        return self._wait_and_wake()
+    @property
+    def last(self) -> LastDeploy | None:
+        return self.recorder.last
 
-    def request_restart(self, trigger: str) -> None:
-        self._restart = self._restart or trigger
-        self._wake.set()
-
-    def crashed(self, _release: Release) -> None:
-        if self.state == "running":
-            self.state = "crashed"
-        self._wake.set()  # the loop sees the dead release and recovers
-
-    def _wait_and_wake(self) -> "asyncio.Future[LastDeploy | None]":
-        future: asyncio.Future[LastDeploy | None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
-        self._wake.set()
-        return future
+    @property
+    def deploys(self) -> int:
+        """Deploys that ended in a result (ok, refused, failed)."""
+        return self.recorder.count
 
     @property
     def queued(self) -> list[str]:
-        return [t for t in (self._deploy, self._restart, "rollback" if self._rollback else None) if t]
+        return self.mailbox.queued
+
+    # -- requests (called from the event loop; never block) -----------------
+    def request_deploy(self, trigger: str) -> "asyncio.Future[Result]":
+        """Ask for a deploy of the branch tip; the future resolves when the worker has done it."""
+        return self.mailbox.put(Kind.DEPLOY, trigger, wait=True)  # type: ignore[return-value]
+
+    def request_rollback(self) -> "asyncio.Future[Result]":
+        return self.mailbox.put(Kind.ROLLBACK, "rollback", wait=True)  # type: ignore[return-value]
+
+    def request_restart(self, trigger: str) -> None:
+        self.mailbox.put(Kind.RESTART, trigger)
+
+    def crashed(self, _release: object) -> None:
+        self.mailbox.put(Kind.RECOVER, "crash")
 
     # -- the loop -----------------------------------------------------------
     async def start(self) -> None:
@@ -182,94 +166,144 @@ class Deployer:
         self.tree.check_branch()
         self.deployed = self.tree.head()
         result = await self.releases.start(self.deployed)
-        self.state = "running" if result.ok else "crashed"
+        self._started = True
         if result.ok:
             self._went_live(self.deployed)
         else:
             log.error("app failed to start at %s: %s", self.deployed[:12], result.reason)
-            self._wake.set()  # no release is live: the loop restarts it with backoff
+            self._schedule_recovery(self._crash_backoff.next())
 
     async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self._one_job()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - a bug or an OS error must not stop the worker
-                log.exception("deploy worker: unexpected error; the app keeps running, next request retries")
-                self.state = "running" if not self._needs_recovery() else "crashed"
-                await asyncio.sleep(1.0)  # do not spin if the error repeats at once
+        """Take jobs, most urgent first, and dispatch each to ``handle_<kind>``; forever."""
+        try:
+            while True:
+                job = await self.mailbox.take()
+                await self._one(job)
+        finally:
+            self.mailbox.close()  # shutting down: whoever still waits hears "nothing done"
 
-    async def _one_job(self) -> None:
-        if self._rollback or self._deploy:
-            waiters, self._waiters = self._waiters, []
-            before = self.last
-            try:
-                if self._rollback:
-                    self._rollback = False
-                    await self._run_job(self._roll_back_by_hand())
-                else:
-                    trigger, self._deploy = self._deploy, None
-                    await self._run_job(self._deploy_once(trigger, Phases()))
-            finally:
-                # Whoever asked for this job hears how it ended, even when it raised;
-                # requests made meanwhile wait for the next job.
-                for w in waiters:
-                    if not w.done():
-                        w.set_result(self.last if self.last is not before else None)
-            if not (self._deploy or self._rollback):  # quiet again: give back what git work took
-                await self.git.run(self.tree.forget_caches)
-                memory.release()
-        elif self._needs_recovery():
-            self.state = "crashed"
-            await self._recover()
-            self.state = "crashed" if self._needs_recovery() else "running"
-        elif self._restart:
-            trigger, self._restart = self._restart, None
-            await self._run_job(self._restart_in_place(trigger))
-        self.runs += 1
-
-    async def _restart_in_place(self, trigger: str) -> None:
-        """A watched file changed: the same commit, a new child, the same health gate."""
-        phases = Phases()
-        with phases("start"):
-            result = await self._swap(self.deployed, trigger, previous=None)
-        if result.ok:
-            await self._finish("ok", "restarted after file changes", self.deployed, trigger, phases, self.deployed)
-        else:
-            await self._finish("failed", f"restart after file changes failed, the running release keeps serving: "
-                                         f"{result.reason}", self.deployed, trigger, phases, self.deployed,
-                               tail=result.reason)
+    async def _one(self, job: Job) -> None:
+        handler = getattr(self, f"handle_{job.kind.value}")
+        self._busy = job.kind
+        result: Result = None
+        try:
+            result = await handler(job.trigger)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug or an OS error must not stop the worker
+            log.exception("deploy worker: unexpected error in %s; the app keeps running, next request retries",
+                          job.kind.value)
+        finally:
+            self._busy = None
+            job.answer(result)  # whoever asked hears how it ended, even when it raised
+            self.runs += 1
+        if self._needs_recovery() and self._recovery_due is None:
+            self.mailbox.put(Kind.RECOVER, "crash")  # never crashed without a restart on the way
+        if job.kind in (Kind.DEPLOY, Kind.ROLLBACK) and not self.mailbox.has(Kind.DEPLOY, Kind.ROLLBACK):
+            await self.git.run(self.tree.forget_caches)  # quiet again: give back what git work took
+            memory.release()
 
     def _needs_recovery(self) -> bool:
         live = self.releases.live
         return live is None or not live.alive
 
-    async def _run_job(self, job: "Awaitable[None]") -> None:
-        self.state = "deploying"
+    # -- handlers: one per job kind -----------------------------------------
+    async def handle_deploy(self, trigger: str) -> Result:
+        phases = Phases()
         try:
-            await job
-        finally:
-            self.state = "running" if not self._needs_recovery() else "crashed"
-            if self._needs_recovery():
-                self._wake.set()
+            with phases("fetch"):
+                tip = await self.git.run(self.tree.fetch)
+        except FetchError as exc:
+            delay = self._fetch_backoff.next()
+            self.mailbox.put_later(delay, Kind.DEPLOY, trigger)
+            return self._finish("failed", f"{exc}; retrying in {delay:g}s", self.deployed, trigger, phases,
+                                self.deployed)
+        self._fetch_backoff.failures = 0
+        facts = await self.git.run(self.tree.facts, tip)
+        decision = plan(facts, self.on_diverge, self.bad)
+        if decision.action == "none":
+            log.info("nothing to deploy: %s", decision.reason)
+            return None
+        if decision.action == "refuse":
+            return self._finish("refused", decision.reason, tip, trigger, phases, self.deployed)
+        return await self._go(facts, decision.reason, trigger, phases, backup=decision.action == "reset")
 
-    async def _finish(self, result: str, reason: str, commit: str, trigger: str, phases: Phases,
-                      from_commit: str, tail: str = "") -> None:
-        self.last = LastDeploy(result, reason, commit, trigger, phases=phases.done)
-        self.deploys += 1
-        level = logging.INFO if result == "ok" else logging.WARNING
-        duration = phases.total()
-        log.log(level, "deploy %s: %s (%s, trigger %s)", result, reason, commit[:12], trigger,
-                extra={"commit": commit, "duration": round(duration, 4), "result": result, "trigger": trigger})
-        if self.metrics:
-            self.metrics.deploys.labels(result).inc()
-            self.metrics.deploy_duration.observe(duration)
-        if self.history:
-            self.history.record_deploy(DeployRecord(from_commit, commit, trigger, phases.started_wall,
-                                                    time.time(), result, reason, tail, phases.done))
+    async def handle_rollback(self, trigger: str) -> Result:
+        """POST /rollback: back to the newest good release that is not the running one."""
+        phases = Phases()
+        current = self.deployed
+        target = next((c for c in (self.history.good_releases() if self.history else [])
+                       if c != current and c not in self.bad), None)
+        if target is None:
+            return self._finish("refused", "no earlier good release to roll back to", current, trigger,
+                                phases, current)
+        facts = await self.git.run(self.tree.facts, target)
+        if facts.blocking:
+            return self._finish("refused", "local edits would be overwritten: " + ", ".join(facts.blocking),
+                                target, trigger, phases, current)
+        # Until a newer commit arrives, the webhook must not bring the rolled-back one back.
+        self._mark_bad(current, "rolled back by hand")
+        result = await self._go(facts, f"roll back {current[:12]} to {target[:12]}", trigger, phases)
+        if self.deployed != target:
+            self._unmark_bad(current)  # the rollback itself failed: current still runs (and is not bad)
+        return result
+
+    async def handle_restart(self, trigger: str) -> Result:
+        """A watched file changed: the same commit, a new child, the same health gate."""
+        phases = Phases()
+        with phases("start"):
+            result = await self._swap(self.deployed, previous=None)
+        if result.ok:
+            return self._finish("ok", "restarted after file changes", self.deployed, trigger, phases,
+                                self.deployed)
+        return self._finish("failed", f"restart after file changes failed, the running release keeps serving: "
+                                      f"{result.reason}", self.deployed, trigger, phases, self.deployed,
+                            tail=result.reason)
+
+    async def handle_recover(self, _trigger: str) -> Result:
+        """The live release died: look at why once, then restart it after a backoff (a timer, not a wait)."""
+        if not self._needs_recovery():
+            self._recovery_due = None  # a deploy or restart brought one up meanwhile
+            return None
+        if self._recovery_due is not None and time.monotonic() < self._recovery_due:
+            return None  # the scheduled retry will come
+        dead = self.releases.live
+        if self._recovery_due is None and dead is not None and dead is not self._judged:
+            self._judged = dead
+            self._crash_backoff.observe_uptime(dead.child.uptime)
+            why = failure_report(describe_exit(dead.child.returncode), dead.child)
+            if dead.previous and time.monotonic() - dead.live_since < self.probation:
+                # Went live, then crashed within probation: it was never good.
+                return await self._probation_failed(dead.commit, dead.previous, dead.live_since, why)
+            log.warning("app crashed (%s); restarting", why)
+            self._schedule_recovery(self._crash_backoff.next())
+            return None
+        self._recovery_due = None
+        result = await self.releases.start(self.deployed)
+        if not result.ok:
+            self._schedule_recovery(self._crash_backoff.next())
+        return None
+
+    # -- the steps ----------------------------------------------------------
+    def _schedule_recovery(self, delay: float) -> None:
+        log.info("restarting %s in %.1fs", self.deployed[:12], delay)
+        self._recovery_due = time.monotonic() + delay
+        self.mailbox.put_later(delay, Kind.RECOVER, "crash")
+
+    async def _probation_failed(self, bad: str, good: str, live_since: float, why: str) -> Result:
+        phases = Phases()
+        await self._back_to(good, bad, f"crashed {time.monotonic() - live_since:.1f}s after going live: {why}",
+                            phases)
+        outcome = self._finish("failed", f"probation: {bad[:12]} {self.bad[bad]}; back to {good[:12]}", bad,
+                               "rollback", phases, good, tail=why)
+        result = await self.releases.start(good)
+        if not result.ok:
+            self._schedule_recovery(self._crash_backoff.next())
+        return outcome
+
+    def _finish(self, result: str, reason: str, commit: str, trigger: str, phases: Phases,
+                from_commit: str, tail: str = "") -> LastDeploy:
+        return self.recorder.finish(result, reason, commit, trigger, phases, from_commit, tail)
 
     def _mark_bad(self, sha: str, reason: str) -> None:
         self.bad[sha] = reason
@@ -280,89 +314,46 @@ class Deployer:
         if self.bad.pop(sha, None) is not None and self.history:
             self.history.unmark_bad(sha)
 
-    async def _deploy_once(self, trigger: str, phases: Phases) -> None:
-        try:
-            with phases("fetch"):
-                tip = await self.git.run(self.tree.fetch)
-        except FetchError as exc:
-            delay = self._fetch_backoff.next()
-            await self._finish("failed", f"{exc}; retrying in {delay:g}s", self.deployed, trigger, phases,
-                               self.deployed)
-            self._schedule_retry(delay, trigger)
-            return
-        self._fetch_backoff.failures = 0
-        facts = await self.git.run(self.tree.facts, tip)
-        decision = plan(facts, self.on_diverge, self.bad)
-        if decision.action == "none":
-            log.info("nothing to deploy: %s", decision.reason)
-            return
-        if decision.action == "refuse":
-            await self._finish("refused", decision.reason, tip, trigger, phases, self.deployed)
-            return
-        await self._go(facts, tip, decision.reason, trigger, phases, backup=decision.action == "reset")
-
-    async def _go(self, facts: Facts, target: str, reason: str, trigger: str, phases: Phases,
-                  backup: bool = False) -> None:
-        """Move the tree to ``target`` and swap the release; roll back if it does not come up."""
-        previous = self.deployed
+    async def _go(self, facts: Facts, reason: str, trigger: str, phases: Phases, backup: bool = False) -> Result:
+        """Move the tree to ``facts.target`` and swap the release; roll back if it does not come up."""
+        previous, target = self.deployed, facts.target
         try:
             with phases("checkout"):
                 await self._move(facts, backup=backup, reason=reason)
         except GitFailure as exc:
-            await self._finish("refused", str(exc), target, trigger, phases, previous)
-            return
+            # The tree was put back to the running commit (all or nothing); the next push tries again.
+            return self._finish("failed", f"{exc}; the tree is back at {previous[:12]}", target, trigger, phases,
+                                previous)
         with phases("before_restart"):
             why = await self._before_restart()
         if why is None:
             with phases("start"):
-                result = await self._swap(target, trigger, previous=previous)
+                result = await self._swap(target, previous=previous)
             if result.ok:
-                await self._finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases, previous)
-                return
+                return self._finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases, previous)
             why = result.reason
-        await self._roll_back(target, previous, why, trigger, phases)
-
-    async def _roll_back_by_hand(self) -> None:
-        """POST /rollback: back to the newest good release that is not the running one."""
-        phases = Phases()
-        current = self.deployed
-        target = next((c for c in (self.history.good_releases() if self.history else [])
-                       if c != current and c not in self.bad), None)
-        if target is None:
-            await self._finish("refused", "no earlier good release to roll back to", current, "rollback",
-                               phases, current)
-            return
-        facts = await self.git.run(self.tree.facts, target)
-        if facts.blocking:
-            await self._finish("refused", "local edits would be overwritten: " + ", ".join(facts.blocking),
-                               target, "rollback", phases, current)
-            return
-        # Until a newer commit arrives, the webhook must not bring the rolled-back one back.
-        self._mark_bad(current, "rolled back by hand")
-        await self._go(facts, target, f"roll back {current[:12]} to {target[:12]}", "rollback", phases)
-        if self.deployed != target:
-            self._unmark_bad(current)  # the rollback itself failed: current still runs (and is not bad)
+        await self._back_to(good=previous, bad=target, why=why, phases=phases)
+        return self._finish("failed", f"{target[:12]} rolled back to {previous[:12]}: {why}", target, trigger,
+                            phases, previous, tail=why)
 
     async def _move(self, facts: Facts, backup: bool, reason: str) -> None:
         def work() -> None:
             if backup:
                 ref = self.tree.backup(facts.head)
                 log.warning("saved %s as %s before reset", facts.head[:12], ref)
-            self.tree.move_to(facts.target, reason, facts.changed)
+            self.tree.move_to(facts.target, reason, facts)
 
-        # The checkout's own writes must not come back as a watched change.
+        # The checkout's own writes (and a repair's) must not come back as a watched change.
         self.expected.expect(facts.writes)
+        self.expected.expect(facts.undo)
         with self.expected.writing():
             await self.git.run(work)
-
-    async def _move_back(self, to: str) -> None:
-        facts = await self.git.run(self.tree.facts, to)
-        await self._move(facts, backup=False, reason=f"roll back to {to[:12]}")
 
     async def _before_restart(self) -> str | None:
         """Run [deploy] before_restart in app.cwd; None when all succeeded."""
         for argv in self.before_restart:
-            spec = Spec(argv, self.releases.settings.app_cwd, self.releases.app.env, stop_timeout=5)
+            spec = self.releases.spec()
+            spec = Spec(argv, spec.cwd, spec.env, stop_timeout=5, unset=spec.unset)
             try:
                 child = await Child.start(spec, label="before_restart", guard=self.guard)
             except OSError as exc:
@@ -380,7 +371,7 @@ class Deployer:
                 return failure_report(f"before_restart {' '.join(argv)} {describe_exit(code)}", child)
         return None
 
-    async def _swap(self, commit: str, trigger: str, previous: str | None) -> SwapResult:
+    async def _swap(self, commit: str, previous: str | None) -> SwapResult:
         result = await self.releases.start(commit, previous=previous)
         if result.ok:
             self.deployed = commit
@@ -395,56 +386,6 @@ class Deployer:
         """Mark ``bad``, return the tree to ``good`` (the watcher ignores it) and call it deployed."""
         self._mark_bad(bad, why)
         with phases("rollback"):
-            await self._move_back(good)
+            facts = await self.git.run(self.tree.facts, good)
+            await self._move(facts, backup=False, reason=f"roll back to {good[:12]}")
         self.deployed = good
-
-    async def _roll_back(self, bad: str, good: str, why: str, trigger: str, phases: Phases) -> None:
-        """The new commit failed: tree back to the running commit, old release untouched."""
-        await self._back_to(good, bad, why, phases)
-        await self._finish("failed", f"{bad[:12]} rolled back to {good[:12]}: {why}", bad, trigger, phases,
-                           good, tail=why)
-        if self._needs_recovery():
-            # Nothing kept serving (no [app] listen, or it had crashed): bring the good one back.
-            await self._recover()
-
-    async def _recover(self) -> None:
-        """The live child died on its own."""
-        dead = self.releases.live
-        if dead is not None:
-            self._crash_backoff.observe_uptime(dead.child.uptime)
-            why = failure_report(describe_exit(dead.child.returncode), dead.child)
-            if dead.previous and time.monotonic() - dead.live_since < self.probation:
-                # Went live, then crashed within probation: it was never good.
-                phases = Phases()
-                await self._back_to(dead.previous, dead.commit,
-                                    f"crashed {time.monotonic() - dead.live_since:.1f}s after going live: {why}", phases)
-                await self._finish("failed", f"probation: {dead.commit[:12]} {self.bad[dead.commit]}; "
-                                             f"back to {dead.previous[:12]}", dead.commit, "rollback", phases,
-                                   dead.previous, tail=why)
-                result = await self.releases.start(dead.previous)
-                if result.ok:
-                    return
-            else:
-                log.warning("app crashed (%s); restarting", why)
-        delay = self._crash_backoff.next()
-        log.info("restarting %s in %.1fs", self.deployed[:12], delay)
-        try:
-            await asyncio.wait_for(self._wait_for_deploy(), delay)
-        except asyncio.TimeoutError:
-            pass
-        if self._deploy:
-            self._wake.set()  # a new commit may fix it: deploy first
-            return
-        result = await self.releases.start(self.deployed)
-        if not result.ok:
-            self._wake.set()
-
-    async def _wait_for_deploy(self) -> None:
-        while not self._deploy:
-            await self._wake.wait()
-            self._wake.clear()
-
-    def _schedule_retry(self, delay: float, trigger: str) -> None:
-        if self._retry:
-            self._retry.cancel()
-        self._retry = asyncio.get_running_loop().call_later(delay, self.request_deploy, trigger)

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 
+from . import reaper
+
 
 class Guard:
     def __init__(self) -> None:
@@ -23,6 +25,7 @@ class Guard:
             [sys.executable, "-m", "supervisor.guard"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C meant for us must not kill the guard first
         )
+        reaper.OURS.add(self._proc.pid)  # ours, waited for below: not an orphan to reap
 
     def _send(self, line: str) -> None:
         assert self._proc.stdin is not None
@@ -47,6 +50,7 @@ class Guard:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        reaper.OURS.discard(self._proc.pid)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -67,11 +68,18 @@ class DeployRecord:
 
 
 class History:
-    def __init__(self, path: Path, retention: int = 500, delivery_retention: int = 10_000) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, retention: int = 500, delivery_retention: int = 10_000,
+                 problem: str | None = None) -> None:
         self.path = path
         self.retention = retention
         self.delivery_retention = delivery_retention
+        self.problem = problem  # why history is not being kept on disk (None: it is)
+        if str(path) != ":memory:":
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Deploy reasons and delivery ids are nobody else's business: 0600 (WAL files inherit it).
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -87,6 +95,19 @@ class History:
             self.seen.add(row["id"])
         self._writes = 0
         self._pending: list[tuple[Any, ...]] = []  # deliveries waiting to be written in one transaction
+
+    @classmethod
+    def open(cls, path: Path, retention: int = 500) -> "History":
+        """The history at ``path``; if it cannot be opened (corrupt, unwritable, newer schema), an
+        in-memory one with :attr:`problem` set, so pushcd runs (and says so) instead of refusing to start."""
+        try:
+            return cls(path, retention)
+        except Exception as exc:  # noqa: BLE001 - sqlite3.Error, OSError, a newer schema
+            problem = (f"cannot open {path} ({exc}); running without history: deploys, deliveries and bad marks "
+                       f"are kept in memory only. Move the file away (pushcd makes a new one) or fix its "
+                       f"permissions, then restart pushcd")
+            log.error("history: %s", problem)
+            return cls(Path(":memory:"), retention, problem=problem)
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]

@@ -18,7 +18,6 @@ from aiohttp import http_exceptions, web
 from .delivery import GITHUB, Receiver, SeenDeliveries, Verdict, judge
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-aiohttp_errors = (http_exceptions.HttpProcessingError,)
 
 
 class Seen(Protocol):
@@ -107,7 +106,8 @@ class Intake:
                 verdict = Verdict(413, "too_large", f"body over {MAX_BODY} bytes")
             except asyncio.TimeoutError:
                 verdict = Verdict(408, "too_slow", f"body not received within {BODY_TIMEOUT:g}s")
-            except (ConnectionError, aiohttp_errors) as exc:
+            except (ConnectionError, http_exceptions.HttpProcessingError, web.RequestPayloadError) as exc:
+                # a body that does not decompress (Content-Encoding), or a sender that hung up mid-body
                 verdict = Verdict(400, "bad_request", f"body could not be read: {type(exc).__name__}")
             if body is not None:
                 verdict = judge(request.headers, body, self.receiver, secret=self._secret, branch=self.branch,

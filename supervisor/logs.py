@@ -11,6 +11,8 @@ import logging
 import sys
 import time
 
+from .redact import RedactFilter
+
 FIELDS = ("delivery", "commit", "duration", "peer", "verdict", "result", "trigger")
 
 
@@ -33,6 +35,7 @@ class JsonFormatter(logging.Formatter):
 
 def setup(fmt: str = "text", verbose: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactFilter())  # no password of a remote URL in any line
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -15,6 +15,7 @@ and the caller is told why (exit status or probe answer plus its last lines).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import time
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .child import Child, Spec, describe_exit
-from .config import Settings
+from .config import AppSpec
 from .guard import Guard
 from .listener import Listeners
 from .readiness import Notify, Probe, wait_ready
@@ -66,10 +67,6 @@ def _format(argv: list[str], values: dict[str, str]) -> list[str]:
     return out
 
 
-def uses_probe_fd(argv: list[str]) -> bool:
-    return any("{probe_fd}" in a for a in argv)
-
-
 def failure_report(reason: str, child: Child) -> str:
     tail = " | ".join(list(child.tail)[-5:])
     return f"{reason}; last output: {tail}" if tail else reason
@@ -78,11 +75,10 @@ def failure_report(reason: str, child: Child) -> str:
 class Releases:
     """Owns the public sockets and the live release; one swap at a time."""
 
-    def __init__(self, settings: Settings, guard: Guard | None = None,
+    def __init__(self, app: AppSpec, guard: Guard | None = None,
                  on_line: Callable[[int, str], None] | None = None) -> None:
-        self.settings = settings
-        self.app = settings.raw.app
-        self.public: Listeners | None = Listeners(settings.app_listen) if settings.app_listen else None
+        self.app = app  # replaced whole on SIGHUP; read at each start
+        self.public: Listeners | None = Listeners(app.listen) if app.listen else None
         self.live: Release | None = None
         self.starts = 0
         self._on_line = on_line
@@ -101,34 +97,36 @@ class Releases:
         return self.public.port if self.public else None
 
     def spec(self) -> Spec:
-        return Spec(argv=self.app.command, cwd=self.settings.app_cwd, env=self.app.env,
-                    stop_signal=self.settings.stop_signal, stop_timeout=self.app.stop_timeout)
+        app = self.app
+        return Spec(argv=app.command, cwd=app.cwd, env=app.env, stop_signal=app.stop_signal,
+                    stop_timeout=app.stop_timeout, unset=app.unset)
 
     async def _spawn(self, commit: str, sock: socket.socket | None) -> tuple[Child, str | None]:
-        spec = self.spec()
+        """Start a child for ``commit`` and wait until it is ready; SpawnError if it cannot even start."""
+        app, spec = self.app, self.spec()
         values = {"port": str(self.port or "")}
         fds: list[int] = []
-        probe_sock = None
+        probe_sock = notify = None
         extra = {"SUPERVISOR_COMMIT": commit}
-        if sock is not None:
-            fds.append(sock.fileno())
-            values["fd"] = "3"
-            names = ["public"]
-            if uses_probe_fd(list(spec.argv)):
-                probe_sock = _probe_socket()
-                fds.append(probe_sock.fileno())
-                values["probe_fd"] = "4"
-                names.append("probe")
-            extra["LISTEN_FDNAMES"] = ":".join(names)
-        notify = Notify() if self.app.ready.notify else None
-        extra["NOTIFY_SOCKET"] = notify.name if notify else ""
-        names_fds = any("{fd}" in a or "{probe_fd}" in a for a in spec.argv)
-        argv = _format(list(spec.argv), values)
-        spec = Spec(argv, spec.cwd, spec.env, spec.stop_signal, spec.stop_timeout)
         try:
-            child = await Child.start(spec, fds=fds, extra_env=extra, listen_pid=not names_fds,
+            if sock is not None:
+                fds.append(sock.fileno())
+                values["fd"] = "3"
+                names = ["public"]
+                if app.uses_probe_fd:
+                    probe_sock = _probe_socket()
+                    fds.append(probe_sock.fileno())
+                    values["probe_fd"] = "4"
+                    names.append("probe")
+                extra["LISTEN_FDNAMES"] = ":".join(names)
+            notify = Notify() if app.ready.notify else None
+            extra["NOTIFY_SOCKET"] = notify.name if notify else ""
+            spec = dataclasses.replace(spec, argv=_format(list(spec.argv), values))
+            child = await Child.start(spec, fds=fds, extra_env=extra, listen_pid=not app.names_fds,
                                       guard=self.guard, on_line=self._on_line)
         except OSError as exc:
+            # Not on PATH, or out of file descriptors (EMFILE) for the probe socket: a failed start,
+            # which the worker retries with backoff like any other.
             if notify:
                 notify.close()
             raise SpawnError(f"cannot start {spec.argv[0]}: {exc.strerror or exc}") from None
@@ -137,12 +135,12 @@ class Releases:
                 probe_port = probe_sock.getsockname()[1]
                 probe_sock.close()  # the child holds its own copy
         probe = None
-        if self.app.ready.http:
-            if self.app.ready.http.startswith(("http://", "https://")):
-                probe = Probe(self.app.ready.http)
+        if app.ready.http:
+            if app.ready.http.startswith(("http://", "https://")):
+                probe = Probe(app.ready.http)
             elif probe_sock is not None:
-                probe = Probe(f"http://127.0.0.1:{probe_port}{self.app.ready.http}")
-        ready = self.app.ready
+                probe = Probe(f"http://127.0.0.1:{probe_port}{app.ready.http}")
+        ready = app.ready
         self.children.add(child)
         try:
             why = await wait_ready(child, min_uptime=ready.min_uptime, timeout=ready.timeout,

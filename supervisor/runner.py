@@ -13,7 +13,6 @@ Under systemd (``Type=notify``) we send ``READY=1`` and ``STOPPING=1``.
 from __future__ import annotations
 
 import asyncio
-import errno
 import gc
 import logging
 import os
@@ -23,12 +22,13 @@ import socket
 import ssl
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, Callable
 
 import pygit2
 from aiohttp import web
 
-from . import config, control, intake
+from . import config, control, controltoken, intake, reaper
 from .config import Address, ConfigError, Settings
 from .delivery import GITEA, GITHUB, GITLAB, Verdict
 from .deploy import Deployer
@@ -37,17 +37,15 @@ from .history import History
 from .listener import ListenError
 from .metrics import Metrics
 from .release import Releases
-from .watch import Expected, watch_tree
+from .watch import Armed, Expected, watch_tree
 from .worktree import GitFailure, GitThread, Journal, WorkTree, clone, describe_commit, set_network_timeouts, use_known_hosts
+from .record import Recorder
+from .site import Site, StartupError, listen, quiet_exception_handler
 
 log = logging.getLogger("supervisor")
 
 RECEIVERS = {"github": GITHUB, "gitlab": GITLAB, "gitea": GITEA}
 LOG_LINES = 500  # the child's recent output, for /logs and the status page
-
-
-class StartupError(Exception):
-    """Something a person must fix before we can start; one line, exit 2."""
 
 
 def sd_notify(state: str) -> None:
@@ -62,22 +60,6 @@ def sd_notify(state: str) -> None:
             s.sendto(state.encode(), addr)
     except OSError as exc:
         log.warning("sd_notify %s failed: %s", state, exc)
-
-
-async def _listen(app: web.Application, addr: Address, key: str,
-                  ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, addr.host, addr.port, reuse_address=True, backlog=1024, ssl_context=ssl_context)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        hint = "pick another port" if exc.errno == errno.EADDRINUSE else "check the address"
-        raise StartupError(f"{key} = \"{addr}\": cannot listen ({exc.strerror}); {hint} in {key.split()[0]}") from None
-    server = site._server  # the bound port, for port 0
-    port = server.sockets[0].getsockname()[1] if server and server.sockets else addr.port  # type: ignore[union-attr]
-    return runner, port
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -98,41 +80,44 @@ def _hook_policy(settings: Settings, secret: bytes) -> dict[str, Any]:
             "allow_from": settings.allow_from, "trusted_proxies": settings.trusted_proxies}
 
 
-def _check_probe(settings: Settings) -> None:
-    raw = settings.raw
-    if raw.app.ready.http and not raw.app.ready.http.startswith(("http://", "https://")):
-        if not settings.app_listen or "{probe_fd}" not in " ".join(raw.app.command):
-            raise StartupError(
-                f"[app.ready] http = \"{raw.app.ready.http}\" cannot reach the new child alone: "
-                f"add {{probe_fd}} to [app] command (e.g. --bind fd://{{probe_fd}}) with [app] listen set, "
-                f"or give a full URL of the app's own port")
+def _private_dir(path: Path) -> None:
+    """The state dir holds the control token, the journal and the history: 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        try:
+            path.chmod(0o700)
+        except OSError as exc:
+            log.warning("[state] dir %s is readable by others and cannot be made private (%s)", path, exc)
+
+
+GIT_CLOSE_WAIT = 5.0  # seconds a git operation in flight may delay the exit (the journal repairs the rest)
 
 
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         raw = settings.raw
+        assert settings.app is not None
         set_network_timeouts(raw.repo.fetch_timeout)
-        _check_probe(settings)
         self.tls = _tls_context(settings)
+        _private_dir(settings.state_dir)
         if settings.auth.known_hosts:
             use_known_hosts(settings.auth.known_hosts, settings.state_dir / "ssh-home")
         try:
             if not settings.repo_path.exists() and raw.repo.url:
                 log.info("cloning %s into %s", raw.repo.url, settings.repo_path)
-                clone(raw.repo.url, settings.repo_path, raw.repo.branch, settings.auth)
+                clone(raw.repo.url, settings.repo_path, raw.repo.branch, settings.auth, raw.repo.submodule_urls)
             self.tree = WorkTree(settings.repo_path, raw.repo.remote, raw.repo.branch, settings.auth,
-                                 Journal(settings.state_dir / "git-journal.json"))
+                                 Journal(settings.state_dir / "git-journal.json"), raw.repo.submodule_urls)
             self.recovered = self.tree.recover()
             if self.recovered:
                 log.warning("recovered the work tree after a crash: %s", self.recovered)
             self.tree.check_branch()
         except GitFailure as exc:
             raise StartupError(f"[repo] {exc}") from None
-        try:
-            self.history = History(settings.state_dir / "history.db", retention=raw.state.retention)
-        except Exception as exc:  # noqa: BLE001 - sqlite3.Error, OSError, a newer schema
-            raise StartupError(f"[state] dir: cannot open {settings.state_dir / 'history.db'} ({exc})") from None
+        self.history = History.open(settings.state_dir / "history.db", retention=raw.state.retention)
+        # POSTs always need a token; reads too when the operator chose one ([control] token_env).
+        self.control_token = settings.control_token or controltoken.ensure(settings.state_dir)
         self._reader = pygit2.Repository(str(settings.repo_path))  # loop-thread reads only
         self._described: dict[str, dict[str, str]] = {}
         self.git = GitThread()
@@ -140,15 +125,16 @@ class Supervisor:
         self.metrics = Metrics()
         self.lines: deque[tuple[float, int, str]] = deque(maxlen=LOG_LINES)
         try:
-            self.releases = Releases(settings, on_line=self._on_line)
+            self.releases = Releases(settings.app, on_line=self._on_line)
         except ListenError as exc:
             raise StartupError(str(exc)) from None
         self.guard: Guard | None = None
         self.deployer = Deployer(self.tree, self.git, self.releases, self.expected,
+                                 Recorder(self.history, self.metrics),
                                  on_diverge=raw.repo.on_diverge, probation=raw.deploy.probation,
                                  before_restart=raw.deploy.before_restart,
                                  before_restart_timeout=raw.deploy.before_restart_timeout,
-                                 history=self.history, metrics=self.metrics)
+                                 history=self.history)
         self.intakes = {path: intake.Intake(
             branch=raw.repo.branch, request_deploy=self.deployer.request_deploy, seen=self.history.seen,
             receiver=RECEIVERS[kind], on_verdict=self._on_verdict, **_hook_policy(settings, secret))
@@ -157,9 +143,10 @@ class Supervisor:
         self.started = time.time()
         self.last_reload: dict[str, object] | None = None
         self.stop_event = asyncio.Event()
-        self._runners: list[web.AppRunner] = []
+        self._sites: list[Site] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._watch_stop = asyncio.Event()
+        self.armed = Armed(settings.state_dir / "watch-armed")
         self.webhook_port = 0
         self.control_port = 0
 
@@ -191,24 +178,37 @@ class Supervisor:
         return self._described[sha]
 
     async def start(self) -> None:
+        """Listen, start the app, arm the watcher; returns when all of it is ready."""
         self.guard = self.releases.guard = self.deployer.guard = Guard()
-        hook_runner, self.webhook_port = await _listen(
-            intake.make_app(self.intakes), self.settings.webhook_listen, "[webhook] listen",
-            self.tls)
-        self._runners.append(hook_runner)
-        ctl_runner, self.control_port = await _listen(
-            control.make_app(self), self.settings.control_listen, "[control] listen")
-        self._runners.append(ctl_runner)
+        raw = self.settings.raw
+        hooks = await listen(intake.make_app(self.intakes), self.settings.webhook_listen, "[webhook] listen",
+                             header_timeout=raw.webhook.header_timeout,
+                             max_connections=raw.webhook.max_connections, ssl_context=self.tls)
+        self._sites.append(hooks)
+        ctl = await listen(control.make_app(self, self.control_token, self.settings.control_token is not None),
+                           self.settings.control_listen, "[control] listen",
+                           header_timeout=raw.control.header_timeout, max_connections=raw.control.max_connections)
+        self._sites.append(ctl)
+        self.webhook_port, self.control_port = hooks.port, ctl.port
         log.info("webhook on %s; status on %s/",
                  ", ".join(f"{i.receiver.name} {self.hook_url(p)}" for p, i in self.intakes.items()),
                  self.settings.control_listen.url(self.control_port))
+        self._start_watch()  # first: a change made while the app starts is not lost
         await self.deployer.start()
         self._tasks.append(asyncio.create_task(self.deployer.run(), name="deployer"))
         if self.recovered:
             self.deployer.request_deploy("webhook")  # redo the deploy the crash interrupted
-        self._start_watch()
         self._tasks.append(asyncio.create_task(self._poll(), name="poll"))
         self._tasks.append(asyncio.create_task(self._flush_history(), name="history"))
+        self._tasks.append(asyncio.create_task(self._reap(), name="reap"))
+        if raw.watch.enabled:
+            await self.armed.wait()  # ready means: a file written from now on restarts the app
+
+    async def _reap(self) -> None:
+        """Orphans the app handed to us (subreaper) that exited on their own: no zombies."""
+        while True:
+            await asyncio.sleep(2.0)
+            reaper.reap_exited()
 
     async def _flush_history(self) -> None:
         """Write queued delivery rows twice a second (in one transaction each time)."""
@@ -239,13 +239,12 @@ class Supervisor:
         self._watch_stop = asyncio.Event()
         self._tasks.append(asyncio.create_task(watch_tree(
             s.repo_path, s.watch_paths, raw.watch.ignore, raw.watch.debounce_ms, self.expected,
-            lambda _changed: self.deployer.request_restart("watch"), self._watch_stop), name="watch"))
+            lambda _changed: self.deployer.request_restart("watch"), self._watch_stop, self.armed), name="watch"))
 
     def reload(self) -> None:
         """SIGHUP: apply a valid new config without dropping the app; refuse a bad one."""
         try:
             new = config.load(self.settings.source)
-            _check_probe(new)
             fixed = [name for name, a, b in [
                 ("[webhook] listen", new.webhook_listen, self.settings.webhook_listen),
                 ("[webhook] tls_cert/tls_key", new.tls, self.settings.tls),
@@ -259,7 +258,7 @@ class Supervisor:
             ] if a != b]
             if fixed:
                 raise ConfigError(f"{', '.join(fixed)} cannot change while running; restart pushcd for that")
-        except (ConfigError, StartupError) as exc:
+        except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             self.last_reload = {"ok": False, "reason": str(exc), "at": time.time()}
             return
@@ -268,7 +267,7 @@ class Supervisor:
         raw = new.raw
         for _kind, path, secret in new.hooks:
             self.intakes[path].configure(**_hook_policy(new, secret))
-        self.releases.settings, self.releases.app = new, raw.app  # used from the next start on
+        self.releases.app = new.app  # whole, used from the next start on
         d = self.deployer
         d.on_diverge, d.probation = raw.repo.on_diverge, raw.deploy.probation
         d.before_restart, d.before_restart_timeout = raw.deploy.before_restart, raw.deploy.before_restart_timeout
@@ -284,25 +283,31 @@ class Supervisor:
         self.last_reload = {"ok": True, "reason": "applied", "at": time.time()}
 
     async def close(self) -> None:
+        """Stop everything, each step with a deadline: within stop_timeout + GIT_CLOSE_WAIT and a little."""
         self.stop_event.set()
         self._watch_stop.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.releases.stop()
-        for runner in self._runners:
-            await runner.cleanup()
+        await reaper.stop(reaper.adopted(), self.settings.raw.app.stop_timeout, "the app left behind, at shutdown")
+        for site in self._sites:
+            await site.close()
         self.releases.close()
         if self.guard is not None:
             self.guard.close()
-        # Let a git operation in flight finish (a half-done checkout is worse than a late exit).
-        await asyncio.get_running_loop().run_in_executor(None, self.git.close)
+        # A git operation in flight (a fetch hanging on a dead remote) may delay the exit a little, not for
+        # its whole timeout: what it leaves half-done, the journal repairs at the next start.
+        if not await asyncio.get_running_loop().run_in_executor(None, self.git.close, GIT_CLOSE_WAIT):
+            log.warning("a git operation is still running after %gs; exiting anyway (the journal repairs "
+                        "the work tree at the next start)", GIT_CLOSE_WAIT)
         self.history.close()
 
 
 async def serve(settings: Settings, on_ready: Callable[[Supervisor], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT; the one place signals are handled."""
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(quiet_exception_handler())
     sup = Supervisor(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sup.stop_event.set)

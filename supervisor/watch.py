@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import hashlib
 import logging
 import os
 import time
@@ -33,21 +32,12 @@ from typing import Callable, Iterator, Mapping
 
 import watchfiles
 
+from .worktree import blob_id
+
 log = logging.getLogger("supervisor.watch")
 
 ALWAYS_IGNORED_DIRS = {".git", "__pycache__", ".hg", ".svn", ".mypy_cache", ".pytest_cache", ".venv", "node_modules"}
 ALWAYS_IGNORED_GLOBS = ("*.pyc", "*.pyo", "*.swp", "*.swx", "*~", ".#*")
-
-
-def blob_id(path: Path) -> str | None:
-    """The git blob id of what ``path`` holds now (None if it is gone)."""
-    try:
-        data = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except IsADirectoryError:
-        return "dir"
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 class Expected:
@@ -107,9 +97,12 @@ class Expected:
         return left
 
 
-def make_filter(root: Path, ignore: list[str]) -> Callable[[watchfiles.Change, str], bool]:
+def make_filter(root: Path, ignore: list[str], canary: Path | None = None
+                ) -> Callable[[watchfiles.Change, str], bool]:
     def keep(_change: watchfiles.Change, path: str) -> bool:
         p = Path(path)
+        if canary is not None and p.parent == canary:
+            return True
         try:
             rel = p.relative_to(root)
         except ValueError:
@@ -125,24 +118,68 @@ def make_filter(root: Path, ignore: list[str]) -> Callable[[watchfiles.Change, s
     return keep
 
 
+class Armed:
+    """Tells when the watcher is really watching: a file it must see, written until it does.
+
+    watchfiles arms its watches inside ``awatch`` with no signal of its own; a change
+    made before that is lost. So the watch also covers a private folder (under the
+    state dir), and :meth:`wait` writes a file there until the watcher reports it.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.event = asyncio.Event()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def seen(self, paths: set[str]) -> set[str]:
+        """Drop our own canary paths from a batch; note that the watcher is armed."""
+        ours = {p for p in paths if Path(p).parent == self.folder}
+        if ours:
+            self.event.set()
+        return paths - ours
+
+    async def wait(self, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        n = 0
+        while not self.event.is_set() and time.monotonic() < deadline:
+            n += 1
+            (self.folder / "canary").write_text(str(n))
+            try:
+                await asyncio.wait_for(self.event.wait(), 0.25)
+            except asyncio.TimeoutError:
+                pass
+        if not self.event.is_set():
+            log.warning("watch: not armed after %gs; changes made meanwhile may be missed", timeout)
+        return self.event.is_set()
+
+
 async def watch_tree(root: Path, paths: tuple[Path, ...], ignore: list[str], debounce_ms: int,
                      expected: Expected, on_change: Callable[[set[str]], None],
-                     stop: asyncio.Event) -> None:
+                     stop: asyncio.Event, armed: Armed | None = None) -> None:
     """Call ``on_change(relative paths)`` for each debounced batch we did not write ourselves."""
     existing = [str(p) for p in paths if p.exists()]
     if not existing:
         log.warning("watch: none of %s exist; not watching", ", ".join(map(str, paths)))
+        if armed is not None:
+            armed.event.set()  # nothing to arm: do not hold start-up
         return
-    async for batch in watchfiles.awatch(*existing, watch_filter=make_filter(root, ignore),
+    canary = armed.folder if armed is not None else None
+    async for batch in watchfiles.awatch(*existing, *([str(canary)] if canary else []),
+                                         watch_filter=make_filter(root, ignore, canary),
                                          # step is the quiet period that ends a batch; debounce caps its length.
                                          step=max(10, debounce_ms), debounce=max(1600, 4 * debounce_ms), stop_event=stop,
                                          rust_timeout=1000, yield_on_timeout=False):
+        raw = {path for _change, path in batch}
+        if armed is not None:
+            raw = armed.seen(raw)
         rel = set()
-        for _change, path in batch:
+        for path in raw:
             try:
                 rel.add(Path(path).relative_to(root).as_posix())
             except ValueError:
                 rel.add(path)
+        if not rel:
+            continue
         await expected.settled()
         changed = expected.unexpected(rel)
         if changed:

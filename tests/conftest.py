@@ -260,6 +260,13 @@ class Client:
         async with self.session.get(f"http://127.0.0.1:{self.sup.control_port}/status") as resp:
             return await resp.json()
 
+    async def control(self, method: str, path: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+        """A control API request as the CLI sends it (with the token)."""
+        headers = {"Authorization": f"Bearer {self.sup.control_token.decode()}", **kw.pop("headers", {})}
+        async with self.session.request(method, f"http://127.0.0.1:{self.sup.control_port}{path}",
+                                        headers=headers, **kw) as resp:
+            return resp.status, await resp.json()
+
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:

@@ -271,13 +271,13 @@ async def test_a_job_that_raises_still_answers_who_asked_and_the_worker_goes_on(
     cfg = write_config(tmp_path / "c.toml", repos)
     async with running(cfg) as sup:
         c = Client(sup, session)
-        real = sup.deployer._deploy_once
+        real = sup.deployer.handle_deploy
 
-        async def broken(trigger: str, phases: object) -> None:
+        async def broken(trigger: str) -> None:
             raise RuntimeError("a bug in the deploy job")
 
-        monkeypatch.setattr(sup.deployer, "_deploy_once", broken)
+        monkeypatch.setattr(sup.deployer, "handle_deploy", broken)
         # POST /deploy?wait=1 waits on this future: it must not hang until WAIT_LIMIT.
         assert await asyncio.wait_for(sup.deployer.request_deploy("manual"), 10) is None
-        monkeypatch.setattr(sup.deployer, "_deploy_once", real)
+        monkeypatch.setattr(sup.deployer, "handle_deploy", real)
         await c.ship(repos, {"message.txt": "after the bug\n"}, "v2")

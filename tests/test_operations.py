@@ -91,8 +91,7 @@ async def test_rollback_through_the_api_and_the_cli(repos: Repos, tmp_path: Path
         code, out, err = await cli(cfg, "deploy")
         assert code == 0, (out, err)
         assert "ok: fast-forward" in out and v3[:12] in out
-        async with session.post(f"http://127.0.0.1:{sup.control_port}/rollback?wait=1") as resp:
-            body = await resp.json()
+        _, body = await c.control("POST", "/rollback?wait=1")
         assert body["done"] and body["result"]["result"] == "ok" and body["result"]["trigger"] == "rollback"
         st = await deployed(c, v2)
         assert v3 in st["bad_commits"] and repos.head() == v2

@@ -209,7 +209,8 @@ async def test_clone_on_first_start_with_submodules(tmp_path: Path, session) -> 
     git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib.origin), "vendor/lib", cwd=repos.dev)
     repos.commit({}, "add the lib submodule")
     shutil.rmtree(repos.work)  # nothing deployed yet: pushcd clones it
-    cfg = write_config(tmp_path / "c.toml", repos, repo_extra=f'url = "{repos.origin}"')
+    cfg = write_config(tmp_path / "c.toml", repos, repo_extra=f'url = "{repos.origin}"\n'
+                                                            f'submodule_urls = ["{tmp_path}/lib/*"]')
     async with running(cfg) as sup:
         c = Client(sup, session)
         assert (repos.work / "vendor/lib/lib.txt").read_text() == "lib v1\n"

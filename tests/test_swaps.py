@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from supervisor import config, listener
-from supervisor.runner import StartupError, Supervisor
+from supervisor.config import ConfigError
+from supervisor.runner import Supervisor
 
 from .conftest import aiohttp_app, gunicorn_app, uvicorn_app, PY, Client, Repos, deployed, eventually, git, running, write_config
 from .load import Load
@@ -259,6 +260,6 @@ async def test_socket_activation_environment(command, fds, names, pid_set, repos
 
 async def test_probe_without_probe_fd_is_refused_at_startup(repos: Repos, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": [PY, "app.py", "--fd", "{fd}"]})
-    with pytest.raises(StartupError, match=r"cannot reach the new child alone: add \{probe_fd\}"):
+    with pytest.raises(ConfigError, match=r"cannot reach the new child alone: add \{probe_fd\}"):
         Supervisor(config.load(cfg))
 

@@ -1,0 +1,123 @@
+"""The job mailbox: one queue, one consumer, nothing lost.
+
+Everything that changes the tree or the live release is a request put here
+(from a webhook, the control API, the watcher, a crash, a timer); the deploy
+worker is the only one that takes from it. A request is a value: its kind,
+what asked for it, and the futures of whoever waits for its result.
+
+Two rules, both here and nowhere else:
+
+- **Coalescing**: a request of a kind already queued joins it (its waiters
+  are added; the first trigger names the job). Any number of pushes during a
+  deploy become one next deploy of the branch tip.
+- **Precedence**: :class:`Kind` is declared in the order jobs are taken:
+  a person's rollback first, then a deploy, then crash recovery, then a
+  restart for watched files. A crash-restart waiting out its backoff is a
+  timer that puts a request later, never a wait inside a job, so a rollback
+  asked for meanwhile is taken at once.
+
+>>> import asyncio
+>>> async def demo():
+...     box = Mailbox()
+...     box.put(Kind.RESTART, "watch")
+...     first = box.put(Kind.DEPLOY, "webhook", wait=True)
+...     second = box.put(Kind.DEPLOY, "manual", wait=True)
+...     job = await box.take()
+...     job.answer("done")
+...     return job.kind.value, job.trigger, await first, await second, box.queued
+>>> asyncio.run(demo())
+('deploy', 'webhook', 'done', 'done', ['watch'])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Kind(enum.Enum):
+    """Job kinds, in the order the worker takes them (first = most urgent)."""
+
+    ROLLBACK = "rollback"  # a person asked to go back
+    DEPLOY = "deploy"  # bring the branch tip live
+    RECOVER = "recover"  # the live release died
+    RESTART = "restart"  # watched files changed: same commit, new process
+
+
+@dataclass
+class Job:
+    kind: Kind
+    trigger: str
+    waiters: list["asyncio.Future[Any]"] = field(default_factory=list)
+
+    def answer(self, result: Any) -> None:
+        """Tell everyone who asked how it ended (None: nothing was done)."""
+        for w in self.waiters:
+            if not w.done():
+                w.set_result(result)
+
+
+class Mailbox:
+    """Single-consumer queue of jobs with coalescing and precedence (see module doc)."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[Kind, Job] = {}
+        self._ready = asyncio.Event()  # set while _jobs is not empty: a put can never be missed
+        self._timers: set[asyncio.TimerHandle] = set()
+        self.closed = False
+
+    def put(self, kind: Kind, trigger: str, *, wait: bool = False) -> "asyncio.Future[Any] | None":
+        """Queue a job (or join the queued one); with ``wait``, a future for its result."""
+        future: asyncio.Future[Any] | None = None
+        if wait:
+            future = asyncio.get_running_loop().create_future()
+            if self.closed:
+                future.set_result(None)
+                return future
+        if self.closed:
+            return future
+        job = self._jobs.setdefault(kind, Job(kind, trigger))
+        if future is not None:
+            job.waiters.append(future)
+        self._ready.set()
+        return future
+
+    def put_later(self, delay: float, kind: Kind, trigger: str) -> None:
+        """Queue a job after ``delay`` seconds (a retry, a backoff); the worker stays free meanwhile."""
+        def fire() -> None:
+            self._timers.discard(handle)
+            self.put(kind, trigger)
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
+
+    async def take(self) -> Job:
+        """The most urgent queued job; waits while there is none."""
+        while not self._jobs:
+            self._ready.clear()
+            await self._ready.wait()
+        kind = min(self._jobs, key=list(Kind).index)
+        job = self._jobs.pop(kind)
+        if not self._jobs:
+            self._ready.clear()
+        return job
+
+    def has(self, *kinds: Kind) -> bool:
+        return any(k in self._jobs for k in kinds)
+
+    @property
+    def queued(self) -> list[str]:
+        """Triggers of the queued jobs, most urgent first (for /status)."""
+        return [self._jobs[k].trigger for k in Kind if k in self._jobs]
+
+    def close(self) -> None:
+        """Shutting down: answer every waiter (None), forget timers, accept nothing more."""
+        self.closed = True
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        for job in self._jobs.values():
+            job.answer(None)
+        self._jobs.clear()

@@ -1,0 +1,81 @@
+"""What one job's result leaves behind: a log line, metrics, a history row.
+
+The deploy worker decides; :class:`Recorder` is the one place a result is
+written down, so log, metrics, history and ``/status`` always agree, and every
+reason passes :func:`~supervisor.redact.redact` on its way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .history import DeployRecord, History
+from .metrics import Metrics
+from .redact import redact
+
+log = logging.getLogger("supervisor.deploy")
+
+
+class Phases:
+    """Seconds spent in each phase of one deploy: ``with phases("fetch"): ...``."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.done: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.done[name] = round(time.monotonic() - t, 4)
+
+    def total(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass
+class LastDeploy:
+    result: str
+    reason: str
+    commit: str
+    trigger: str = ""
+    at: float = field(default_factory=time.time)
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"result": self.result, "reason": self.reason, "commit": self.commit,
+                "trigger": self.trigger, "at": self.at, "phases": self.phases}
+
+
+class Recorder:
+    """Writes down results; holds the last one for ``/status``."""
+
+    def __init__(self, history: History | None = None, metrics: Metrics | None = None) -> None:
+        self.history = history
+        self.metrics = metrics
+        self.last: LastDeploy | None = None
+        self.count = 0  # results recorded (ok, refused, failed)
+
+    def finish(self, result: str, reason: str, commit: str, trigger: str, phases: Phases,
+               from_commit: str, tail: str = "") -> LastDeploy:
+        reason, tail = redact(reason), redact(tail)
+        self.last = LastDeploy(result, reason, commit, trigger, phases=phases.done)
+        self.count += 1
+        level = logging.INFO if result == "ok" else logging.WARNING
+        duration = phases.total()
+        log.log(level, "deploy %s: %s (%s, trigger %s)", result, reason, commit[:12], trigger,
+                extra={"commit": commit, "duration": round(duration, 4), "result": result, "trigger": trigger})
+        if self.metrics:
+            self.metrics.deploys.labels(result).inc()
+            self.metrics.deploy_duration.observe(duration)
+        if self.history:
+            self.history.record_deploy(DeployRecord(from_commit, commit, trigger, phases.started_wall,
+                                                    time.time(), result, reason, tail, phases.done))
+        return self.last

@@ -1,0 +1,140 @@
+"""Our two HTTP listeners (webhook, control), bounded so that no client can exhaust them.
+
+- a connection must send a complete request within ``header_timeout`` seconds of
+  opening (or of its previous answer), else it is closed: an idle connection or
+  headers at one byte a second cannot hold a slot (aiohttp's keep-alive timer,
+  which runs from the moment a connection is made);
+- at most ``max_connections`` are open at once; one more is closed at once,
+  before anything is read, so file descriptors stay for deliveries, the app's
+  sockets and the git thread;
+- bodies are bounded in size and time by the webhook handler itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import ssl
+from typing import Any, Callable
+
+from aiohttp import web
+
+from .config import Address
+
+log = logging.getLogger("supervisor.site")
+
+
+class StartupError(Exception):
+    """Something a person must fix before we can start; one line, exit 2."""
+
+
+class _Refuse(asyncio.Protocol):
+    """Over the connection cap: close at once, read nothing."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's handler for one connection, counted from accept to close."""
+
+    def __init__(self, inner: Any, capped: "Capped") -> None:
+        self.inner = inner
+        self.capped = capped
+        capped.open += 1  # counted at accept time: a batch of accepts cannot overshoot the cap
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.capped.open -= 1
+        self.inner.connection_lost(exc)
+
+
+class Capped:
+    """A protocol factory that gives aiohttp's handler to at most ``limit`` open connections."""
+
+    def __init__(self, server: web.Server, limit: int, name: str) -> None:
+        self.server = server
+        self.limit = limit
+        self.name = name
+        self.open = 0
+        self.refused = 0
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if self.open >= self.limit:
+            self.refused += 1
+            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+                log.warning("%s: %d connections open (max_connections); closed %d more so far",
+                            self.name, self.limit, self.refused)
+            return _Refuse()
+        return _Counted(self.server(), self)
+
+
+class Site:
+    """One listening HTTP server: an aiohttp app on an address, capped; ``port`` is the bound one."""
+
+    def __init__(self, runner: web.AppRunner, server: asyncio.Server, capped: Capped) -> None:
+        self.runner = runner
+        self.server = server
+        self.capped = capped
+        self.port: int = server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.runner.cleanup()
+
+
+async def listen(app: web.Application, addr: Address, key: str, *, header_timeout: float,
+                 max_connections: int, ssl_context: ssl.SSLContext | None = None) -> Site:
+    """Serve ``app`` on ``addr``; a StartupError naming ``key`` if the address cannot be had."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=header_timeout)
+    await runner.setup()
+    assert runner.server is not None
+    capped = Capped(runner.server, max_connections, key.split()[0])
+    try:
+        server = await asyncio.get_running_loop().create_server(
+            capped, addr.host, addr.port, reuse_address=True, backlog=1024, ssl=ssl_context)
+    except OSError as exc:
+        await runner.cleanup()
+        hint = "pick another port" if exc.errno == errno.EADDRINUSE else "check the address"
+        raise StartupError(f"{key} = \"{addr}\": cannot listen ({exc.strerror}); {hint} in {key.split()[0]}") from None
+    return Site(runner, server, capped)
+
+
+def quiet_exception_handler(interval: float = 1.0) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """The loop's error reports, each kind at most once per ``interval`` seconds.
+
+    Out of file descriptors, asyncio reports every failed accept() (with a
+    traceback): 55 MB of log in 25 s. The first of a kind is logged, the rest
+    are counted and summed up in the next line of that kind.
+    """
+    last: dict[str, float] = {}
+    hidden: dict[str, int] = {}
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        key = str(context.get("message", ""))
+        now = loop.time()
+        if now - last.get(key, -interval) < interval:
+            hidden[key] = hidden.get(key, 0) + 1
+            return
+        last[key] = now
+        more = hidden.pop(key, 0)
+        if more:
+            context = {**context, "message": f"{key} (and {more} more like it)"}
+        loop.default_exception_handler(context)
+
+    return handle

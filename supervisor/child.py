@@ -66,28 +66,43 @@ def describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
-# pushcd raises its own soft RLIMIT_NOFILE to the hard limit (it holds many connections);
-# the app gets the limit pushcd was started with, as if started directly.
-NOFILE_AT_START = resource.getrlimit(resource.RLIMIT_NOFILE)
+# The app gets the RLIMIT_NOFILE pushcd was started with, as if started directly (see raise_nofile).
+_nofile_for_apps: tuple[int, int] | None = None
+
+
+def raise_nofile() -> None:
+    """pushcd's own soft RLIMIT_NOFILE up to the hard limit: connections must not starve the app's
+    sockets or git. Children still get the limit we were started with."""
+    global _nofile_for_apps
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _nofile_for_apps = (soft, hard)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def _preexec(parent: int, fds: Sequence[int]) -> Callable[[], None]:
+    limits = _nofile_for_apps
+
     def run() -> None:
         # Die with the supervisor, even on SIGKILL; close the race where the
         # parent died before prctl ran.
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
             os._exit(1)
-        # Move the sockets to 3, 4, ... via high numbers so that no move
-        # clobbers another socket still waiting to move.
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
+        # Move the sockets to 3, 4, ... via numbers above those slots, so that no
+        # move clobbers another socket still waiting to move (within any fd limit).
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 3 + len(fds)) for fd in fds]
         for target, fd in enumerate(high, start=3):
             os.dup2(fd, target, inheritable=True)
             os.close(fd)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, NOFILE_AT_START)
-        except (ValueError, OSError):
-            pass
+        if limits is not None:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            except (ValueError, OSError):
+                pass
 
     return run
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import sys
 import threading
 import time
@@ -25,7 +24,7 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
-from . import config, controltoken, demo, logs, memory, reaper
+from . import child, config, controltoken, demo, logs, memory, reaper
 from .config import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -194,7 +193,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     memory.one_arena()  # before any thread (git, watcher) exists
     reaper.become_subreaper()  # what the app detaches (setsid) is handed to us, to stop and reap
-    _raise_nofile()
+    child.raise_nofile()
     settings = config.load(args.config, prepare=True)
     logs.setup(args.log_format or settings.raw.log.format, args.verbose)
     config.check_work_tree(settings)
@@ -209,19 +208,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"pushcd: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _raise_nofile() -> None:
-    """Soft RLIMIT_NOFILE up to the hard limit: connections must not starve the app's sockets or git.
-
-    The app still gets the limit we were started with (see child.NOFILE_AT_START).
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -58,6 +58,7 @@ def status(sup: "Supervisor") -> dict[str, Any]:
         "webhook_url": sup.webhook_url,
         "supervisor_uptime": round(time.time() - sup.started, 3),
         "last_reload": sup.last_reload,
+        "history": {"ok": sup.history.problem is None, "problem": sup.history.problem},
     }
 
 
@@ -250,6 +251,7 @@ def render_page(sup: "Supervisor") -> str:
  <div>Message: <b id="message">{e(st['deployed_message'])}</b> by {e(st['deployed_author'])}</div>
  <div>Child pid {st['child_pid'] or '-'}, up {st['uptime']:.0f}s, {st['restarts']} restarts, queue: {e(', '.join(st['queue']) or 'empty')}</div>
  <div>Last deploy: {last_html}</div>
+ {f"<div class='state failed'>History: {e(st['history']['problem'])}</div>" if st['history']['problem'] else ""}
  {f"<div>Marked bad:<ul>{bad}</ul></div>" if bad else ""}
 </div>
 <h2>Deploys</h2>

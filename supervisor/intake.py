@@ -109,6 +109,9 @@ class Intake:
             except (ConnectionError, http_exceptions.HttpProcessingError, web.RequestPayloadError) as exc:
                 # a body that does not decompress (Content-Encoding), or a sender that hung up mid-body
                 verdict = Verdict(400, "bad_request", f"body could not be read: {type(exc).__name__}")
+                # We answer and close: aiohttp must not read on after the answer (its lingering close
+                # would meet the same error again and log it with a traceback).
+                request.content.feed_eof()
             if body is not None:
                 verdict = judge(request.headers, body, self.receiver, secret=self._secret, branch=self.branch,
                                 full_name=self.full_name, seen=self.seen, allow_sha1=self.allow_sha1)

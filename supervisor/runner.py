@@ -40,7 +40,7 @@ from .release import Releases
 from .watch import Armed, Expected, watch_tree
 from .worktree import GitFailure, GitThread, Journal, WorkTree, clone, describe_commit, set_network_timeouts, use_known_hosts
 from .record import Recorder
-from .site import Site, StartupError, listen, quiet_exception_handler
+from .site import Site, StartupError, connection_caps, listen, quiet_exception_handler
 
 log = logging.getLogger("supervisor")
 
@@ -181,13 +181,14 @@ class Supervisor:
         """Listen, start the app, arm the watcher; returns when all of it is ready."""
         self.guard = self.releases.guard = self.deployer.guard = Guard()
         raw = self.settings.raw
+        caps = connection_caps({"[webhook]": raw.webhook.max_connections, "[control]": raw.control.max_connections})
         hooks = await listen(intake.make_app(self.intakes), self.settings.webhook_listen, "[webhook] listen",
-                             header_timeout=raw.webhook.header_timeout,
-                             max_connections=raw.webhook.max_connections, ssl_context=self.tls)
+                             header_timeout=raw.webhook.header_timeout, max_connections=caps["[webhook]"],
+                             ssl_context=self.tls)
         self._sites.append(hooks)
         ctl = await listen(control.make_app(self, self.control_token, self.settings.control_token is not None),
                            self.settings.control_listen, "[control] listen",
-                           header_timeout=raw.control.header_timeout, max_connections=raw.control.max_connections)
+                           header_timeout=raw.control.header_timeout, max_connections=caps["[control]"])
         self._sites.append(ctl)
         self.webhook_port, self.control_port = hooks.port, ctl.port
         log.info("webhook on %s; status on %s/",

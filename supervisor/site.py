@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import resource
 import ssl
 from typing import Any, Callable
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from .config import Address
 
@@ -27,6 +29,30 @@ log = logging.getLogger("supervisor.site")
 
 class StartupError(Exception):
     """Something a person must fix before we can start; one line, exit 2."""
+
+
+class ClientErrorFilter(logging.Filter):
+    """A malformed request is the client's mistake (a 400), not our error: one warning line, no traceback.
+
+    aiohttp logs each one with ``logger.exception``, so any stranger could fill the log with
+    tracebacks by sending bad bytes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (http_exceptions.HttpProcessingError, web.RequestPayloadError, ConnectionError)):
+            what = getattr(exc, "message", "") or str(exc)
+            record.msg = f"{record.getMessage()}: bad request ({type(exc).__name__}: {what})".replace("\n", " ")
+            record.args = None
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _quiet_client_errors() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrorFilter) for f in server_log.filters):
+        server_log.addFilter(ClientErrorFilter())
 
 
 class _Refuse(asyncio.Protocol):
@@ -101,6 +127,7 @@ class Site:
 async def listen(app: web.Application, addr: Address, key: str, *, header_timeout: float,
                  max_connections: int, ssl_context: ssl.SSLContext | None = None) -> Site:
     """Serve ``app`` on ``addr``; a StartupError naming ``key`` if the address cannot be had."""
+    _quiet_client_errors()
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=header_timeout)
     await runner.setup()
     assert runner.server is not None
@@ -113,6 +140,32 @@ async def listen(app: web.Application, addr: Address, key: str, *, header_timeou
         hint = "pick another port" if exc.errno == errno.EADDRINUSE else "check the address"
         raise StartupError(f"{key} = \"{addr}\": cannot listen ({exc.strerror}); {hint} in {key.split()[0]}") from None
     return Site(runner, server, capped)
+
+
+FD_RESERVE = 64  # descriptors kept for the app's sockets and pipes, git's packs, SQLite, the watcher
+
+
+def connection_caps(wanted: dict[str, int]) -> dict[str, int]:
+    """The connection caps, lowered where needed so that connections alone can never use up the
+    file descriptors (asyncio spins on accept() when they are gone, and nothing could be started).
+
+    >>> connection_caps({"[webhook]": 256, "[control]": 64})["[webhook]"] <= 256
+    True
+    """
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 32
+    budget = soft - in_use - FD_RESERVE
+    total = sum(wanted.values())
+    if total <= budget or soft == resource.RLIM_INFINITY:
+        return dict(wanted)
+    caps = {key: max(1, n * max(budget, 0) // total) for key, n in wanted.items()}
+    log.warning("file descriptor limit %d leaves room for %d connections: max_connections lowered to %s; "
+                "raise the limit (LimitNOFILE= in the systemd unit, ulimit -n) to allow more", soft,
+                max(budget, 0), ", ".join(f"{k} {v}" for k, v in caps.items()))
+    return caps
 
 
 def quiet_exception_handler(interval: float = 1.0) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:

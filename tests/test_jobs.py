@@ -1,0 +1,165 @@
+"""The job mailbox and the worker loop, with fakes: no processes, no git, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from supervisor.deploy import Deployer, State
+from supervisor.jobs import Kind, Mailbox
+from supervisor.record import LastDeploy, Recorder
+from supervisor.release import SwapResult
+
+from .conftest import eventually
+
+
+async def test_same_kind_coalesces_and_every_waiter_hears_the_one_result() -> None:
+    box = Mailbox()
+    waiters = [box.put(Kind.DEPLOY, t, wait=True) for t in ("webhook", "manual", "poll")]
+    assert box.queued == ["webhook"]
+    job = await box.take()
+    assert job.trigger == "webhook" and len(job.waiters) == 3 and box.queued == []
+    job.answer("ok")
+    assert [await w for w in waiters] == ["ok", "ok", "ok"]
+
+
+async def test_precedence_is_the_declared_order_not_arrival() -> None:
+    box = Mailbox()
+    for kind in (Kind.RESTART, Kind.RECOVER, Kind.DEPLOY, Kind.ROLLBACK):
+        box.put(kind, kind.value)
+    taken = [(await box.take()).kind for _ in range(4)]
+    assert taken == [Kind.ROLLBACK, Kind.DEPLOY, Kind.RECOVER, Kind.RESTART] == list(Kind)
+
+
+async def test_take_waits_for_a_put_made_while_it_waits() -> None:
+    box = Mailbox()
+    taker = asyncio.ensure_future(box.take())
+    await asyncio.sleep(0)
+    assert not taker.done()
+    box.put(Kind.RESTART, "watch")
+    assert (await asyncio.wait_for(taker, 5)).kind is Kind.RESTART
+
+
+async def test_put_later_arrives_and_close_answers_everyone() -> None:
+    box = Mailbox()
+    box.put_later(0.01, Kind.RECOVER, "crash")
+    assert (await asyncio.wait_for(box.take(), 5)).trigger == "crash"
+    waiting = box.put(Kind.ROLLBACK, "rollback", wait=True)
+    box.put_later(0.01, Kind.DEPLOY, "retry")
+    box.close()
+    assert await waiting is None and box.queued == []
+    assert await box.put(Kind.DEPLOY, "late", wait=True) is None  # after close: answered at once
+    await asyncio.sleep(0.05)  # the cancelled timer must not bring the retry back
+    assert box.queued == []
+
+
+# -- the worker loop, with fake parts ------------------------------------------------
+
+class FakeGit:
+    async def run(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+
+def fake_child(alive: bool) -> SimpleNamespace:
+    return SimpleNamespace(returncode=None if alive else 1, uptime=0.1, tail=["boom"], pid=1)
+
+
+class FakeReleases:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.live: Any = SimpleNamespace(alive=True, child=fake_child(True), previous=None, commit="c" * 40,
+                                         live_since=0.0)
+        self.on_exit: Any = None
+
+    async def start(self, commit: str, previous: str | None = None) -> SwapResult:
+        self.events.append(f"start {commit[:1]}")
+        self.live = SimpleNamespace(alive=True, child=fake_child(True), previous=previous, commit=commit,
+                                    live_since=0.0)
+        return SwapResult(True, "ready")
+
+    def die(self) -> None:
+        self.live.alive = False
+        self.live.child = fake_child(False)
+        self.on_exit(self.live)
+
+
+def worker(events: list[str]) -> tuple[Deployer, FakeReleases]:
+    releases = FakeReleases(events)
+    tree = SimpleNamespace(forget_caches=lambda: None, check_branch=lambda: None, head=lambda: "c" * 40)
+    d = Deployer(tree, FakeGit(), releases, SimpleNamespace(), Recorder(),  # type: ignore[arg-type]
+                 on_diverge="refuse", probation=0, before_restart=[], before_restart_timeout=1)
+    return d, releases
+
+
+async def test_a_rollback_asked_during_a_crash_backoff_is_taken_at_once() -> None:
+    """The lost wake-up: a recovery waiting out its backoff used to swallow the wake of a rollback."""
+    events: list[str] = []
+    d, releases = worker(events)
+    await d.start()
+
+    async def rollback(trigger: str) -> LastDeploy:
+        events.append("rollback")
+        return LastDeploy("ok", "rolled back", "b" * 40, trigger)
+
+    d.handle_rollback = rollback  # type: ignore[method-assign]
+    loop = asyncio.create_task(d.run())
+    try:
+        events.clear()
+        releases.die()
+        await eventually(lambda: d._recovery_due is not None, 5, "the crash restart to be scheduled")
+        assert d.state is State.CRASHED
+        result = await asyncio.wait_for(d.request_rollback(), 5)
+        assert result is not None and result.result == "ok"
+        await eventually(lambda: "start c" in events, 10, "the scheduled restart")
+        assert events == ["rollback", "start c"]  # the rollback did not wait for the backoff
+        await eventually(lambda: d.state is State.RUNNING, 5, "running again")
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+
+@pytest.mark.parametrize("outcome", ["ok", "raises"])
+async def test_waiters_hear_the_end_of_their_job_and_the_worker_goes_on(outcome: str) -> None:
+    events: list[str] = []
+    d, _ = worker(events)
+    await d.start()
+
+    async def deploy(trigger: str) -> LastDeploy:
+        events.append(trigger)
+        if outcome == "raises" and trigger == "first":
+            raise RuntimeError("a bug in a handler")
+        return LastDeploy("ok", "deployed", "d" * 40, trigger)
+
+    d.handle_deploy = deploy  # type: ignore[method-assign]
+    events.clear()
+    loop = asyncio.create_task(d.run())
+    try:
+        first = await asyncio.wait_for(d.request_deploy("first"), 5)
+        assert (first is None) is (outcome == "raises")
+        second = await asyncio.wait_for(d.request_deploy("second"), 5)
+        assert second is not None and second.trigger == "second" and events == ["first", "second"]
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+
+async def test_shutdown_answers_queued_waiters() -> None:
+    d, _ = worker([])
+    await d.start()
+    gate = asyncio.Event()
+
+    async def slow(trigger: str) -> None:
+        await gate.wait()
+
+    d.handle_deploy = slow  # type: ignore[method-assign]
+    loop = asyncio.create_task(d.run())
+    running = d.request_deploy("first")
+    await eventually(lambda: d.state is State.DEPLOYING, 5, "the first job to start")
+    queued = d.request_rollback()
+    loop.cancel()
+    await asyncio.gather(loop, return_exceptions=True)
+    assert await asyncio.wait_for(queued, 5) is None
+    assert await asyncio.wait_for(running, 5) is None

@@ -5,6 +5,8 @@
    pushcd's fetch + fast-forward (the same WorkTree code the deployer runs) against
    ``git pull --ff-only`` on the same change, in two identical clones; and the
    supervisor's memory while it deploys that repository.
+   Then pushes that change 3,000 and 20,000 files at once, and a diverged push with 5,000
+   changed paths (``--big``): the cost must be linear in the size of the change.
 2. A burst of 2,000 signed deliveries in 10 s at a running supervisor: no 5xx, at most
    one deploy running at any time, memory back to its baseline afterwards.
 
@@ -96,7 +98,7 @@ def scale_git(root: Path, files: int, history: int, rounds: int) -> dict:
         tip = tree.fetch()
         facts = tree.facts(tip)
         assert facts.head_is_ancestor and not facts.blocking
-        tree.move_to(tip, "bench", facts.changed)
+        tree.move_to(tip, "bench", facts)
         ours_t.append(time.perf_counter() - t)
         t = time.perf_counter()
         subprocess.run(["git", "pull", "-q", "--ff-only", "origin", "main"], cwd=theirs, check=True)
@@ -107,6 +109,85 @@ def scale_git(root: Path, files: int, history: int, rounds: int) -> dict:
             "pushcd_ms": statistics.median(ours_t) * 1000, "pushcd_max_ms": max(ours_t) * 1000,
             "git_pull_ms": statistics.median(theirs_t) * 1000, "git_pull_max_ms": max(theirs_t) * 1000,
             "origin": origin, "dev": dev}
+
+
+def big_changes(root: Path, g: dict, sizes: list[int]) -> None:
+    """Pushes that change many files at once: pushcd's fetch + facts + move vs ``git pull --ff-only``,
+    and the decision to refuse a diverged push (facts only). Linear, not quadratic, in the change."""
+    dev, ours, theirs = g["dev"], root / "pushcd", root / "gitcli"
+    tree = WorkTree(ours, "origin", "main")
+    files = sorted(p for p in (dev / "src").rglob("*.py"))
+    for n, size in enumerate(sizes):
+        for p in files[:size]:
+            p.write_text(f"X = 'big {n} {p.name}'\n")
+        git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", f"big {size}", cwd=dev)
+        git("push", "-q", "origin", "HEAD:main", cwd=dev)
+        t = time.perf_counter()
+        tip = tree.fetch()
+        facts = tree.facts(tip)
+        t_facts = time.perf_counter() - t
+        tree.move_to(tip, "bench", facts)
+        ours_s = time.perf_counter() - t
+        t = time.perf_counter()
+        subprocess.run(["git", "pull", "-q", "--ff-only", "origin", "main"], cwd=theirs, check=True,
+                       stderr=subprocess.DEVNULL)
+        theirs_s = time.perf_counter() - t
+        assert len(facts.changed) >= size and git("status", "--porcelain", cwd=ours) == ""
+        print(f"a push changing {size} files: pushcd fetch + facts + move {ours_s:.2f} s (facts {t_facts:.2f} s), "
+              f"git pull --ff-only {theirs_s:.2f} s")
+    # A force-push that rewrote history with many changed paths: only the decision to refuse is timed.
+    size = min(5000, len(files))
+    git("reset", "-q", "--hard", "HEAD~1", cwd=dev)
+    for p in files[:size]:
+        p.write_text(f"X = 'diverged {p.name}'\n")
+    git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", "diverged", cwd=dev)
+    git("push", "-q", "--force", "origin", "HEAD:main", cwd=dev)
+    t = time.perf_counter()
+    facts = tree.facts(tree.fetch())
+    print(f"a diverged push with {len(facts.changed)} changed paths: fetch + facts (refused) "
+          f"{time.perf_counter() - t:.2f} s")
+
+
+HUGE = """
+import resource, sys, time
+sys.path.insert(0, sys.argv[2])
+from supervisor.worktree import WorkTree, blob_id
+from pathlib import Path
+tree = WorkTree(Path(sys.argv[1]), "origin", "main")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+t = time.perf_counter()
+tip = tree.fetch()
+after_fetch = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+tree.move_to(tip, "bench", tree.facts(tip))
+after_move = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+blob_id(Path(sys.argv[1]) / "huge.bin")  # what the watcher reads to recognise our own write
+after_watch = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"{base:.0f} {after_fetch:.0f} {after_move:.0f} {after_watch:.0f} {time.perf_counter() - t:.1f}")
+"""
+
+
+def huge_file(root: Path, megabytes: int) -> None:
+    """A commit that adds one file of ``megabytes`` MB: peak memory of fetch, move and the watcher's check."""
+    origin, dev, work = root / "huge.git", root / "huge-dev", root / "huge-work"
+    git("init", "-q", "--bare", "-b", "main", str(origin), cwd=root)
+    git("clone", "-q", str(origin), str(dev), cwd=root)
+    git("checkout", "-q", "-b", "main", cwd=dev)
+    (dev / "app.py").write_text("print('hi')\n")
+    git("add", "-A", cwd=dev)
+    git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "first", cwd=dev)
+    git("push", "-q", "origin", "HEAD:main", cwd=dev)
+    git("clone", "-q", str(origin), str(work), cwd=root)
+    with open(dev / "huge.bin", "wb") as f:
+        for _ in range(megabytes):
+            f.write(os.urandom(1 << 20))  # incompressible: the worst case for pack and checkout
+    git("add", "-A", cwd=dev)
+    git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "huge", cwd=dev)
+    git("push", "-q", "origin", "HEAD:main", cwd=dev)
+    out = subprocess.run([sys.executable, "-c", HUGE, str(work), str(ROOT)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    base, fetched, moved, watched, took = out
+    print(f"a commit adding a {megabytes} MB file: peak RSS {base} MB at start, {fetched} MB after fetch, "
+          f"{moved} MB after the checkout, {watched} MB after the watcher's check ({took} s)")
 
 
 def start_supervisor(root: Path, origin: Path) -> tuple[subprocess.Popen, int, int, Path]:
@@ -198,14 +279,24 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=10, help="new commits pushed during each burst")
     parser.add_argument("--bursts", type=int, default=2, help="bursts one after another (a residue that "
                                                                  "grows with each would be a leak)")
+    parser.add_argument("--huge-mb", type=int, default=300, help="size of one file in a commit, for peak "
+                                                                    "memory (0: skip)")
+    parser.add_argument("--big", default="3000,20000", help="sizes of pushes that change many files at once "
+                                                            "(comma-separated; empty: skip)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pushcd-scale-") as tmp:
         root = Path(tmp)
+        if args.huge_mb:
+            huge_file(root, args.huge_mb)
         g = scale_git(root, args.files, args.history, args.rounds)
         print(f"repository: {g['files']} files, {g['history'] + 1} commits (fast-import {g['fast_import_s']:.1f}s)")
         print(f"fetch + fast-forward of a 20-file push, median of {g['rounds']}: pushcd (libgit2) "
               f"{g['pushcd_ms']:.0f} ms (max {g['pushcd_max_ms']:.0f}), git pull --ff-only "
               f"{g['git_pull_ms']:.0f} ms (max {g['git_pull_max_ms']:.0f})")
+        if args.big:
+            big_changes(root, g, [int(x) for x in args.big.split(",")])
+            git("fetch", "-q", "origin", cwd=g["dev"])
+            git("reset", "-q", "--hard", "origin/main", cwd=g["dev"])
         proc, hook, ctl, work = start_supervisor(root, g["origin"])
         try:
             time.sleep(1.0)  # settle before the baseline (the scenario, not a sync)

@@ -194,6 +194,7 @@ class Credentials(pygit2.RemoteCallbacks):
         return text
 
 
+PER_PATH_STATUS = 32  # up to this many changed paths, a status look-up each beats one pass over the tree
 PACK_FILES_OPEN = 16
 OBJECT_CACHE_BYTES = 8 << 20
 PACK_MAP_BYTES = 64 << 20
@@ -318,11 +319,12 @@ class WorkTree:
     def blocking(self, paths: set[str]) -> list[str]:
         """The paths (of ``paths``) with local edits, or with an untracked file or folder in the way.
 
-        One status pass over the tree, then a lookup per path: linear in the size of
-        the change (a status call per path was quadratic: 134 s for 50,000 files).
+        A small change asks about each path (about 1 ms each on a 20,000-file tree); a larger one
+        takes one status pass over the tree (about 70 ms there) and looks each path up in it. Asking
+        per path for every change was quadratic: 134 s for 50,000 files.
         """
-        if not paths:
-            return []
+        if len(paths) <= PER_PATH_STATUS:
+            return sorted(p for p in paths if self._status(p) not in _UNTOUCHED)
         edited = {p.rstrip("/"): s for p, s in self.repo.status(untracked_files="normal").items()
                   if s not in _UNTOUCHED}
         if not edited:
@@ -334,6 +336,17 @@ class WorkTree:
             if any("/".join(parts[:i]) in edited for i in range(1, len(parts) + 1)):
                 out.append(path)
         return sorted(out)
+
+    def _status(self, path: str) -> FileStatus:
+        """One path's status."""
+        try:
+            return FileStatus(self.repo.status_file(path))
+        except KeyError:
+            return FileStatus.CURRENT  # in neither the index nor the work tree
+        except pygit2.GitError:
+            full = self.path / path
+            # e.g. a folder now stands where the update puts a file: that blocks too
+            return FileStatus.WT_NEW if full.exists() or full.is_symlink() else FileStatus.CURRENT
 
     def backup(self, sha: str) -> str:
         name = f"refs/supervisor/backup/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{sha[:12]}"

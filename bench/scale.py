@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import rss_mb, start_pushcd  # noqa: E402
-from supervisor.worktree import WorkTree  # noqa: E402
+from supervisor.git.tree import WorkTree  # noqa: E402
 from tests.gitrepos import EXAMPLE_APP, git  # noqa: E402
 
 SECRET = b"bench-secret"
@@ -151,7 +151,7 @@ def big_changes(root: Path, g: dict, sizes: list[int]) -> None:
 HUGE = """
 import resource, sys, time
 sys.path.insert(0, sys.argv[2])
-from supervisor.worktree import WorkTree, blob_id
+from supervisor.git.tree import WorkTree, blob_id
 from pathlib import Path
 tree = WorkTree(Path(sys.argv[1]), "origin", "main")
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

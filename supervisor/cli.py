@@ -24,8 +24,10 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
-from . import child, config, controltoken, demo, logs, memory, reaper
+from . import config, demo, memory
 from .config import ConfigError, Settings
+from .ops import controltoken, logs
+from .process import child, reaper
 
 if TYPE_CHECKING:
     from .runner import Supervisor

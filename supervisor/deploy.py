@@ -10,7 +10,7 @@ webhook payload is only a hint to look).
 
 The decisions are plain functions: :func:`plan` (which way to move the tree,
 or refuse) and :class:`Backoff` arithmetic. Results are written down by the
-:class:`~supervisor.record.Recorder`.
+:class:`~supervisor.ops.record.Recorder`.
 """
 
 from __future__ import annotations
@@ -20,17 +20,18 @@ import enum
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from . import memory
-from .child import Child, Spec, describe_exit
-from .guard import Guard
-from .history import History
+from .git.thread import GitThread
+from .git.tree import Facts, FetchError, GitFailure, WorkTree
 from .jobs import Job, Kind, Mailbox
-from .record import LastDeploy, Phases, Recorder
-from .release import Releases, SwapResult, failure_report
+from .ops.history import History
+from .ops.record import LastDeploy, Phases, Recorder
+from .process.child import Child, Spec, describe_exit
+from .process.guard import Guard
+from .process.release import Releases, SwapResult, failure_report
 from .watch import Expected
-from .worktree import Facts, FetchError, GitFailure, GitThread, WorkTree
 
 log = logging.getLogger("supervisor.deploy")
 

@@ -26,21 +26,26 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pygit2
-from aiohttp import web
 
-from . import config, control, controltoken, intake, reaper
-from .config import Address, ConfigError, Settings
-from .delivery import GITEA, GITHUB, GITLAB, Verdict
+from . import config
+from .config import ConfigError, Settings
 from .deploy import Deployer
-from .guard import Guard
-from .history import History
-from .listener import ListenError
-from .metrics import Metrics
-from .release import Releases
+from .git.journal import Journal
+from .git.options import set_network_timeouts, use_known_hosts
+from .git.thread import GitThread
+from .git.tree import GitFailure, WorkTree, clone, describe_commit
+from .ops import control, controltoken
+from .ops.history import History
+from .ops.metrics import Metrics
+from .ops.record import Recorder
+from .ops.site import Site, StartupError, connection_caps, listen, quiet_exception_handler
+from .process import reaper
+from .process.guard import Guard
+from .process.listener import ListenError
+from .process.release import Releases
 from .watch import Armed, Expected, watch_tree
-from .worktree import GitFailure, GitThread, Journal, WorkTree, clone, describe_commit, set_network_timeouts, use_known_hosts
-from .record import Recorder
-from .site import Site, StartupError, connection_caps, listen, quiet_exception_handler
+from .webhook import intake
+from .webhook.delivery import GITEA, GITHUB, GITLAB, Verdict
 
 log = logging.getLogger("supervisor")
 

@@ -25,14 +25,13 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import watchfiles
 
-from .worktree import blob_id
+from .git.tree import blob_id
 
 log = logging.getLogger("supervisor.watch")
 

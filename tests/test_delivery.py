@@ -9,8 +9,8 @@ import urllib.parse
 
 import pytest
 
-from supervisor.delivery import GITHUB, SeenDeliveries, judge, verify_github
-from supervisor.push import Push, wanted
+from supervisor.webhook.delivery import GITHUB, SeenDeliveries, judge, verify_github
+from supervisor.webhook.push import Push, wanted
 
 from .conftest import PAYLOADS, SECRET, payload, sign
 
@@ -154,7 +154,7 @@ def test_push_fields_are_type_checked() -> None:
 
 # -- GitLab and Gitea/Forgejo ---------------------------------------------------
 
-from supervisor.delivery import GITEA, GITLAB  # noqa: E402
+from supervisor.webhook.delivery import GITEA, GITLAB  # noqa: E402
 
 
 def _other(receiver, name: str, headers: dict[str, str], *, branch: str = "master", full_name: str | None = None,

@@ -11,8 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-
-from .conftest import gunicorn_app, Client, Repos, deployed, eventually, git, payload, running, sign, write_config
+from .conftest import Client, Repos, deployed, eventually, git, gunicorn_app, payload, running, sign, write_config
 
 
 async def test_real_push_payload_deploys_the_branch_tip(tmp_path: Path, session) -> None:

@@ -23,13 +23,24 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor import intake as intake_mod
-from supervisor.intake import Intake, make_app
+from supervisor.webhook import intake as intake_mod
+from supervisor.webhook.intake import Intake, make_app
 
-from .conftest import (SECRET, Client, Repos, deployed, eventually, git, pid_alive, running,
-                       spawn_supervisor, stop_process, wait_sync, write_config)
+from .conftest import (
+    SECRET,
+    Client,
+    Repos,
+    deployed,
+    eventually,
+    git,
+    pid_alive,
+    running,
+    spawn_supervisor,
+    stop_process,
+    wait_sync,
+    write_config,
+)
 from .load import Load
-
 
 # -- fuzzed webhook requests --------------------------------------------------------
 

@@ -16,22 +16,33 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from supervisor import config
 from supervisor.config import ConfigError
-from supervisor.worktree import WorkTree
+from supervisor.git.tree import WorkTree
 
-from .conftest import (PY, SECRET, Client, Repos, deployed, eventually, git, pid_alive, running, spawn_supervisor,
-                       stop_process, wait_sync, write_config)
+from .conftest import (
+    PY,
+    SECRET,
+    Client,
+    Repos,
+    deployed,
+    eventually,
+    git,
+    pid_alive,
+    running,
+    spawn_supervisor,
+    stop_process,
+    wait_sync,
+    write_config,
+)
 
 # -- the control API: other origins, other hosts, no token --------------------------------------------
 

@@ -10,8 +10,8 @@ import pytest
 
 from supervisor.deploy import Deployer, State
 from supervisor.jobs import Kind, Mailbox
-from supervisor.record import LastDeploy, Recorder
-from supervisor.release import SwapResult
+from supervisor.ops.record import LastDeploy, Recorder
+from supervisor.process.release import SwapResult
 
 from .conftest import eventually
 

@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from supervisor.config import Address
-from supervisor import listener
-from supervisor.listener import ListenError, Listeners
+from supervisor.process import listener
+from supervisor.process.listener import ListenError, Listeners
 
 from .conftest import wait_sync
 

@@ -19,8 +19,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from supervisor import config
 from supervisor.config import ConfigError
 
-from .conftest import (PY, ROOT, SECRET, Client, Repos, deployed, eventually, payload, running,
-                       spawn_supervisor, stop_process, wait_sync, write_config)
+from .conftest import (
+    PY,
+    ROOT,
+    SECRET,
+    Client,
+    Repos,
+    deployed,
+    eventually,
+    payload,
+    running,
+    spawn_supervisor,
+    stop_process,
+    wait_sync,
+    write_config,
+)
 
 BROKEN_APP = "raise SystemExit(9)\n"
 
@@ -248,8 +261,9 @@ def test_json_logs_and_systemd_notify(tmp_path: Path, repos: Repos) -> None:
         assert notify.recv(100) == b"READY=1"
         port = int(cfg.read_text().split('[webhook]\nlisten = "127.0.0.1:')[1].split('"')[0])
         body = b"{}"
-        from .conftest import sign
         import urllib.request
+
+        from .conftest import sign
         req = urllib.request.Request(f"http://127.0.0.1:{port}/github", data=body, method="POST", headers={
             "X-GitHub-Event": "ping", "X-GitHub-Delivery": "json-1", "X-Hub-Signature-256": sign(body),
             "Content-Type": "application/json"})

@@ -10,11 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import config, listener
+from supervisor import config
 from supervisor.config import ConfigError
+from supervisor.process import listener
 from supervisor.runner import Supervisor
 
-from .conftest import aiohttp_app, gunicorn_app, uvicorn_app, PY, Client, Repos, deployed, eventually, git, running, write_config
+from .conftest import (
+    PY,
+    Client,
+    Repos,
+    aiohttp_app,
+    deployed,
+    eventually,
+    git,
+    gunicorn_app,
+    running,
+    uvicorn_app,
+    write_config,
+)
 from .load import Load
 
 APP = (Path(__file__).resolve().parents[1] / "examples" / "app" / "app.py").read_text()

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from supervisor.deploy import Backoff, plan
-from supervisor.worktree import Facts, FetchError, GitFailure, WorkTree
+from supervisor.git.tree import Facts, FetchError, GitFailure, WorkTree
 
 from .conftest import Repos, git
 

@@ -34,7 +34,7 @@ import socket
 import struct
 import time
 
-from .config import Address
+from ..config import Address
 
 log = logging.getLogger("supervisor.listener")
 

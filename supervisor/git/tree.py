@@ -1,12 +1,13 @@
 """The deployed git work tree, through libgit2 (pygit2); no ``git`` subprocess.
 
 Every call here blocks (network, disk), so the deploy worker runs them in one
-dedicated thread (:class:`GitThread`), never on the event loop; pygit2 drops
-the GIL inside libgit2 so the webhook keeps answering during a slow fetch.
+dedicated thread (:class:`~supervisor.git.thread.GitThread`), never on the event
+loop; pygit2 drops the GIL inside libgit2 so the webhook keeps answering during a
+slow fetch.
 
 Moving the tree is all-or-nothing: local edits that the update would
-overwrite are refused by name beforehand (one status pass, whatever the size
-of the change), libgit2's SAFE checkout checks every file again before it
+overwrite are refused by name beforehand (linear in the size of the change),
+libgit2's SAFE checkout checks every file again before it
 writes one, submodules are updated next, and the branch ref moves last, only
 when all of that succeeded. Any failure after the checkout began (a lock, a
 bad tree, a submodule, a full disk) puts the paths it touched back to the
@@ -16,32 +17,27 @@ untracked files are left alone, exactly as ``git merge --ff-only`` does.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import fnmatch
 import hashlib
-import json
 import logging
 import os
-import queue
-import re
 import shutil
-import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Iterable, Sequence
 
 import pygit2
-from pygit2.enums import CheckoutStrategy, CredentialType, FileStatus, Option
+from pygit2.enums import CheckoutStrategy, FileStatus
 
-from .config import GitAuth
+from ..config import GitAuth
+from .credentials import Credentials
+from .journal import Journal
+from .submodules import submodule_url_problem
 
-T = TypeVar("T")
-log = logging.getLogger("supervisor.worktree")
+log = logging.getLogger("supervisor.git")
 
 _UNTOUCHED = {FileStatus.CURRENT, FileStatus.IGNORED}
+PER_PATH_STATUS = 32  # up to this many changed paths, a status look-up each beats one pass over the tree
 
 
 class GitFailure(Exception):
@@ -68,165 +64,6 @@ class Facts:
     blocking: tuple[str, ...]  # local edits among them
     writes: dict[str, str | None] = field(default_factory=dict)  # path -> blob id it will hold (None: deleted)
     undo: dict[str, str | None] = field(default_factory=dict)  # path -> blob id it holds now (a repair writes it)
-
-
-class Journal:
-    """What git operation is under way, on disk, so a SIGKILL mid-way can be repaired.
-
-    Written (atomically) before a fetch or a move of the tree and removed after it;
-    finding one at start-up means the last run died inside that operation.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def begin(self, op: str, **facts: object) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w") as f:
-                json.dump({"op": op, "at": time.time(), **facts}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            # A full or read-only state dir must not stop deploys; only crash repair is lost.
-            tmp.unlink(missing_ok=True)
-            log.error("journal: cannot write %s (%s); a crash during this %s would need repair by hand",
-                      self.path, exc.strerror or exc, op)
-
-    def end(self) -> None:
-        try:
-            self.path.unlink(missing_ok=True)
-        except OSError as exc:
-            log.error("journal: cannot remove %s (%s)", self.path, exc.strerror or exc)
-
-    def pending(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {"op": "unknown"}  # torn write: treat as interrupted, repair conservatively
-        return data if isinstance(data, dict) else {"op": "unknown"}
-
-
-class GitThread:
-    """One thread for all git work: calls are serialised and off the event loop.
-
-    A daemon thread, so a call stuck in libgit2 (a fetch from a remote that stopped
-    answering) cannot hold the process at exit: :meth:`close` waits a bounded time.
-    """
-
-    def __init__(self) -> None:
-        self._calls: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
-        self._calls = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name="git", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        while (call := self._calls.get()) is not None:
-            future, fn, args = call
-            if not future.set_running_or_notify_cancel():
-                continue  # its caller gave up before it started
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-                future.set_exception(exc)
-
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._calls.put((future, fn, args))
-        return await asyncio.wrap_future(future)
-
-    def close(self, timeout: float | None = None) -> bool:
-        """Finish the call under way (waiting at most ``timeout`` s) and stop; True if the thread ended."""
-        self._calls.put(None)
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-
-class Credentials(pygit2.RemoteCallbacks):
-    """Deploy key or token for fetch and clone, and a host key that must be known.
-
-    pygit2's default accepts any SSH host key; here an unknown or changed host
-    key fails (libgit2 checks ``known_hosts`` and tells us in ``valid``).
-    """
-
-    def __init__(self, auth: GitAuth | None) -> None:
-        super().__init__()
-        self.auth = auth or GitAuth()
-        self.tried: list[str] = []
-
-    def credentials(self, url: str, username_from_url: str | None, allowed_types: CredentialType):
-        a = self.auth
-        if allowed_types & CredentialType.SSH_KEY and a.ssh_key and "ssh" not in self.tried:
-            self.tried.append("ssh")
-            pub = a.ssh_key.with_name(a.ssh_key.name + ".pub")
-            return pygit2.Keypair(username_from_url or "git", str(pub) if pub.exists() else None,
-                                  str(a.ssh_key), a.ssh_passphrase)
-        if allowed_types & CredentialType.USERPASS_PLAINTEXT and a.token and "token" not in self.tried:
-            self.tried.append("token")
-            return pygit2.UserPass(username_from_url or a.username, a.token)
-        if allowed_types & CredentialType.SSH_KEY and not a.ssh_key and "agent" not in self.tried:
-            self.tried.append("agent")  # no key configured: the user's ssh-agent, as git would
-            return pygit2.KeypairFromAgent(username_from_url or "git")
-        raise pygit2.GitError("no (more) credentials to try")
-
-    def certificate_check(self, certificate: None, valid: bool, host: bytes) -> bool:
-        return bool(valid)
-
-    def explain(self, exc: Exception, url: str) -> str:
-        a, text = self.auth, str(exc)
-        if isinstance(exc, pygit2.CertificateError) or "hostkey" in text or "certificate" in text.lower():
-            where = a.known_hosts or "~/.ssh/known_hosts"
-            return (f"the host key of {url} is unknown or changed ({text}); add it to {where} "
-                    f"(ssh-keyscan, then check the fingerprint) and set [repo.auth] known_hosts")
-        if isinstance(exc, pygit2.AuthError) or "authentication" in text or "credentials" in text:
-            if "ssh" in self.tried:
-                return (f"authentication with the SSH key {a.ssh_key} was rejected by {url} ({text}); add its "
-                        f"public half as a deploy key with read access, or fix [repo.auth] ssh_key")
-            if "token" in self.tried:
-                return (f"authentication with the token from ${a.token_env} (user {a.username}) was rejected by "
-                        f"{url} ({text}); check the token is valid and can read the repository")
-            return (f"{url} asks for credentials and none are configured ({text}); set [repo.auth] ssh_key "
-                    f"or token_env")
-        return text
-
-
-PER_PATH_STATUS = 32  # up to this many changed paths, a status look-up each beats one pass over the tree
-PACK_FILES_OPEN = 16
-OBJECT_CACHE_BYTES = 8 << 20
-PACK_MAP_BYTES = 64 << 20
-
-
-def set_network_timeouts(seconds: float) -> None:
-    """libgit2's socket timeouts, so a hung remote fails instead of hanging forever.
-
-    Also caps the pack files libgit2 keeps open: every fetch adds a pack (libgit2
-    has no ``fetch.unpackLimit``), and by default it keeps them all open, one more
-    file descriptor per deploy, forever.
-    """
-    ms = max(1, int(seconds * 1000))
-    pygit2.option(Option.SET_SERVER_CONNECT_TIMEOUT, ms)
-    pygit2.option(Option.SET_SERVER_TIMEOUT, ms)
-    pygit2.option(Option.SET_MWINDOW_FILE_LIMIT, PACK_FILES_OPEN)
-    # libgit2's object cache may grow to 256 MB and its pack maps to gigabytes by default;
-    # a supervisor reads a few trees per deploy, so keep both small.
-    pygit2.option(Option.SET_CACHE_MAX_SIZE, OBJECT_CACHE_BYTES)
-    pygit2.option(Option.SET_MWINDOW_MAPPED_LIMIT, PACK_MAP_BYTES)
-
-
-def use_known_hosts(known_hosts: Path, home: Path) -> None:
-    """libgit2 reads ``$HOME/.ssh/known_hosts``; give it a home whose file is ours.
-
-    This is process-wide (libgit2 has one home directory), so it also stops
-    libgit2 reading the user's ~/.gitconfig: the work tree's own config still applies.
-    """
-    ssh = home / ".ssh"
-    ssh.mkdir(parents=True, exist_ok=True)
-    (ssh / "known_hosts").write_bytes(known_hosts.read_bytes())
-    pygit2.option(Option.SET_HOMEDIR, str(home))
 
 
 class WorkTree:
@@ -475,58 +312,6 @@ class WorkTree:
             self.repo.submodules.update(init=True, callbacks=callbacks)
         except (pygit2.GitError, OSError) as exc:
             raise GitFailure(f"submodule update failed: {callbacks.explain(exc, 'a submodule remote')}") from None
-
-
-def _origin(url: str) -> tuple[str, str] | None:
-    """(scheme, host) of a git URL, scp-like ``user@host:path`` included; None for a local path.
-
-    >>> _origin("https://github.com/o/r.git"), _origin("git@github.com:o/r.git"), _origin("/srv/r.git")
-    (('https', 'github.com'), ('ssh', 'github.com'), None)
-    """
-    if "://" in url:
-        parsed = urllib.parse.urlsplit(url)
-        return (parsed.scheme.lower(), (parsed.hostname or "").lower())
-    m = re.match(r"^(?:[^@/]+@)?(?P<host>[^:/]+):(?!/)", url)  # scp-like; "C:/x" and "/x" are paths
-    if m and len(m["host"]) > 1:
-        return ("ssh", m["host"].lower())
-    return None
-
-
-def submodule_url_problem(url: str, remote_url: str, allowed: Sequence[str] = ()) -> str | None:
-    """Why a pushed ``.gitmodules`` may not fetch from ``url``; None when it may.
-
-    A submodule comes from the main remote's scheme and host (or a URL relative to
-    it), or from a URL matching a pattern in ``[repo] submodule_urls``. Local paths
-    and ``file://`` are refused unless listed: a pushed ``.gitmodules`` must not copy
-    a private repository of this machine into the deployed tree.
-
-    >>> submodule_url_problem("https://github.com/o/lib.git", "https://github.com/o/app.git") is None
-    True
-    >>> submodule_url_problem("../lib.git", "git@github.com:o/app.git") is None
-    True
-    >>> print(submodule_url_problem("/srv/private.git", "https://github.com/o/app.git"))
-    /srv/private.git is a local path; list it in [repo] submodule_urls to allow it
-    >>> print(submodule_url_problem("https://evil.example/x.git", "https://github.com/o/app.git"))
-    https://evil.example/x.git is not on github.com like the main remote; list it in [repo] submodule_urls to allow it
-    >>> submodule_url_problem("/srv/git/lib.git", "/srv/git/app.git", ["/srv/git/*"]) is None
-    True
-    """
-    if any(fnmatch.fnmatchcase(url, pattern) for pattern in allowed):
-        return None
-    hint = "list it in [repo] submodule_urls to allow it"
-    if url.startswith(("./", "../")):
-        if _origin(remote_url) is None:
-            return f"{url} is relative to a local remote ({remote_url}); {hint}"
-        return None  # same scheme and host as the main remote
-    where = _origin(url)
-    if where is None or where[0] == "file":
-        return f"{url} is a local path; {hint}"
-    remote = _origin(remote_url)
-    if remote is None or where[1] != remote[1]:
-        return f"{url} is not on {remote[1] if remote else remote_url} like the main remote; {hint}"
-    if where[0] != remote[0]:
-        return f"{url} does not use {remote[0]} like the main remote; {hint}"
-    return None
 
 
 def blob_id(path: Path) -> str | None:

@@ -1,7 +1,7 @@
 """The webhook endpoint: bytes in, a verdict out, at once.
 
 The handler reads the raw body (capped at GitHub's 25 MB: 413 above it),
-asks :func:`supervisor.delivery.judge` for a verdict, and for a wanted push
+asks :func:`supervisor.webhook.delivery.judge` for a verdict, and for a wanted push
 only *requests* a deploy; the answer goes out before any git work starts.
 """
 

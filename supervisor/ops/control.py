@@ -13,7 +13,7 @@ a web page may not even read through a rebound DNS name.
   from another ``Origin`` is refused (403), token or not.
 - Every POST needs ``Authorization: Bearer <token>`` (compared in constant time),
   on loopback too: the ``[control] token_env`` token or the generated one
-  (:mod:`supervisor.controltoken`). Reads need it when ``token_env`` is set.
+  (:mod:`supervisor.ops.controltoken`). Reads need it when ``token_env`` is set.
 """
 
 from __future__ import annotations

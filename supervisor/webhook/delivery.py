@@ -1,7 +1,7 @@
 """Is this webhook delivery genuine, new and meant for us?
 
 Pure decisions over raw request parts, so they are easy to test; the aiohttp
-handler in :mod:`supervisor.intake` only carries bytes in and the verdict out.
+handler in :mod:`supervisor.webhook.intake` only carries bytes in and the verdict out.
 The order is fixed: verify the signature over the raw bytes first, and only
 then parse, filter and dedupe (an unsigned request never touches our state).
 

@@ -8,7 +8,7 @@ fails at once. The checks answer one question each:
 - ``http``: does a GET sent to *this* child alone answer 2xx?
 
 >>> import asyncio
->>> from supervisor.child import Child, Spec
+>>> from supervisor.process.child import Child, Spec
 >>> async def demo():
 ...     child = await Child.start(Spec(["sleep", "5"], cwd="."))
 ...     why = await wait_ready(child, min_uptime=0.1, timeout=2)

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from ..config import AppSpec
 from .child import Child, Spec, describe_exit
-from .config import AppSpec
 from .guard import Guard
 from .listener import Listeners
 from .readiness import Notify, Probe, wait_ready

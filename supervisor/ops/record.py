@@ -2,7 +2,7 @@
 
 The deploy worker decides; :class:`Recorder` is the one place a result is
 written down, so log, metrics, history and ``/status`` always agree, and every
-reason passes :func:`~supervisor.redact.redact` on its way.
+reason passes :func:`~supervisor.ops.redact.redact` on its way.
 """
 
 from __future__ import annotations

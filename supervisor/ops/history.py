@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .delivery import SeenDeliveries
+from ..webhook.delivery import SeenDeliveries
 
 log = logging.getLogger("supervisor.history")
 

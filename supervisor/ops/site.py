@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from aiohttp import http_exceptions, web
 
-from .config import Address
+from ..config import Address
 
 log = logging.getLogger("supervisor.site")
 

@@ -6,7 +6,7 @@ So every process group we start is registered with this small helper over a
 pipe; when the pipe closes without a clean ``exit`` (the supervisor died), it
 SIGKILLs every group still registered, then exits itself.
 
-    python -m supervisor.guard     # reads "+PGID", "-PGID", "exit" lines on stdin
+    python -m supervisor.process.guard     # reads "+PGID", "-PGID", "exit" lines on stdin
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from . import reaper
 class Guard:
     def __init__(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.guard"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            [sys.executable, "-m", "supervisor.process.guard"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C meant for us must not kill the guard first
         )
         reaper.OURS.add(self._proc.pid)  # ours, waited for below: not an orphan to reap

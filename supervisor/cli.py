@@ -196,7 +196,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     memory.one_arena()  # before any thread (git, watcher) exists
     reaper.become_subreaper()  # what the app detaches (setsid) is handed to us, to stop and reap
     child.raise_nofile()
-    settings = config.load(args.config, prepare=True)
+    source, raw = config.parse(args.config)
+    if raw.demo.bootstrap:
+        demo.bootstrap(raw, source.parent)  # before the secret and the work tree are checked: a fresh checkout runs
+    settings = config.resolve(source, raw)
     logs.setup(args.log_format or settings.raw.log.format, args.verbose)
     config.check_work_tree(settings)
 

@@ -345,14 +345,18 @@ def read_secret(cfg: Webhook, base: Path) -> bytes:
     raise ConfigError("[webhook] needs secret_env or secret_file; GitHub deliveries cannot be verified without a secret")
 
 
-def load(path: str | os.PathLike[str], *, prepare: bool = False, secret: bool = True) -> Settings:
-    """Read, validate and resolve a config file.
+def load(path: str | os.PathLike[str], *, secret: bool = True) -> Settings:
+    """Read, validate and resolve a config file; no side effects.
 
-    ``prepare`` runs the demo bootstrap (if ``[demo] bootstrap``) before the
-    secret and the work tree are checked, so a fresh checkout just runs.
     ``secret=False`` skips reading the webhook secret (client commands need
     only the control address and token).
     """
+    source, raw = parse(path)
+    return resolve(source, raw, secret=secret)
+
+
+def parse(path: str | os.PathLike[str]) -> tuple[Path, Config]:
+    """The file, read and type-checked (nothing resolved yet): its absolute path and contents."""
     source = Path(path).resolve()
     try:
         text = source.read_text()
@@ -365,18 +369,13 @@ def load(path: str | os.PathLike[str], *, prepare: bool = False, secret: bool = 
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
     try:
-        raw = msgspec.convert(data, Config)
+        return source, msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {_explain(exc)}") from None
-    return resolve(source, raw, prepare=prepare, secret=secret)
 
 
-def resolve(source: Path, raw: Config, *, prepare: bool = False, secret: bool = True) -> Settings:
+def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
     base = source.parent
-    if prepare and raw.demo.bootstrap:
-        from . import demo
-
-        demo.bootstrap(raw, base)
     if not raw.app.command or not all(raw.app.command):
         raise ConfigError("[app] command must be a non-empty list of strings, e.g. [\"python\", \"app.py\"]")
     if not raw.webhook.path.startswith("/"):

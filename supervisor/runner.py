@@ -2,7 +2,7 @@
 
     import asyncio
     from supervisor import config, runner
-    asyncio.run(runner.serve(config.load("config.toml", prepare=True)))
+    asyncio.run(runner.serve(config.load("config.toml")))
 
 Signals are handled here and nowhere else: SIGTERM and SIGINT stop the app
 gracefully (``stop_signal``, then SIGKILL after ``stop_timeout``) and return;
@@ -25,8 +25,6 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-import pygit2
-
 from . import config
 from .config import ConfigError, Settings
 from .deploy import Deployer
@@ -36,7 +34,7 @@ from .git.thread import GitThread
 from .git.tree import GitFailure, WorkTree, clone, describe_commit
 from .ops import control, controltoken
 from .ops.history import History
-from .ops.metrics import Metrics
+from .ops.metrics import LiveFacts, Metrics
 from .ops.record import Recorder
 from .ops.site import Site, StartupError, connection_caps, listen, quiet_exception_handler
 from .process import reaper
@@ -98,65 +96,87 @@ def _private_dir(path: Path) -> None:
 GIT_CLOSE_WAIT = 5.0  # seconds a git operation in flight may delay the exit (the journal repairs the rest)
 
 
+def build(settings: Settings) -> "Supervisor":
+    """Everything start-up does before anything runs: libgit2's settings, the work tree (cloned,
+    repaired after a crash, on its branch), the history, the control token, the app's public
+    address, the guard process; then the parts, wired. A StartupError names what to fix."""
+    raw = settings.raw
+    assert settings.app is not None
+    set_network_timeouts(raw.repo.fetch_timeout)
+    tls = _tls_context(settings)
+    _private_dir(settings.state_dir)
+    if settings.auth.known_hosts:
+        use_known_hosts(settings.auth.known_hosts, settings.state_dir / "ssh-home")
+    try:
+        if not settings.repo_path.exists() and raw.repo.url:
+            log.info("cloning %s into %s", raw.repo.url, settings.repo_path)
+            clone(raw.repo.url, settings.repo_path, raw.repo.branch, settings.auth, raw.repo.submodule_urls)
+        tree = WorkTree(settings.repo_path, raw.repo.remote, raw.repo.branch, settings.auth,
+                        Journal(settings.state_dir / "git-journal.json"), raw.repo.submodule_urls)
+        recovered = tree.recover()
+        if recovered:
+            log.warning("recovered the work tree after a crash: %s", recovered)
+        tree.check_branch()
+    except GitFailure as exc:
+        raise StartupError(f"[repo] {exc}") from None
+    history = History.open(settings.state_dir / "history.db", retention=raw.state.retention)
+    # POSTs always need a token; reads too when the operator chose one ([control] token_env).
+    token = settings.control_token or controltoken.ensure(settings.state_dir)
+    lines: deque[tuple[float, int, str]] = deque(maxlen=LOG_LINES)
+    guard = Guard()
+    try:
+        releases = Releases(settings.app, guard, on_line=lambda pid, line: lines.append((time.time(), pid, line)))
+    except ListenError as exc:
+        guard.close()
+        raise StartupError(str(exc)) from None
+    git = GitThread()
+    expected = Expected(settings.repo_path)
+    metrics = Metrics()
+    deployer = Deployer(tree, git, releases, expected, Recorder(history, metrics),
+                        on_diverge=raw.repo.on_diverge, probation=raw.deploy.probation,
+                        before_restart=raw.deploy.before_restart,
+                        before_restart_timeout=raw.deploy.before_restart_timeout, history=history, guard=guard)
+    return Supervisor(settings, tree=tree, recovered=recovered, history=history, control_token=token, tls=tls,
+                      lines=lines, guard=guard, releases=releases, git=git, expected=expected, metrics=metrics,
+                      deployer=deployer)
+
+
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    """The wired parts (see :func:`build`) and what runs them; also the control API's :class:`Console`."""
+
+    def __init__(self, settings: Settings, *, tree: WorkTree, recovered: str | None, history: History,
+                 control_token: bytes, tls: ssl.SSLContext | None, lines: deque[tuple[float, int, str]],
+                 guard: Guard, releases: Releases, git: GitThread, expected: Expected, metrics: Metrics,
+                 deployer: Deployer) -> None:
         self.settings = settings
+        self.tree = tree
+        self.recovered = recovered
+        self.history = history
+        self.control_token = control_token
+        self.tls = tls
+        self.lines = lines
+        self.guard = guard
+        self.releases = releases
+        self.git = git
+        self.expected = expected
+        self.metrics = metrics
+        self.deployer = deployer
         raw = settings.raw
-        assert settings.app is not None
-        set_network_timeouts(raw.repo.fetch_timeout)
-        self.tls = _tls_context(settings)
-        _private_dir(settings.state_dir)
-        if settings.auth.known_hosts:
-            use_known_hosts(settings.auth.known_hosts, settings.state_dir / "ssh-home")
-        try:
-            if not settings.repo_path.exists() and raw.repo.url:
-                log.info("cloning %s into %s", raw.repo.url, settings.repo_path)
-                clone(raw.repo.url, settings.repo_path, raw.repo.branch, settings.auth, raw.repo.submodule_urls)
-            self.tree = WorkTree(settings.repo_path, raw.repo.remote, raw.repo.branch, settings.auth,
-                                 Journal(settings.state_dir / "git-journal.json"), raw.repo.submodule_urls)
-            self.recovered = self.tree.recover()
-            if self.recovered:
-                log.warning("recovered the work tree after a crash: %s", self.recovered)
-            self.tree.check_branch()
-        except GitFailure as exc:
-            raise StartupError(f"[repo] {exc}") from None
-        self.history = History.open(settings.state_dir / "history.db", retention=raw.state.retention)
-        # POSTs always need a token; reads too when the operator chose one ([control] token_env).
-        self.control_token = settings.control_token or controltoken.ensure(settings.state_dir)
-        self._reader = pygit2.Repository(str(settings.repo_path))  # loop-thread reads only
-        self._described: dict[str, dict[str, str]] = {}
-        self.git = GitThread()
-        self.expected = Expected(settings.repo_path)
-        self.metrics = Metrics()
-        self.lines: deque[tuple[float, int, str]] = deque(maxlen=LOG_LINES)
-        try:
-            self.releases = Releases(settings.app, on_line=self._on_line)
-        except ListenError as exc:
-            raise StartupError(str(exc)) from None
-        self.guard: Guard | None = None
-        self.deployer = Deployer(self.tree, self.git, self.releases, self.expected,
-                                 Recorder(self.history, self.metrics),
-                                 on_diverge=raw.repo.on_diverge, probation=raw.deploy.probation,
-                                 before_restart=raw.deploy.before_restart,
-                                 before_restart_timeout=raw.deploy.before_restart_timeout,
-                                 history=self.history)
         self.intakes = {path: intake.Intake(
-            branch=raw.repo.branch, request_deploy=self.deployer.request_deploy, seen=self.history.seen,
+            branch=raw.repo.branch, request_deploy=deployer.request_deploy, seen=history.seen,
             receiver=RECEIVERS[kind], on_verdict=self._on_verdict, **_hook_policy(settings, secret))
             for kind, path, secret in settings.hooks}
-        self.metrics.watch(self)
         self.started = time.time()
         self.last_reload: dict[str, object] | None = None
         self.stop_event = asyncio.Event()
+        self._described: dict[str, dict[str, str]] = {}
         self._sites: list[Site] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._watch_stop = asyncio.Event()
         self.armed = Armed(settings.state_dir / "watch-armed")
         self.webhook_port = 0
         self.control_port = 0
-
-    def _on_line(self, pid: int, line: str) -> None:
-        self.lines.append((time.time(), pid, line))
+        metrics.watch(self.live_facts)  # last: the registry reads it once right away
 
     def _on_verdict(self, verdict: Verdict, event: str | None, seconds: float) -> None:
         self.metrics.deliveries.labels(verdict.verdict).inc()
@@ -171,27 +191,62 @@ class Supervisor:
         """The first receiver's URL (GitHub's, when configured)."""
         return self.hook_url(next(iter(self.intakes)))
 
-    def describe(self, sha: str) -> dict[str, str]:
+    # -- what the control API and metrics read (the read model) ---------------------------
+    async def describe(self, sha: str) -> dict[str, str]:
+        """A commit's subject and author, read in the git thread (pygit2 blocks), once per commit."""
         if sha not in self._described:
-            info = describe_commit(self._reader, sha)
-            # Once per commit (cached below); libgit2 would otherwise keep this
-            # thread's pack caches for a large repository, ~15 MB, for good.
-            self._reader.free()
+            info = await self.git.run(describe_commit, self.tree.repo, sha)
             if not info["author"]:
                 return info  # unknown here (yet): do not cache
             self._described[sha] = info
         return self._described[sha]
 
+    async def status(self) -> dict[str, Any]:
+        d, live = self.deployer, self.releases.live
+        alive = live is not None and live.alive
+        info = await self.describe(d.deployed)
+        return {
+            "deployed_commit": d.deployed,
+            "deployed_message": info["message"],
+            "deployed_author": info["author"],
+            "state": d.state,
+            "child_pid": live.child.pid if alive and live else None,
+            "uptime": round(live.child.uptime, 3) if alive and live else 0.0,
+            "restarts": self.releases.restarts,
+            "queue": d.queued,
+            "last_deploy": d.last.as_dict() if d.last else None,
+            "bad_commits": dict(d.bad),
+            "app_port": self.releases.port,
+            "webhook_url": self.webhook_url,
+            "supervisor_uptime": round(time.time() - self.started, 3),
+            "last_reload": self.last_reload,
+            "history": {"ok": self.history.problem is None, "problem": self.history.problem},
+        }
+
+    def live_facts(self) -> LiveFacts:
+        """For a metrics scrape: no git read here (the message is the one status last read)."""
+        live = self.releases.live
+        commit = self.deployer.deployed
+        return LiveFacts(up=live is not None and live.alive, restarts=self.releases.restarts, commit=commit,
+                         message=self._described.get(commit, {}).get("message", ""))
+
+    def ask(self, what: str) -> "asyncio.Future[Any]":
+        return self.deployer.request_rollback() if what == "rollback" else self.deployer.request_deploy("manual")
+
+    @property
+    def queued(self) -> list[str]:
+        return self.deployer.queued
+
     async def start(self) -> None:
         """Listen, start the app, arm the watcher; returns when all of it is ready."""
-        self.guard = self.releases.guard = self.deployer.guard = Guard()
         raw = self.settings.raw
         caps = connection_caps({"[webhook]": raw.webhook.max_connections, "[control]": raw.control.max_connections})
         hooks = await listen(intake.make_app(self.intakes), self.settings.webhook_listen, "[webhook] listen",
                              header_timeout=raw.webhook.header_timeout, max_connections=caps["[webhook]"],
                              ssl_context=self.tls)
         self._sites.append(hooks)
-        ctl = await listen(control.make_app(self, self.control_token, self.settings.control_token is not None),
+        ctl = await listen(control.make_app(self, self.control_token, self.settings.control_token is not None,
+                                            raw.control.hosts),
                            self.settings.control_listen, "[control] listen",
                            header_timeout=raw.control.header_timeout, max_connections=caps["[control]"])
         self._sites.append(ctl)
@@ -300,8 +355,7 @@ class Supervisor:
         for site in self._sites:
             await site.close()
         self.releases.close()
-        if self.guard is not None:
-            self.guard.close()
+        self.guard.close()
         # A git operation in flight (a fetch hanging on a dead remote) may delay the exit a little, not for
         # its whole timeout: what it leaves half-done, the journal repairs at the next start.
         if not await asyncio.get_running_loop().run_in_executor(None, self.git.close, GIT_CLOSE_WAIT):
@@ -314,7 +368,7 @@ async def serve(settings: Settings, on_ready: Callable[[Supervisor], None] | Non
     """Run until SIGTERM or SIGINT; the one place signals are handled."""
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(quiet_exception_handler())
-    sup = Supervisor(settings)
+    sup = build(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sup.stop_event.set)
     loop.add_signal_handler(signal.SIGHUP, sup.reload)

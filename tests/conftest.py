@@ -203,10 +203,9 @@ def _secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
 async def running(config_path: Path) -> AsyncIterator[Any]:
     """The whole supervisor in this event loop (its children are real processes)."""
     from supervisor import config
-    from supervisor.runner import Supervisor
+    from supervisor.runner import build
 
-    settings = config.load(config_path)
-    sup = Supervisor(settings)
+    sup = build(config.load(config_path))
     try:
         await sup.start()
         yield sup

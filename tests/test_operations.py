@@ -160,7 +160,7 @@ async def test_metrics(repos: Repos, tmp_path: Path, session) -> None:
     assert samples[("supervisor_child_up", ())] == 1
     assert samples[("supervisor_child_restarts_total", ())] == 1
     info = [k for k in samples if k[0] == "supervisor_deployed_commit_info"]
-    assert info and ("commit", sha) in info[0][1]
+    assert info and ("commit", sha) in info[0][1] and ("message", "v2") in info[0][1]
 
 
 async def test_control_token(repos: Repos, tmp_path: Path, session, monkeypatch) -> None:

@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from supervisor import config
-from supervisor.runner import StartupError, Supervisor
+from supervisor.runner import StartupError, build
 
 from .conftest import (
     SECRET,
@@ -238,5 +238,5 @@ def test_clone_failure_is_a_startup_error_and_leaves_nothing(tmp_path: Path, rep
     shutil.rmtree(repos.work)
     cfg = write_config(tmp_path / "c.toml", repos, repo_extra=f'url = "{tmp_path / "missing.git"}"')
     with pytest.raises(StartupError, match="clone of .*missing.git failed"):
-        Supervisor(config.load(cfg))
+        build(config.load(cfg))
     assert not repos.work.exists() and not list(repos.root.glob(".work.cloning*"))

@@ -7,13 +7,13 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from supervisor import config
 from supervisor.config import ConfigError
 from supervisor.process import listener
-from supervisor.runner import Supervisor
 
 from .conftest import (
     PY,
@@ -84,7 +84,7 @@ async def test_without_steering_a_shared_socket_still_swaps_gunicorn(monkeypatch
     assert not sup.releases.public.steering
 
 
-async def _swaps_under_load(server: str, repos: Repos, tmp_path: Path, session) -> Supervisor:
+async def _swaps_under_load(server: str, repos: Repos, tmp_path: Path, session) -> Any:
     make_command, ready = SERVERS[server]
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": make_command(repos)}, ready=ready)
     async with running(cfg) as sup:
@@ -274,5 +274,5 @@ async def test_socket_activation_environment(command, fds, names, pid_set, repos
 async def test_probe_without_probe_fd_is_refused_at_startup(repos: Repos, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": [PY, "app.py", "--fd", "{fd}"]})
     with pytest.raises(ConfigError, match=r"cannot reach the new child alone: add \{probe_fd\}"):
-        Supervisor(config.load(cfg))
+        config.load(cfg)
 

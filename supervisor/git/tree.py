@@ -18,7 +18,6 @@ untracked files are left alone, exactly as ``git merge --ff-only`` does.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import time
@@ -33,8 +32,6 @@ from ..config import GitAuth
 from .credentials import Credentials
 from .journal import Journal
 from .submodules import submodule_url_problem
-
-log = logging.getLogger("supervisor.git")
 
 _UNTOUCHED = {FileStatus.CURRENT, FileStatus.IGNORED}
 PER_PATH_STATUS = 32  # up to this many changed paths, a status look-up each beats one pass over the tree

@@ -24,42 +24,31 @@ import html
 import ipaddress
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Collection
+from typing import Any, Awaitable, Callable, Collection, Protocol, Sequence
 
 from aiohttp import web
 
-from .metrics import CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from .runner import Supervisor
+from .history import History
+from .metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("supervisor.control")
 
 WAIT_LIMIT = 900.0  # POST /deploy?wait=1 answers within this, finished or not
 
 
-def status(sup: "Supervisor") -> dict[str, Any]:
-    d = sup.deployer
-    live = sup.releases.live
-    alive = live is not None and live.alive
-    info = sup.describe(d.deployed)
-    return {
-        "deployed_commit": d.deployed,
-        "deployed_message": info["message"],
-        "deployed_author": info["author"],
-        "state": d.state,
-        "child_pid": live.child.pid if alive and live else None,
-        "uptime": round(live.child.uptime, 3) if alive and live else 0.0,
-        "restarts": sup.releases.restarts,
-        "queue": d.queued,
-        "last_deploy": d.last.as_dict() if d.last else None,
-        "bad_commits": dict(d.bad),
-        "app_port": sup.releases.port,
-        "webhook_url": sup.webhook_url,
-        "supervisor_uptime": round(time.time() - sup.started, 3),
-        "last_reload": sup.last_reload,
-        "history": {"ok": sup.history.problem is None, "problem": sup.history.problem},
-    }
+class Console(Protocol):
+    """What the control API reads and asks of the supervisor; nothing else of it is reachable from here."""
+
+    history: History
+    lines: Sequence[tuple[float, int, str]]  # the app's recent output: (time, pid, line)
+    metrics: Metrics
+
+    async def status(self) -> dict[str, Any]: ...
+
+    def ask(self, what: str) -> "asyncio.Future[Any]": ...  # "deploy" or "rollback": a job for the worker
+
+    @property
+    def queued(self) -> list[str]: ...
 
 
 def _int(request: web.Request, name: str, default: int | None, low: int = 1, high: int = 1000) -> int | None:
@@ -136,9 +125,9 @@ def gate(token: bytes, reads_need_token: bool, hosts: Collection[str] = ()) -> C
     return check
 
 
-def make_app(sup: "Supervisor", token: bytes, reads_need_token: bool) -> web.Application:
+def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collection[str] = ()) -> web.Application:
     async def get_status(_request: web.Request) -> web.Response:
-        return web.json_response(status(sup))
+        return web.json_response(await sup.status())
 
     async def get_history(request: web.Request) -> web.Response:
         limit = _int(request, "limit", 50)
@@ -160,29 +149,32 @@ def make_app(sup: "Supervisor", token: bytes, reads_need_token: bool) -> web.App
 
     async def act(request: web.Request, future: "asyncio.Future[Any]", what: str) -> web.Response:
         if request.query.get("wait") not in ("1", "true", "yes"):
-            return web.json_response({"queued": what, "queue": sup.deployer.queued}, status=202)
+            return web.json_response({"queued": what, "queue": sup.queued}, status=202)
         try:
             last = await asyncio.wait_for(asyncio.shield(future), WAIT_LIMIT)
         except asyncio.TimeoutError:
-            return web.json_response({"queued": what, "done": False, "status": status(sup)}, status=202)
-        body = {"done": True, "result": last.as_dict() if last else None, "status": status(sup)}
+            return web.json_response({"queued": what, "done": False, "status": await sup.status()}, status=202)
+        body = {"done": True, "result": last.as_dict() if last else None, "status": await sup.status()}
         if last is None:
             body["note"] = "nothing to deploy: already at the branch tip (or it is marked bad)"
         return web.json_response(body)
 
     async def post_deploy(request: web.Request) -> web.Response:
-        return await act(request, sup.deployer.request_deploy("manual"), "deploy")
+        return await act(request, sup.ask("deploy"), "deploy")
 
     async def post_rollback(request: web.Request) -> web.Response:
-        return await act(request, sup.deployer.request_rollback(), "rollback")
+        return await act(request, sup.ask("rollback"), "rollback")
 
     async def get_metrics(_request: web.Request) -> web.Response:
+        await sup.status()  # reads the deployed commit's message (in the git thread) for the info metric
         return web.Response(body=sup.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def get_page(_request: web.Request) -> web.Response:
-        return web.Response(text=render_page(sup), content_type="text/html")
+        page = render_page(await sup.status(), sup.history.deploys(15), sup.history.deliveries(15),
+                           list(sup.lines)[-40:])
+        return web.Response(text=page, content_type="text/html")
 
-    app = web.Application(middlewares=[gate(token, reads_need_token, sup.settings.raw.control.hosts)])
+    app = web.Application(middlewares=[gate(token, reads_need_token, hosts)])
     app.add_routes([
         web.get("/", get_page),
         web.get("/status", get_status),
@@ -215,25 +207,26 @@ pre{background:#111827;color:#e5e7eb;padding:8px;border-radius:6px;overflow-x:au
 """
 
 
-def render_page(sup: "Supervisor") -> str:
+def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_seen: list[dict[str, Any]],
+                lines_seen: list[tuple[float, int, str]]) -> str:
+    """The status page from data alone (a status snapshot, history rows, output lines)."""
     e = html.escape
-    st = status(sup)
     sha = st["deployed_commit"]
     rows = []
-    for d in sup.history.deploys(15):
+    for d in deploys:
         rows.append(
             f"<tr><td><span class='state {e(d['result'])}'>{e(d['result'])}</span></td>"
             f"<td><code>{e((d['to_commit'] or '')[:12])}</code></td><td>{e(d['trigger'])}</td>"
             f"<td>{d['duration']:.2f}s</td><td class='wide'>{e(_ago(d['ended_at']))}</td>"
             f"<td class='reason'>{e(d['reason'] or '')}</td></tr>")
     deliveries = []
-    for d in sup.history.deliveries(15):
+    for d in deliveries_seen:
         ident = "" if d["id"].startswith("-") else d["id"]
         deliveries.append(
             f"<tr><td><span class='state {e(d['verdict'])}'>{e(d['verdict'])}</span></td>"
             f"<td>{e(d['event'] or '')}</td><td class='wide'><code>{e(ident[:36])}</code></td>"
             f"<td>{e(_ago(d['received_at']))}</td><td class='reason'>{e(d['reason'] or '')}</td></tr>")
-    lines = "\n".join(f"[{pid}] {line}" for _, pid, line in list(sup.lines)[-40:])
+    lines = "\n".join(f"[{pid}] {line}" for _, pid, line in lines_seen)
     last = st["last_deploy"]
     last_html = (f"<span class='state {e(last['result'])}'>{e(last['result'])}</span> "
                  f"<span class='reason'>{e(last['reason'])}</span>") if last else "none yet"

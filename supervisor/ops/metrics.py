@@ -6,32 +6,39 @@ the deployed commit are read at scrape time, so they are never stale.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
-if TYPE_CHECKING:
-    from .runner import Supervisor
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+@dataclass(frozen=True)
+class LiveFacts:
+    """What a scrape reads of the running state."""
+
+    up: bool
+    restarts: int
+    commit: str
+    message: str
+
+
 class _Live:
-    def __init__(self, sup: "Supervisor") -> None:
-        self.sup = sup
+    def __init__(self, facts: Callable[[], LiveFacts]) -> None:
+        self.facts = facts
 
     def collect(self) -> Iterator[Metric]:
-        live = self.sup.releases.live
+        now = self.facts()
         up = GaugeMetricFamily("supervisor_child_up", "1 when the app child is running")
-        up.add_metric([], 1.0 if live is not None and live.alive else 0.0)
+        up.add_metric([], 1.0 if now.up else 0.0)
         yield up
         restarts = CounterMetricFamily("supervisor_child_restarts", "children put live after the first one")
-        restarts.add_metric([], float(self.sup.releases.restarts))
+        restarts.add_metric([], float(now.restarts))
         yield restarts
         info = InfoMetricFamily("supervisor_deployed_commit", "the commit the live release runs")
-        commit = self.sup.deployer.deployed
-        info.add_metric([], {"commit": commit, "message": self.sup.describe(commit)["message"][:200]})
+        info.add_metric([], {"commit": now.commit, "message": now.message[:200]})
         yield info
 
 
@@ -48,8 +55,8 @@ class Metrics:
             "supervisor_webhook_latency_seconds", "time to answer a webhook delivery",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=self.registry)
 
-    def watch(self, sup: "Supervisor") -> None:
-        self.registry.register(_Live(sup))  # type: ignore[arg-type]
+    def watch(self, facts: Callable[[], LiveFacts]) -> None:
+        self.registry.register(_Live(facts))  # type: ignore[arg-type]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

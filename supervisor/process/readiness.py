@@ -42,7 +42,6 @@ class Notify:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         self.sock.bind("\0" + self.name[1:])
         self.ready = asyncio.Event()
-        self.status = ""
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._read)
 
     def _read(self) -> None:
@@ -50,12 +49,8 @@ class Notify:
             data = self.sock.recv(4096)
         except BlockingIOError:
             return
-        for line in data.decode("utf-8", "replace").splitlines():
-            key, _, value = line.partition("=")
-            if key == "READY" and value == "1":
-                self.ready.set()
-            elif key == "STATUS":
-                self.status = value
+        if "READY=1" in data.decode("utf-8", "replace").splitlines():
+            self.ready.set()
 
     def close(self) -> None:
         try:

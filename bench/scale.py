@@ -76,6 +76,24 @@ def fast_import(repo: Path, files: int, history: int) -> None:
     subprocess.run(["git", "fast-import", "--quiet"], cwd=repo, input=b"".join(lines), check=True)
 
 
+def fast_forward_both(tree: WorkTree, theirs: Path) -> tuple[float, float, float, int]:
+    """The pushed tip into both clones: pushcd's fetch + facts + move, then ``git pull --ff-only``.
+    Seconds for ours, of them for facts, for git; and how many paths changed."""
+    t = time.perf_counter()
+    tip = tree.fetch()
+    facts = tree.facts(tip)
+    facts_s = time.perf_counter() - t
+    assert facts.head_is_ancestor and not facts.blocking
+    tree.move_to(tip, "bench", facts)
+    ours_s = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run(["git", "pull", "-q", "--ff-only", "origin", "main"], cwd=theirs, check=True,
+                   stderr=subprocess.DEVNULL)
+    theirs_s = time.perf_counter() - t
+    assert git("rev-parse", "HEAD", cwd=tree.path) == git("rev-parse", "HEAD", cwd=theirs) == tip
+    return ours_s, facts_s, theirs_s, len(facts.changed)
+
+
 def scale_git(root: Path, files: int, history: int, rounds: int) -> dict:
     origin, dev = root / "origin.git", root / "dev"
     git("init", "-q", "--bare", "-b", "main", str(origin), cwd=root)
@@ -94,16 +112,9 @@ def scale_git(root: Path, files: int, history: int, rounds: int) -> dict:
             p.write_text(f"X = 'round {r} {k}'\n")
         git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", f"round {r}", cwd=dev)
         git("push", "-q", "origin", "HEAD:main", cwd=dev)
-        t = time.perf_counter()
-        tip = tree.fetch()
-        facts = tree.facts(tip)
-        assert facts.head_is_ancestor and not facts.blocking
-        tree.move_to(tip, "bench", facts)
-        ours_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        subprocess.run(["git", "pull", "-q", "--ff-only", "origin", "main"], cwd=theirs, check=True)
-        theirs_t.append(time.perf_counter() - t)
-        assert git("rev-parse", "HEAD", cwd=ours) == git("rev-parse", "HEAD", cwd=theirs) == tip
+        ours_s, _facts_s, theirs_s, _changed = fast_forward_both(tree, theirs)
+        ours_t.append(ours_s)
+        theirs_t.append(theirs_s)
     assert git("status", "--porcelain", cwd=ours) == ""
     return {"files": files, "history": history, "fast_import_s": made, "rounds": rounds,
             "pushcd_ms": statistics.median(ours_t) * 1000, "pushcd_max_ms": max(ours_t) * 1000,
@@ -122,17 +133,8 @@ def big_changes(root: Path, g: dict, sizes: list[int]) -> None:
             p.write_text(f"X = 'big {n} {p.name}'\n")
         git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", f"big {size}", cwd=dev)
         git("push", "-q", "origin", "HEAD:main", cwd=dev)
-        t = time.perf_counter()
-        tip = tree.fetch()
-        facts = tree.facts(tip)
-        t_facts = time.perf_counter() - t
-        tree.move_to(tip, "bench", facts)
-        ours_s = time.perf_counter() - t
-        t = time.perf_counter()
-        subprocess.run(["git", "pull", "-q", "--ff-only", "origin", "main"], cwd=theirs, check=True,
-                       stderr=subprocess.DEVNULL)
-        theirs_s = time.perf_counter() - t
-        assert len(facts.changed) >= size and git("status", "--porcelain", cwd=ours) == ""
+        ours_s, t_facts, theirs_s, changed = fast_forward_both(tree, theirs)
+        assert changed >= size and git("status", "--porcelain", cwd=ours) == ""
         print(f"a push changing {size} files: pushcd fetch + facts + move {ours_s:.2f} s (facts {t_facts:.2f} s), "
               f"git pull --ff-only {theirs_s:.2f} s")
     # A force-push that rewrote history with many changed paths: only the decision to refuse is timed.

@@ -79,6 +79,26 @@ def wait_sync(check: Callable[[], Any], timeout: float = 20.0, what: str = "cond
         time.sleep(0.02)
 
 
+def raw_request(port: int, data: bytes, timeout: float = 10.0, half_close: bool = False) -> int:
+    """Send raw bytes; return the HTTP status (0 when the server just closed).
+
+    ``half_close`` ends our side at once, so a request that promised more body than
+    it sent fails fast instead of waiting out the body timeout.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    first = reply.split(b"\r\n", 1)[0].split()
+    return int(first[1]) if len(first) >= 2 and first[1].isdigit() else 0
+
+
 def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

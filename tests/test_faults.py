@@ -26,20 +26,8 @@ from hypothesis import strategies as st
 from supervisor.webhook import intake as intake_mod
 from supervisor.webhook.intake import Intake, make_app
 
-from .conftest import (
-    SECRET,
-    Client,
-    Repos,
-    deployed,
-    eventually,
-    git,
-    pid_alive,
-    running,
-    spawn_supervisor,
-    stop_process,
-    wait_sync,
-    write_config,
-)
+from .conftest import (SECRET, Client, Repos, deployed, eventually, git, pid_alive, raw_request, running,
+                       spawn_supervisor, stop_process, wait_sync, write_config)
 from .load import Load
 
 # -- fuzzed webhook requests --------------------------------------------------------
@@ -87,26 +75,6 @@ def intake_server():
     server = IntakeServer()
     yield server
     server.close()
-
-
-def raw_request(port: int, data: bytes, timeout: float = 10.0, half_close: bool = False) -> int:
-    """Send raw bytes; return the HTTP status (0 when the server just closed).
-
-    ``half_close`` ends our side at once, so a request that promised more body than
-    it sent fails fast instead of waiting out the body timeout.
-    """
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        if half_close:
-            s.shutdown(socket.SHUT_WR)
-        reply = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-    first = reply.split(b"\r\n", 1)[0].split()
-    return int(first[1]) if len(first) >= 2 and first[1].isdigit() else 0
 
 
 header_names = st.sampled_from(["X-GitHub-Event", "X-GitHub-Delivery", "X-Hub-Signature-256", "X-Hub-Signature",

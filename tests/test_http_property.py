@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import SECRET, Repos, running, sign, write_config
+from .conftest import SECRET, Repos, raw_request, running, sign, write_config
 
 
 class Captured(logging.Handler):
@@ -83,18 +82,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
         mp.undo()
 
 
-def raw_request(port: int, data: bytes) -> int:
-    """Send, half-close, read the answer; its status (0 when the server closed without one)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
-    first = reply.split(b"\r\n", 1)[0].split()
-    return int(first[1]) if len(first) >= 2 and first[1].isdigit() else 0
-
-
 text = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=30)
 paths = st.one_of(st.sampled_from(["/", "/status", "/history", "/logs", "/metrics", "/deploy", "/rollback",
                                    "/github", "/nope", "//", "/status/", "/%2e%2e/", "/logs/../status"]),
@@ -142,6 +129,7 @@ def test_no_request_gets_a_5xx_or_a_traceback(server: Any, target: str, method: 
     if declared is not None:
         lines.append(f"Content-Length: {declared}")
     before = len(captured.bad)
-    status = raw_request(port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+    status = raw_request(port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body, timeout=20,
+                         half_close=True)
     assert status < 500, (status, lines)
     assert len(captured.bad) == before, captured.bad[before:]

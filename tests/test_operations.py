@@ -19,21 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from supervisor import config
 from supervisor.config import ConfigError
 
-from .conftest import (
-    PY,
-    ROOT,
-    SECRET,
-    Client,
-    Repos,
-    deployed,
-    eventually,
-    payload,
-    running,
-    spawn_supervisor,
-    stop_process,
-    wait_sync,
-    write_config,
-)
+from .conftest import (PY, ROOT, SECRET, Client, Repos, deployed, eventually, payload, running, spawn_supervisor,
+                       stop_process, wait_sync, write_config)
 
 BROKEN_APP = "raise SystemExit(9)\n"
 

@@ -17,19 +17,8 @@ import pytest
 from supervisor import config
 from supervisor.runner import StartupError, build
 
-from .conftest import (
-    SECRET,
-    Client,
-    Repos,
-    deployed,
-    eventually,
-    free_port,
-    git,
-    payload,
-    running,
-    wait_sync,
-    write_config,
-)
+from .conftest import (SECRET, Client, Repos, deployed, eventually, free_port, git, payload, running, wait_sync,
+                       write_config)
 from .githttp import GitHttpServer
 
 

@@ -15,19 +15,8 @@ from supervisor import config
 from supervisor.config import ConfigError
 from supervisor.process import listener
 
-from .conftest import (
-    PY,
-    Client,
-    Repos,
-    aiohttp_app,
-    deployed,
-    eventually,
-    git,
-    gunicorn_app,
-    running,
-    uvicorn_app,
-    write_config,
-)
+from .conftest import (PY, Client, Repos, aiohttp_app, deployed, eventually, git, gunicorn_app, running,
+                       uvicorn_app, write_config)
 from .load import Load
 
 APP = (Path(__file__).resolve().parents[1] / "examples" / "app" / "app.py").read_text()

@@ -62,6 +62,9 @@ async def test_posts_need_the_token_and_a_foreign_origin_or_host_is_refused(repo
         for host in ("localhost", f"127.0.0.1:{sup.control_port}", f"localhost:{sup.control_port}"):
             async with session.get(base + "/status", headers={"Host": host}) as resp:
                 assert resp.status == 200, host
+        no_host = await asyncio.get_running_loop().run_in_executor(None, lambda: raw_request(
+            sup.control_port, b"GET /status HTTP/1.0\r\n\r\n"))  # HTTP/1.0 without Host: not a browser
+        assert no_host == 200
         # The page's own origin with the token is fine; so is the CLI (no Origin at all).
         status, body = await c.control("POST", "/deploy?wait=1", headers={"Origin": base,
                                                                           "Sec-Fetch-Site": "same-origin"})

@@ -98,7 +98,7 @@ def cross_site(request: web.Request) -> str | None:
     origin = request.headers.get("Origin")
     if origin is not None:
         scheme = "https" if request.secure else "http"
-        if origin.lower() != f"{scheme}://{request.host}".lower():
+        if origin.lower() != f"{scheme}://{request.headers.get('Host', '')}".lower():
             return f"Origin {origin[:80]} is not this page's"
     return None
 
@@ -108,8 +108,11 @@ def gate(token: bytes, reads_need_token: bool, hosts: Collection[str] = ()) -> C
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not host_allowed(request.host, hosts):
-            return _refuse(403, f"Host {request.host[:80]!r} is not this pushcd's; reach it by its address or "
+        # The header itself: aiohttp's request.host would look up this machine's name (blocking DNS)
+        # when there is none. No Host at all is no browser, so no DNS rebinding.
+        host = request.headers.get("Host")
+        if host is not None and not host_allowed(host, hosts):
+            return _refuse(403, f"Host {host[:80]!r} is not this pushcd's; reach it by its address or "
                                 f"localhost, or add the name to [control] hosts", request)
         writes = request.method not in SAFE_METHODS
         if writes and (why := cross_site(request)):

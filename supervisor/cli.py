@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import threading
 import time
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     add("status", "show the running supervisor's status")
     history = add("history", "recent deploys and deliveries")
     history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--deliveries", action="store_true", help="webhook deliveries instead of deploys")
     for name, text in (("deploy", "fetch and deploy now; wait for the result"),
                        ("rollback", "back to the previous good release; wait for the result")):
         p = add(name, text)
@@ -116,9 +118,19 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_history(args: argparse.Namespace, settings: Settings) -> int:
-    data = call(settings, "GET", f"/history?limit={max(1, args.limit)}")
+    limit = max(1, args.limit)
+    data = call(settings, "GET", f"/history?limit={limit}&deliveries={limit}")
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(data["deliveries"] if args.deliveries else data, indent=2))
+        return 0
+    if args.deliveries:
+        print(f"{'when':<20} {'verdict':<12} {'event':<10} {'delivery':<38} reason")
+        for d in data["deliveries"]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["received_at"]))
+            ident = "" if d["id"].startswith("-") else d["id"]
+            print(f"{when:<20} {d['verdict']:<12} {(d['event'] or '-'):<10} {ident[:36]:<38} {d['reason'] or ''}")
+        if not data["deliveries"]:
+            print("(no deliveries yet)")
         return 0
     print(f"{'when':<20} {'result':<8} {'trigger':<8} {'from':<12} {'to':<12} {'took':>7}  reason")
     for d in data["deploys"]:
@@ -180,7 +192,8 @@ def _cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
     while True:
         data = call(settings, "GET", f"/logs?since={since}&limit={max(1, min(500, args.lines)) if first else 500}")
         for item in data["lines"]:
-            print(json.dumps(item) if args.json else f"app[{item['pid']}] {item['line']}", flush=True)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["time"]))
+            print(json.dumps(item) if args.json else f"{when} app[{item['pid']}] {item['line']}", flush=True)
             since = max(since, item["time"])
         first = False
         if not args.follow:
@@ -245,16 +258,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    clients = {"status": _cmd_status, "history": _cmd_history, "deploy": _cmd_act, "rollback": _cmd_act,
-               "logs": _cmd_logs}
     try:
-        if args.command == "run":
-            return _cmd_run(args)
-        if args.command == "check":
-            return _cmd_check(args)
-        if args.command == "demo-push":
-            return demo.push(config.load(args.config))
-        return clients[args.command](args, config.load(args.config, secret=False))
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+        return code
     except ConfigError as exc:
         print(f"pushcd: config error: {exc}", file=sys.stderr)
         return 2
@@ -263,3 +270,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `pushcd status | head -2`: the reader went away; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    clients = {"status": _cmd_status, "history": _cmd_history, "deploy": _cmd_act, "rollback": _cmd_act,
+               "logs": _cmd_logs}
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "check":
+        return _cmd_check(args)
+    if args.command == "demo-push":
+        return demo.push(config.load(args.config))
+    return clients[args.command](args, config.load(args.config, secret=False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from supervisor import config
 from supervisor.config import ConfigError
 
-from .conftest import (PY, ROOT, SECRET, Client, Repos, deployed, eventually, payload, running, spawn_supervisor,
-                       stop_process, wait_sync, write_config)
+from .conftest import (PY, ROOT, SECRET, Client, Repos, deployed, eventually, git, payload, running,
+                       spawn_supervisor, stop_process, wait_sync, write_config)
 
 BROKEN_APP = "raise SystemExit(9)\n"
 
@@ -346,3 +347,35 @@ async def test_tls_allow_from_and_trusted_proxies(repos: Repos, tmp_path: Path) 
             async with session.post(sup.webhook_url.replace("https", "http"), data=body, headers=headers):
                 pass
         assert (await c.status())["state"] == "running"
+
+
+async def test_cli_small_things_pipes_times_deliveries(repos: Repos, tmp_path: Path, session) -> None:
+    cfg = write_config(tmp_path / "c.toml", repos)
+    async with running(cfg) as sup:
+        c = Client(sup, session)
+        await c.ship(repos, {"message.txt": "v2\n"}, "v2")
+        # A reader that goes away at once (`| head -2` once it has its lines): no traceback, exit 0.
+        proc = await asyncio.create_subprocess_shell(
+            f"set -o pipefail; {PY} -m supervisor status --config {cfg} | true && "
+            f"{PY} -m supervisor history --config {cfg} | true", cwd=ROOT, executable="/bin/bash",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err
+        code, out, _ = await cli(cfg, "logs")
+        assert code == 0 and re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d app\[\d+\] serving commit", out, re.M), out
+        code, out, _ = await cli(cfg, "history", "--deliveries")
+        assert code == 0 and "queued" in out and "push to main" in out, out
+
+
+async def test_a_branch_deleted_on_the_remote_is_reported_and_deploys_nothing(repos: Repos, tmp_path: Path,
+                                                                              session) -> None:
+    cfg = write_config(tmp_path / "c.toml", repos)
+    async with running(cfg) as sup:
+        c = Client(sup, session)
+        head = repos.head()
+        git("update-ref", "-d", f"refs/heads/{repos.branch}", cwd=repos.origin)
+        _, body = await c.control("POST", "/deploy?wait=1")
+        result = body["result"]
+        assert result["result"] == "failed" and f"origin/{repos.branch} is gone" in result["reason"], result
+        st = await c.status()
+        assert st["deployed_commit"] == head and "is gone" in st["last_deploy"]["reason"]

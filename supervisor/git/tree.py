@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import pygit2
-from pygit2.enums import CheckoutStrategy, FileStatus
+from pygit2.enums import CheckoutStrategy, FetchPrune, FileStatus
 
 from ..config import GitAuth
 from .credentials import Credentials
@@ -111,7 +111,9 @@ class WorkTree:
         callbacks = Credentials(self.auth)
         self._begin("fetch")
         try:
-            remote.fetch([refspec], message=f"supervisor: fetch {self.branch}", callbacks=callbacks)
+            # prune: a branch deleted on the remote must not live on as a stale remote-tracking ref
+            remote.fetch([refspec], message=f"supervisor: fetch {self.branch}", callbacks=callbacks,
+                         prune=FetchPrune.PRUNE)
         except (pygit2.GitError, OSError) as exc:
             raise FetchError(f"fetch from {self.remote} ({remote.url}) failed: "
                              f"{callbacks.explain(exc, remote.url)}") from None
@@ -120,7 +122,8 @@ class WorkTree:
         try:
             return str(self.repo.references[self.remote_ref].target)
         except KeyError:
-            raise FetchError(f"{self.remote} has no branch {self.branch}; push it or set [repo] branch") from None
+            raise FetchError(f"{self.remote}/{self.branch} is gone: {self.remote} has no branch {self.branch} "
+                             f"(deleted?); nothing is deployed until it is pushed again, or set [repo] branch") from None
 
     def facts(self, target: str) -> Facts:
         head = self.head()

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
-from . import config, demo, memory
+from . import config, demo, memory, preflight
 from .config import ConfigError, Settings
 from .ops import controltoken, logs
 from .process import child, reaper
@@ -214,7 +214,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         demo.bootstrap(raw, source.parent)  # before the secret and the work tree are checked: a fresh checkout runs
     settings = config.resolve(source, raw)
     logs.setup(args.log_format or settings.raw.log.format, args.verbose)
-    config.check_work_tree(settings)
+    found = preflight.problems(settings)
+    if found:
+        for problem in found:
+            print(f"pushcd: {problem}", file=sys.stderr)
+        return 2
 
     def on_ready(sup: "Supervisor") -> None:
         if settings.raw.demo.bootstrap:
@@ -229,7 +233,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    """Everything run checks (and whether the branch is on the remote); each problem one line, exit 2."""
     settings = config.load(args.config)
+    found = preflight.problems(settings)
+    on_remote, notes = preflight.remote_branch(settings)
+    for line in [*found, *on_remote, *notes]:
+        print(f"pushcd: {line}", file=sys.stderr)
+    if found or on_remote:
+        return 2
     raw = settings.raw
     out = {
         "config": str(settings.source),

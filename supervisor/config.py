@@ -504,17 +504,3 @@ def _tls(cfg: Webhook, base: Path) -> tuple[Path, Path] | None:
         if not path.is_file():
             raise ConfigError(f"[webhook] {name}: {path} does not exist")
     return cert, key
-
-
-def check_work_tree(settings: Settings) -> None:
-    """Errors a person can fix before we start: the work tree must exist and be a git repo."""
-    repo = settings.repo_path
-    if not repo.exists() and settings.raw.repo.url:
-        return  # cloned on start
-    if not repo.is_dir():
-        raise ConfigError(f"[repo] path: {repo} does not exist; clone your repository there first "
-                          f"or set [repo] url to have it cloned")
-    if not (repo / ".git").exists():
-        raise ConfigError(f"[repo] path: {repo} is not a git work tree (no .git); clone your repository there")
-    if not settings.app_cwd.is_dir():
-        raise ConfigError(f"[app] cwd: {settings.app_cwd} does not exist in the work tree")

@@ -141,3 +141,58 @@ def test_a_foreign_supervisor_package_is_named(tmp_path: Path) -> None:
     result = subprocess.run([PY, "-c", "import sys, pushcd_entry; sys.exit(pushcd_entry.main())", "status"],
                             cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
     assert_user_error(result, "found another package", str(fake), "own virtualenv")
+
+
+def _run(path: Path) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([PY, "-m", "supervisor", "run", "--config", str(path)], cwd=ROOT, capture_output=True,
+                          text=True, env=os.environ.copy(), timeout=60)
+
+
+@pytest.mark.parametrize("mistake", ["not a repository", "no such branch here", "no such branch on the remote",
+                                     "missing cwd", "command not on PATH", "port in use", "probe without probe_fd"])
+def test_check_finds_everything_run_would_trip_over(tmp_path: Path, repos: Repos, mistake: str) -> None:
+    import socket
+
+    from .conftest import git
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    app: dict = {}
+    ready: dict = {}
+    expect = {
+        "not a repository": "is not a git work tree",
+        "no such branch here": "is on other, not main",
+        "no such branch on the remote": "has no branch main",
+        "missing cwd": "[app] cwd",
+        "command not on PATH": "`no-such-server` is not found on PATH",
+        "port in use": f'[app] listen = "127.0.0.1:{port}": cannot bind',
+        "probe without probe_fd": "cannot reach the new child alone",
+    }[mistake]
+    if mistake == "not a repository":
+        (tmp_path / "plain").mkdir()
+        repos.work = tmp_path / "plain"
+    elif mistake == "no such branch here":
+        git("checkout", "-q", "-b", "other", cwd=repos.work)
+    elif mistake == "no such branch on the remote":
+        git("update-ref", "-d", "refs/heads/main", cwd=repos.origin)
+    elif mistake == "missing cwd":
+        app["extra"] = 'cwd = "no/such/folder"'
+    elif mistake == "command not on PATH":
+        app["command"] = ["no-such-server", "--fd", "{fd}", "--fd", "{probe_fd}"]
+    elif mistake == "port in use":
+        app["listen"] = f"127.0.0.1:{port}"
+    elif mistake == "probe without probe_fd":
+        app["command"] = [PY, "app.py", "--fd", "{fd}"]
+    cfg = write_config(tmp_path / "c.toml", repos, app=app or None, ready=ready or None)
+    try:
+        result = check(cfg)
+        assert result.returncode == 2 and expect in result.stderr and "Traceback" not in result.stderr, result
+        if mistake != "no such branch on the remote":  # run does not ask the network; its first fetch will
+            result = _run(cfg)
+            assert result.returncode == 2 and expect in result.stderr and "Traceback" not in result.stderr, result
+    finally:
+        taken.close()

@@ -28,8 +28,8 @@ from supervisor import config
 from supervisor.config import ConfigError
 from supervisor.git.tree import WorkTree
 
-from .conftest import (PY, SECRET, Client, Repos, deployed, eventually, git, pid_alive, running, spawn_supervisor,
-                       raw_request, stop_process, wait_sync, write_config)
+from .conftest import (PY, SECRET, Client, Repos, deployed, eventually, git, pid_alive, raw_request, running,
+                       spawn_supervisor, stop_process, wait_sync, write_config)
 
 # -- the control API: other origins, other hosts, no token --------------------------------------------
 

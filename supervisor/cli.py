@@ -1,12 +1,14 @@
 """Command line: ``pushcd`` or ``python -m supervisor``.
 
     run        run the supervisor (webhook, deploys, the app)
-    check      validate the config and print it resolved, secret masked
+    check      everything run checks; the config resolved, secrets masked
     status     what is deployed and what is happening
     history    recent deploys and deliveries
-    deploy     fetch and deploy the branch tip now, and wait for the result
+    deploy     fetch and deploy the branch tip now (--commit SHA, --retry), and wait for the result
     rollback   go back to the previous good release, and wait for the result
-    logs       the app's recent output (-f to follow)
+    restart    restart the live release with the current config, and wait for the result
+    pause      stop deploying pushes and polls (still verified and recorded); resume: deploy again
+    logs       the app's recent output, with times (-f to follow)
 
 The client commands find the control API through the same config file.
 User errors (config, ports, work tree) print one line and exit 2; no traceback.
@@ -22,6 +24,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
@@ -57,10 +60,19 @@ def _parser() -> argparse.ArgumentParser:
     history = add("history", "recent deploys and deliveries")
     history.add_argument("--limit", type=int, default=20)
     history.add_argument("--deliveries", action="store_true", help="webhook deliveries instead of deploys")
-    for name, text in (("deploy", "fetch and deploy now; wait for the result"),
-                       ("rollback", "back to the previous good release; wait for the result")):
-        p = add(name, text)
+    acts = {}
+    for name, text in (("deploy", "fetch and deploy now (the branch tip, or --commit); wait for the result"),
+                       ("rollback", "back to the previous good release; wait for the result"),
+                       ("restart", "restart the live release with the current config (health-gated, same commit)"),
+                       ("resume", "deploy automatically again (and deploy the tip if it moved)")):
+        acts[name] = p = add(name, text)
         p.add_argument("--no-wait", action="store_true", help="queue it and return at once")
+    which = acts["deploy"].add_mutually_exclusive_group()
+    which.add_argument("--commit", metavar="SHA", help="deploy this commit of the branch's history; an older one "
+                                                        "pauses automatic deploys (pinned) until `pushcd resume`")
+    which.add_argument("--retry", action="store_true", help="forget the tip's bad mark and deploy it")
+    pause = add("pause", "stop deploying pushes and polls (they are still verified and recorded)")
+    pause.add_argument("--reason", default="paused by hand")
     log_cmd = add("logs", "tail the app's output")
     log_cmd.add_argument("-f", "--follow", action="store_true")
     log_cmd.add_argument("-n", "--lines", type=int, default=50)
@@ -107,6 +119,12 @@ def _print_status(data: dict[str, Any]) -> None:
     ]
     for commit, why in (data.get("bad_commits") or {}).items():
         rows.append(("marked bad", f"{_short(commit)}: {why}"))
+    if data.get("paused"):
+        rows.append(("paused", f"{data['paused']['reason']} (pushes are recorded, not deployed; pushcd resume)"))
+    if (data.get("last_reload") or {}).get("waiting_for_restart"):
+        rows.append(("reloaded", f"{', '.join(data['last_reload']['waiting_for_restart'])} apply at `pushcd restart`"))
+    if (data.get("history") or {}).get("problem"):
+        rows.append(("history", data["history"]["problem"]))
     for key, value in rows:
         print(f"{key:<12} {value}")
 
@@ -143,8 +161,10 @@ def _cmd_history(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_act(args: argparse.Namespace, settings: Settings) -> int:
-    """deploy / rollback: show progress while waiting; exit 0 ok, 1 failed or refused."""
-    path = f"/{args.command}" + ("" if args.no_wait else "?wait=1")
+    """deploy / rollback / restart / resume: show progress while waiting; exit 0 ok, 1 failed or refused."""
+    query = {"commit": getattr(args, "commit", None), "retry": "1" if getattr(args, "retry", False) else None,
+             "wait": None if args.no_wait else "1"}
+    path = f"/{args.command}?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
     if args.no_wait:
         data = call(settings, "POST", path)
         print(json.dumps(data, indent=2) if args.json else f"queued: {data['queued']}")
@@ -180,10 +200,19 @@ def _cmd_act(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{args.command} still running after the wait limit; see `pushcd status`")
     elif not result:
         print(data.get("note", "nothing to do"))
+        if (data.get("status") or {}).get("paused"):
+            print(f"automatic deploys are paused: {data['status']['paused']['reason']}")
     else:
         print(f"{result['result']}: {result['reason']}")
         _print_status(data["status"])
     return 0 if (not result or result.get("result") == "ok") and data.get("done", True) else 1
+
+
+def _cmd_pause(args: argparse.Namespace, settings: Settings) -> int:
+    data = call(settings, "POST", "/pause?" + urllib.parse.urlencode({"reason": args.reason}))
+    print(json.dumps(data, indent=2) if args.json else f"paused: {data['paused']['reason']}; pushes are recorded, "
+                                                        f"not deployed, until `pushcd resume`")
+    return 0
 
 
 def _cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
@@ -289,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     clients = {"status": _cmd_status, "history": _cmd_history, "deploy": _cmd_act, "rollback": _cmd_act,
-               "logs": _cmd_logs}
+               "restart": _cmd_act, "resume": _cmd_act, "pause": _cmd_pause, "logs": _cmd_logs}
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "check":

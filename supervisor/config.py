@@ -202,6 +202,18 @@ class AppSpec:
     listen: Address | None
     ready: Ready
 
+    def changes(self, other: "AppSpec") -> list[str]:
+        """The settings that differ in ``other``, as the config file names them.
+
+        >>> import dataclasses
+        >>> a = AppSpec(("x",), Path("."), {}, frozenset(), signal.SIGTERM, 10.0, None, Ready())
+        >>> a.changes(dataclasses.replace(a, command=("y",), stop_timeout=5.0))
+        ['[app] command', '[app] stop_timeout']
+        """
+        names = {"command": "[app] command", "cwd": "[app] cwd", "env": "[app.env]", "stop_signal": "[app] stop_signal",
+                 "stop_timeout": "[app] stop_timeout", "listen": "[app] listen", "ready": "[app.ready]"}
+        return [label for name, label in names.items() if getattr(self, name) != getattr(other, name)]
+
     @property
     def uses_probe_fd(self) -> bool:
         return any("{probe_fd}" in a for a in self.command)

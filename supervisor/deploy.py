@@ -20,6 +20,7 @@ import enum
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from . import memory
@@ -28,6 +29,7 @@ from .git.tree import Facts, FetchError, GitFailure, WorkTree
 from .jobs import Job, Kind, Mailbox
 from .ops.history import History
 from .ops.record import LastDeploy, Phases, Recorder
+from .pause import Pause
 from .process.child import Child, Spec, describe_exit
 from .process.guard import Guard
 from .process.release import Releases, SwapResult, failure_report
@@ -35,7 +37,8 @@ from .watch import Expected
 
 log = logging.getLogger("supervisor.deploy")
 
-Action = Literal["none", "forward", "reset", "refuse"]
+Action = Literal["none", "forward", "back", "reset", "refuse"]
+AUTOMATIC = frozenset({"webhook", "poll"})  # triggers a pause holds back
 
 
 @dataclass(frozen=True)
@@ -44,12 +47,15 @@ class Plan:
     reason: str
 
 
-def plan(facts: Facts, on_diverge: str, bad: dict[str, str]) -> Plan:
-    """Decide how to bring the work tree to the remote tip."""
+def plan(facts: Facts, on_diverge: str, bad: dict[str, str], pinned: bool = False) -> Plan:
+    """Decide how to bring the work tree to the remote tip (or, ``pinned``, to a commit a person chose)."""
     if facts.head == facts.target:
         return Plan("none", f"already at {facts.target[:12]}")
-    if facts.target in bad:
-        return Plan("none", f"{facts.target[:12]} is marked bad ({bad[facts.target]}); waiting for a newer commit")
+    if facts.target in bad and not pinned:
+        return Plan("none", f"{facts.target[:12]} is marked bad ({bad[facts.target]}); waiting for a newer commit "
+                            f"(pushcd deploy --retry deploys it anyway)")
+    if facts.target_is_ancestor and pinned and not facts.blocking:
+        return Plan("back", f"back to {facts.target[:12]} (chosen by hand)")
     if facts.target_is_ancestor:
         # The remote is behind us (local commits, never pushed): moving back would lose them.
         return Plan("refuse", f"diverged: local {facts.head[:12]} is ahead of remote {facts.target[:12]}; "
@@ -101,7 +107,7 @@ class Deployer:
     def __init__(self, tree: WorkTree, git: GitThread, releases: Releases, expected: Expected,
                  recorder: Recorder, *, on_diverge: str, probation: float, before_restart: list[list[str]],
                  before_restart_timeout: float, history: History | None = None,
-                 guard: Guard | None = None) -> None:
+                 guard: Guard | None = None, pause: Pause | None = None) -> None:
         self.tree = tree
         self.git = git
         self.releases = releases
@@ -113,6 +119,7 @@ class Deployer:
         self.before_restart_timeout = before_restart_timeout
         self.history = history
         self.guard = guard
+        self.pause = pause or Pause(Path("/nonexistent/paused.json"))
         self.mailbox = Mailbox()
         self.bad: dict[str, str] = history.bad_commits() if history else {}
         self.deployed: str = ""
@@ -148,15 +155,29 @@ class Deployer:
         return self.mailbox.queued
 
     # -- requests (called from the event loop; never block) -----------------
-    def request_deploy(self, trigger: str) -> "asyncio.Future[Result]":
-        """Ask for a deploy of the branch tip; the future resolves when the worker has done it."""
-        return self.mailbox.put(Kind.DEPLOY, trigger, wait=True)  # type: ignore[return-value]
+    def request_deploy(self, trigger: str, commit: str | None = None, retry: bool = False
+                       ) -> "asyncio.Future[Result]":
+        """Ask for a deploy of the branch tip (or of ``commit``; ``retry``: even if it is marked bad);
+        the future resolves when the worker has done it."""
+        arg = commit or ("retry" if retry else None)
+        return self.mailbox.put(Kind.DEPLOY, trigger, wait=True, arg=arg)  # type: ignore[return-value]
 
     def request_rollback(self) -> "asyncio.Future[Result]":
         return self.mailbox.put(Kind.ROLLBACK, "rollback", wait=True)  # type: ignore[return-value]
 
-    def request_restart(self, trigger: str) -> None:
-        self.mailbox.put(Kind.RESTART, trigger)
+    def request_restart(self, trigger: str) -> "asyncio.Future[Result]":
+        return self.mailbox.put(Kind.RESTART, trigger, wait=True)  # type: ignore[return-value]
+
+    def hold(self, reason: str) -> None:
+        """Pause automatic deploys (webhook, poll); a person's requests still run."""
+        self.pause.hold(reason)
+        log.warning("automatic deploys paused: %s", reason)
+
+    def resume(self) -> "asyncio.Future[Result]":
+        """Automatic deploys again; the tip is deployed if it moved meanwhile."""
+        self.pause.release()
+        log.info("automatic deploys resumed")
+        return self.request_deploy("resume")
 
     def crashed(self, _release: object) -> None:
         self.mailbox.put(Kind.RECOVER, "crash")
@@ -188,7 +209,7 @@ class Deployer:
         self._busy = job.kind
         result: Result = None
         try:
-            result = await handler(job.trigger)
+            result = await handler(job.trigger, job.arg)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a bug or an OS error must not stop the worker
@@ -209,7 +230,11 @@ class Deployer:
         return live is None or not live.alive
 
     # -- handlers: one per job kind -----------------------------------------
-    async def handle_deploy(self, trigger: str) -> Result:
+    async def handle_deploy(self, trigger: str, arg: str | None = None) -> Result:
+        """The branch tip; or ``arg``: a commit of the branch's history chosen by hand, or "retry"."""
+        if trigger in AUTOMATIC and self.pause.reason is not None:
+            log.info("deploys are paused (%s): %s does not deploy", self.pause.reason, trigger)
+            return None
         phases = Phases()
         try:
             with phases("fetch"):
@@ -220,16 +245,35 @@ class Deployer:
             return self._finish("failed", f"{exc}; retrying in {delay:g}s", self.deployed, trigger, phases,
                                 self.deployed)
         self._fetch_backoff.failures = 0
-        facts = await self.git.run(self.tree.facts, tip)
-        decision = plan(facts, self.on_diverge, self.bad)
+        target, pinned = tip, arg not in (None, "retry")
+        if arg == "retry":
+            self._unmark_bad(tip)  # a person says: try it again (the cause was fixed elsewhere)
+        elif pinned:
+            try:
+                target = await self.git.run(self.tree.commit_on_branch, arg, tip)
+            except GitFailure as exc:
+                return self._finish("refused", str(exc), self.deployed, trigger, phases, self.deployed)
+        facts = await self.git.run(self.tree.facts, target)
+        decision = plan(facts, self.on_diverge, self.bad, pinned=pinned)
         if decision.action == "none":
             log.info("nothing to deploy: %s", decision.reason)
-            return None
+            return LastDeploy("none", decision.reason, target, trigger)  # told to who asked; not recorded
         if decision.action == "refuse":
-            return self._finish("refused", decision.reason, tip, trigger, phases, self.deployed)
-        return await self._go(facts, decision.reason, trigger, phases, backup=decision.action == "reset")
+            return self._finish("refused", decision.reason, target, trigger, phases, self.deployed)
+        result = await self._go(facts, decision.reason, trigger, phases, backup=decision.action == "reset")
+        if self.deployed == target:
+            if target != tip:
+                self.hold(f"pinned to {target[:12]}")  # so the next push does not undo it
+            await self._forget_older_marks(target)
+        return result
 
-    async def handle_rollback(self, trigger: str) -> Result:
+    async def _forget_older_marks(self, good: str) -> None:
+        """Marks of commits older than one that deployed well are moot: forget them, so the list does not only grow."""
+        for sha in list(self.bad):
+            if sha != good and await self.git.run(self.tree.is_ancestor, sha, good):
+                self._unmark_bad(sha)
+
+    async def handle_rollback(self, trigger: str, _arg: str | None = None) -> Result:
         """POST /rollback: back to the newest good release that is not the running one."""
         phases = Phases()
         current = self.deployed
@@ -249,19 +293,20 @@ class Deployer:
             self._unmark_bad(current)  # the rollback itself failed: current still runs (and is not bad)
         return result
 
-    async def handle_restart(self, trigger: str) -> Result:
-        """A watched file changed: the same commit, a new child, the same health gate."""
+    async def handle_restart(self, trigger: str, _arg: str | None = None) -> Result:
+        """The same commit, a new child with the current config, the same health gate (watched files
+        changed, or a person asked: e.g. to apply an [app] change reloaded with SIGHUP)."""
+        why = "after file changes" if trigger == "watch" else "by hand, with the current config"
         phases = Phases()
         with phases("start"):
             result = await self._swap(self.deployed, previous=None)
         if result.ok:
-            return self._finish("ok", "restarted after file changes", self.deployed, trigger, phases,
-                                self.deployed)
-        return self._finish("failed", f"restart after file changes failed, the running release keeps serving: "
+            return self._finish("ok", f"restarted {why}", self.deployed, trigger, phases, self.deployed)
+        return self._finish("failed", f"restart {why} failed, the running release keeps serving: "
                                       f"{result.reason}", self.deployed, trigger, phases, self.deployed,
                             tail=result.reason)
 
-    async def handle_recover(self, _trigger: str) -> Result:
+    async def handle_recover(self, _trigger: str, _arg: str | None = None) -> Result:
         """The live release died: look at why once, then restart it after a backoff (a timer, not a wait)."""
         if not self._needs_recovery():
             self._recovery_due = None  # a deploy or restart brought one up meanwhile

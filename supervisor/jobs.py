@@ -7,12 +7,14 @@ what asked for it, and the futures of whoever waits for its result.
 
 Two rules, both here and nowhere else:
 
-- **Coalescing**: a request of a kind already queued joins it (its waiters
-  are added; the first trigger names the job). Any number of pushes during a
-  deploy become one next deploy of the branch tip.
+- **Coalescing**: a request for a job already queued (same kind, same
+  argument) joins it: its waiters are added, the first trigger names the job.
+  Any number of pushes during a deploy become one next deploy of the branch
+  tip; a deploy of a given commit is a job of its own.
 - **Precedence**: :class:`Kind` is declared in the order jobs are taken:
   a person's rollback first, then a deploy, then crash recovery, then a
-  restart for watched files. A crash-restart waiting out its backoff is a
+  restart (watched files, or asked for); within a kind, first come first
+  served. A crash-restart waiting out its backoff is a
   timer that puts a request later, never a wait inside a job, so a rollback
   asked for meanwhile is taken at once.
 
@@ -50,6 +52,7 @@ class Kind(enum.Enum):
 class Job:
     kind: Kind
     trigger: str
+    arg: str | None = None  # what exactly: a commit to deploy, "retry"; None = the usual (the branch tip)
     waiters: list["asyncio.Future[Any]"] = field(default_factory=list)
 
     def answer(self, result: Any) -> None:
@@ -63,12 +66,13 @@ class Mailbox:
     """Single-consumer queue of jobs with coalescing and precedence (see module doc)."""
 
     def __init__(self) -> None:
-        self._jobs: dict[Kind, Job] = {}
+        self._jobs: dict[tuple[Kind, str | None], Job] = {}  # in arrival order
         self._ready = asyncio.Event()  # set while _jobs is not empty: a put can never be missed
         self._timers: set[asyncio.TimerHandle] = set()
         self.closed = False
 
-    def put(self, kind: Kind, trigger: str, *, wait: bool = False) -> "asyncio.Future[Any] | None":
+    def put(self, kind: Kind, trigger: str, *, wait: bool = False, arg: str | None = None
+            ) -> "asyncio.Future[Any] | None":
         """Queue a job (or join the queued one); with ``wait``, a future for its result."""
         future: asyncio.Future[Any] | None = None
         if wait:
@@ -78,7 +82,7 @@ class Mailbox:
                 return future
         if self.closed:
             return future
-        job = self._jobs.setdefault(kind, Job(kind, trigger))
+        job = self._jobs.setdefault((kind, arg), Job(kind, trigger, arg))
         if future is not None:
             job.waiters.append(future)
         self._ready.set()
@@ -98,19 +102,21 @@ class Mailbox:
         while not self._jobs:
             self._ready.clear()
             await self._ready.wait()
-        kind = min(self._jobs, key=list(Kind).index)
-        job = self._jobs.pop(kind)
+        order = list(Kind)
+        key = min(self._jobs, key=lambda k: order.index(k[0]))  # min keeps the first of equals: FIFO
+        job = self._jobs.pop(key)
         if not self._jobs:
             self._ready.clear()
         return job
 
     def has(self, *kinds: Kind) -> bool:
-        return any(k in self._jobs for k in kinds)
+        return any(kind in kinds for kind, _ in self._jobs)
 
     @property
     def queued(self) -> list[str]:
         """Triggers of the queued jobs, most urgent first (for /status)."""
-        return [self._jobs[k].trigger for k in Kind if k in self._jobs]
+        order = list(Kind)
+        return [job.trigger for _, job in sorted(self._jobs.items(), key=lambda kv: order.index(kv[0][0]))]
 
     def close(self) -> None:
         """Shutting down: answer every waiter (None), forget timers, accept nothing more."""

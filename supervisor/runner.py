@@ -36,6 +36,7 @@ from .ops import control, controltoken
 from .ops.history import History
 from .ops.metrics import LiveFacts, Metrics
 from .ops.record import Recorder
+from .pause import Pause
 from .ops.site import Site, StartupError, connection_caps, listen, quiet_exception_handler
 from .process import reaper
 from .process.guard import Guard
@@ -135,7 +136,8 @@ def build(settings: Settings) -> "Supervisor":
     deployer = Deployer(tree, git, releases, expected, Recorder(history, metrics),
                         on_diverge=raw.repo.on_diverge, probation=raw.deploy.probation,
                         before_restart=raw.deploy.before_restart,
-                        before_restart_timeout=raw.deploy.before_restart_timeout, history=history, guard=guard)
+                        before_restart_timeout=raw.deploy.before_restart_timeout, history=history, guard=guard,
+                        pause=Pause.load(settings.state_dir / "paused.json"))
     return Supervisor(settings, tree=tree, recovered=recovered, history=history, control_token=token, tls=tls,
                       lines=lines, guard=guard, releases=releases, git=git, expected=expected, metrics=metrics,
                       deployer=deployer)
@@ -164,6 +166,7 @@ class Supervisor:
         raw = settings.raw
         self.intakes = {path: intake.Intake(
             branch=raw.repo.branch, request_deploy=deployer.request_deploy, seen=history.seen,
+            paused=lambda: deployer.pause.reason,
             receiver=RECEIVERS[kind], on_verdict=self._on_verdict, **_hook_policy(settings, secret))
             for kind, path, secret in settings.hooks}
         self.started = time.time()
@@ -219,19 +222,36 @@ class Supervisor:
             "app_port": self.releases.port,
             "webhook_url": self.webhook_url,
             "supervisor_uptime": round(time.time() - self.started, 3),
-            "last_reload": self.last_reload,
+            "last_reload": self.last_reload and {**self.last_reload, "waiting_for_restart": self.waiting()},
+            "paused": d.pause.as_dict(),
             "history": {"ok": self.history.problem is None, "problem": self.history.problem},
         }
+
+    def waiting(self) -> list[str]:
+        """[app] settings reloaded (SIGHUP) that the live release does not run with yet: `pushcd restart`."""
+        live = self.releases.live
+        return live.app.changes(self.releases.app) if live is not None and live.app is not None else []
 
     def live_facts(self) -> LiveFacts:
         """For a metrics scrape: no git read here (the message is the one status last read)."""
         live = self.releases.live
         commit = self.deployer.deployed
         return LiveFacts(up=live is not None and live.alive, restarts=self.releases.restarts, commit=commit,
-                         message=self._described.get(commit, {}).get("message", ""))
+                         message=self._described.get(commit, {}).get("message", ""),
+                         paused=self.deployer.pause.reason is not None)
 
-    def ask(self, what: str) -> "asyncio.Future[Any]":
-        return self.deployer.request_rollback() if what == "rollback" else self.deployer.request_deploy("manual")
+    def ask(self, what: str, commit: str | None = None) -> "asyncio.Future[Any]":
+        d = self.deployer
+        if what == "rollback":
+            return d.request_rollback()
+        if what == "restart":
+            return d.request_restart("manual")
+        if what == "resume":
+            return d.resume()
+        return d.request_deploy("manual", commit=commit, retry=what == "retry")
+
+    def pause(self, reason: str) -> None:
+        self.deployer.hold(reason)
 
     @property
     def queued(self) -> list[str]:
@@ -290,7 +310,8 @@ class Supervisor:
                 continue
             # up to 10% jitter, so many boxes polling one origin do not move in step
             await asyncio.sleep(interval * (1 + 0.1 * random.random()))
-            if self.settings.raw.repo.poll_interval > 0 and not self.deployer.queued:
+            if self.settings.raw.repo.poll_interval > 0 and not self.deployer.queued \
+                    and self.deployer.pause.reason is None:
                 self.deployer.request_deploy("poll")
 
     def _start_watch(self) -> None:
@@ -340,7 +361,8 @@ class Supervisor:
         if (raw.watch, new.watch_paths) != old_watch:
             self._watch_stop.set()
             self._start_watch()
-        log.info("config reloaded from %s (app changes apply at the next restart or deploy)", new.source)
+        log.info("config reloaded from %s (app changes apply at the next deploy, or now with `pushcd restart`)",
+                 new.source)
         self.last_reload = {"ok": True, "reason": "applied", "at": time.time()}
 
     async def close(self) -> None:

@@ -284,7 +284,11 @@ class Client:
         headers = {"Authorization": f"Bearer {self.sup.control_token.decode()}", **kw.pop("headers", {})}
         async with self.session.request(method, f"http://127.0.0.1:{self.sup.control_port}{path}",
                                         headers=headers, **kw) as resp:
-            return resp.status, await resp.json()
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, {"text": text}
 
 
 @pytest.fixture

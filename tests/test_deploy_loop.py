@@ -272,7 +272,7 @@ async def test_a_job_that_raises_still_answers_who_asked_and_the_worker_goes_on(
         c = Client(sup, session)
         real = sup.deployer.handle_deploy
 
-        async def broken(trigger: str) -> None:
+        async def broken(trigger: str, _arg: object = None) -> None:
             raise RuntimeError("a bug in the deploy job")
 
         monkeypatch.setattr(sup.deployer, "handle_deploy", broken)

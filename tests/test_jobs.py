@@ -64,7 +64,7 @@ class FakeGit:
 
 
 def fake_child(alive: bool) -> SimpleNamespace:
-    return SimpleNamespace(returncode=None if alive else 1, uptime=0.1, tail=["boom"], pid=1)
+    return SimpleNamespace(returncode=None if alive else 1, uptime=0.1, tail=["boom"], telling=None, pid=1)
 
 
 class FakeReleases:
@@ -100,7 +100,7 @@ async def test_a_rollback_asked_during_a_crash_backoff_is_taken_at_once() -> Non
     d, releases = worker(events)
     await d.start()
 
-    async def rollback(trigger: str) -> LastDeploy:
+    async def rollback(trigger: str, _arg: object = None) -> LastDeploy:
         events.append("rollback")
         return LastDeploy("ok", "rolled back", "b" * 40, trigger)
 
@@ -127,7 +127,7 @@ async def test_waiters_hear_the_end_of_their_job_and_the_worker_goes_on(outcome:
     d, _ = worker(events)
     await d.start()
 
-    async def deploy(trigger: str) -> LastDeploy:
+    async def deploy(trigger: str, _arg: object = None) -> LastDeploy:
         events.append(trigger)
         if outcome == "raises" and trigger == "first":
             raise RuntimeError("a bug in a handler")
@@ -151,7 +151,7 @@ async def test_shutdown_answers_queued_waiters() -> None:
     await d.start()
     gate = asyncio.Event()
 
-    async def slow(trigger: str) -> None:
+    async def slow(trigger: str, _arg: object = None) -> None:
         await gate.wait()
 
     d.handle_deploy = slow  # type: ignore[method-assign]

@@ -153,6 +153,23 @@ class WorkTree:
             undo=undo,
         )
 
+    def commit_on_branch(self, rev: str, tip: str) -> str:
+        """The full id of ``rev`` (a commit id or a prefix) if it is ``tip`` or in its history."""
+        try:
+            sha = str(self.repo.revparse_single(rev).peel(pygit2.Commit).id)
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+            raise GitFailure(f"{rev}: no such commit in {self.remote}/{self.branch} (fetched just now)") from None
+        if sha != tip and not self.repo.descendant_of(tip, sha):
+            raise GitFailure(f"{rev} ({sha[:12]}) is not on the history of {self.remote}/{self.branch}; deploy a "
+                             f"commit of that branch")
+        return sha
+
+    def is_ancestor(self, old: str, new: str) -> bool:
+        try:
+            return self.repo.descendant_of(new, old)
+        except (KeyError, ValueError, pygit2.GitError):
+            return False  # a commit this repository no longer has
+
     def blocking(self, paths: set[str]) -> list[str]:
         """The paths (of ``paths``) with local edits, or with an untracked file or folder in the way.
 

@@ -23,6 +23,7 @@ import hmac
 import html
 import ipaddress
 import logging
+import re
 import time
 from typing import Any, Awaitable, Callable, Collection, Protocol, Sequence
 
@@ -33,7 +34,8 @@ from .metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("supervisor.control")
 
-WAIT_LIMIT = 900.0  # POST /deploy?wait=1 answers within this, finished or not
+WAIT_LIMIT = 900.0
+COMMIT = re.compile(r"[0-9a-fA-F]{4,40}")  # POST /deploy?wait=1 answers within this, finished or not
 
 
 class Console(Protocol):
@@ -45,7 +47,10 @@ class Console(Protocol):
 
     async def status(self) -> dict[str, Any]: ...
 
-    def ask(self, what: str) -> "asyncio.Future[Any]": ...  # "deploy" or "rollback": a job for the worker
+    def ask(self, what: str, commit: str | None = None) -> "asyncio.Future[Any]":
+        """A job for the worker: "deploy" (the tip, or ``commit``), "retry", "rollback", "restart", "resume"."""
+
+    def pause(self, reason: str) -> None: ...
 
     @property
     def queued(self) -> list[str]: ...
@@ -157,16 +162,37 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
             last = await asyncio.wait_for(asyncio.shield(future), WAIT_LIMIT)
         except asyncio.TimeoutError:
             return web.json_response({"queued": what, "done": False, "status": await sup.status()}, status=202)
-        body = {"done": True, "result": last.as_dict() if last else None, "status": await sup.status()}
-        if last is None:
-            body["note"] = "nothing to deploy: already at the branch tip (or it is marked bad)"
+        done = last is not None and last.result != "none"
+        body = {"done": True, "result": last.as_dict() if done else None, "status": await sup.status()}
+        if not done:
+            body["note"] = f"nothing to {what}" + (f": {last.reason}" if last is not None else "")
         return web.json_response(body)
 
+    def _flag(request: web.Request, name: str) -> bool:
+        return request.query.get(name) in ("1", "true", "yes")
+
     async def post_deploy(request: web.Request) -> web.Response:
-        return await act(request, sup.ask("deploy"), "deploy")
+        commit = request.query.get("commit")
+        if commit is not None and not COMMIT.fullmatch(commit):
+            raise web.HTTPBadRequest(text="commit must be a commit id (4 to 40 hex digits)")
+        if commit and _flag(request, "retry"):
+            raise web.HTTPBadRequest(text="give commit or retry, not both")
+        what = "retry" if _flag(request, "retry") else "deploy"
+        return await act(request, sup.ask(what, commit), "deploy")
 
     async def post_rollback(request: web.Request) -> web.Response:
         return await act(request, sup.ask("rollback"), "rollback")
+
+    async def post_restart(request: web.Request) -> web.Response:
+        return await act(request, sup.ask("restart"), "restart")
+
+    async def post_pause(request: web.Request) -> web.Response:
+        reason = (request.query.get("reason") or "paused by hand")[:200]
+        sup.pause(reason)
+        return web.json_response({"paused": {"reason": reason}, "status": await sup.status()})
+
+    async def post_resume(request: web.Request) -> web.Response:
+        return await act(request, sup.ask("resume"), "deploy")
 
     async def get_metrics(_request: web.Request) -> web.Response:
         await sup.status()  # reads the deployed commit's message (in the git thread) for the info metric
@@ -185,6 +211,9 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
         web.get("/logs", get_logs),
         web.post("/deploy", post_deploy),
         web.post("/rollback", post_rollback),
+        web.post("/restart", post_restart),
+        web.post("/pause", post_pause),
+        web.post("/resume", post_resume),
         web.get("/metrics", get_metrics),
     ])
     return app

@@ -23,6 +23,7 @@ class LiveFacts:
     restarts: int
     commit: str
     message: str
+    paused: bool = False
 
 
 class _Live:
@@ -40,6 +41,9 @@ class _Live:
         info = InfoMetricFamily("supervisor_deployed_commit", "the commit the live release runs")
         info.add_metric([], {"commit": now.commit, "message": now.message[:200]})
         yield info
+        paused = GaugeMetricFamily("supervisor_paused", "1 while automatic deploys are paused")
+        paused.add_metric([], 1.0 if now.paused else 0.0)
+        yield paused
 
 
 class Metrics:

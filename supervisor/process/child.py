@@ -21,6 +21,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import re
 import resource
 import secrets
 import signal
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("supervisor.child")
 
 TAIL_LINES = 20
+# The line a person wants first when a release fails: the last one that looks like an exception
+# ("SyntaxError: invalid syntax (app.py, line 4)", "ModuleNotFoundError: ...", "Error: ...").
+TELLING = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(?:[A-Z]\w*(?:Error|Exception)|Error)(?::\s.*)?$")
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -119,6 +123,7 @@ class Child:
         self.label = label
         self.started = time.monotonic()
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.telling: str | None = None  # see TELLING
         self.instance = instance
         self.stopping = False
         self.guard = guard
@@ -183,6 +188,8 @@ class Child:
                 return
             line = raw.decode("utf-8", "replace").rstrip("\n")
             self.tail.append(line)
+            if TELLING.match(line.strip()):
+                self.telling = line.strip()
             log.info("%s[%d] %s", self.label, self.pid, line)
             if self._on_line:
                 self._on_line(self.pid, line)

@@ -38,6 +38,7 @@ class Release:
     live_since: float
     previous: str | None = None  # the commit it replaced, for probation rollback
     sock: socket.socket | None = None  # its public socket, with [app] listen
+    app: AppSpec | None = None  # the config it was started with
 
     @property
     def alive(self) -> bool:
@@ -68,8 +69,15 @@ def _format(argv: list[str], values: dict[str, str]) -> list[str]:
 
 
 def failure_report(reason: str, child: Child) -> str:
+    """Why a child failed, the most telling line of its output first, then its last lines.
+
+    >>> from types import SimpleNamespace
+    >>> failure_report("exited with status 3", SimpleNamespace(telling="SyntaxError: bad", tail=["x", "y"]))
+    'SyntaxError: bad (exited with status 3); last output: x | y'
+    """
+    head = f"{child.telling} ({reason})" if child.telling else reason
     tail = " | ".join(list(child.tail)[-5:])
-    return f"{reason}; last output: {tail}" if tail else reason
+    return f"{head}; last output: {tail}" if tail else head
 
 
 class Releases:
@@ -165,6 +173,7 @@ class Releases:
             if self.public is not None:
                 # A dead release's socket holds the connections that waited for it: the next child takes it.
                 sock = self.public.fresh() if old is not None and old.alive else self.public.current
+            app = self.app  # what _spawn starts it with (a SIGHUP may replace self.app meanwhile)
             try:
                 child, why = await self._spawn(commit, sock)
             except SpawnError as exc:
@@ -177,7 +186,7 @@ class Releases:
                 self._drop_unused(sock)
                 log.warning("release %s failed: %s", commit[:12], report)
                 return SwapResult(False, report)
-            self.live = Release(commit, child, time.monotonic(), previous, sock)
+            self.live = Release(commit, child, time.monotonic(), previous, sock, app)
             self.starts += 1
             asyncio.create_task(self._watch(self.live), name=f"watch-{child.pid}")
             if old is not None:

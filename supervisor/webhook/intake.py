@@ -71,8 +71,10 @@ class Intake:
                  request_deploy: Callable[[str], None], seen: Seen | None = None,
                  receiver: Receiver = GITHUB, allow_from: Collection[Network] = (),
                  trusted_proxies: Sequence[Network] = (),
-                 on_verdict: Callable[[Verdict, str | None, float], None] | None = None) -> None:
+                 on_verdict: Callable[[Verdict, str | None, float], None] | None = None,
+                 paused: Callable[[], str | None] = lambda: None) -> None:
         self.branch = branch
+        self.paused = paused
         self.request_deploy = request_deploy
         self.seen: Seen = seen if seen is not None else SeenDeliveries()
         self.receiver = receiver
@@ -115,6 +117,10 @@ class Intake:
             if body is not None:
                 verdict = judge(request.headers, body, self.receiver, secret=self._secret, branch=self.branch,
                                 full_name=self.full_name, seen=self.seen, allow_sha1=self.allow_sha1)
+                reason = self.paused() if verdict.verdict == "queued" else None
+                if reason is not None:
+                    verdict = Verdict(200, "paused", f"deploys are paused ({reason}); recorded, not deployed",
+                                      verdict.delivery, verdict.commit)
         seconds = time.perf_counter() - started
         self.act(verdict, self.receiver.first(request.headers, self.receiver.event_headers), seconds)
         level = logging.WARNING if verdict.status >= 400 else logging.INFO

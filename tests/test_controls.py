@@ -1,0 +1,157 @@
+"""Operator controls: deploy a given commit, pause and resume, retry, restart, the failing line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+from .conftest import (PY, ROOT, Client, Repos, deployed, eventually, gunicorn_app, running, sign, spawn_supervisor,
+                       stop_process, wait_sync, write_config)
+from .test_faults import _try_status
+
+# Exits at start unless the environment has NEEDED (set in [app.env] by the "fix").
+NEEDS_ENV = "import os, sys\nif not os.environ.get('NEEDED'):\n    sys.exit('NEEDED is not set')\n"
+
+
+async def cli(cfg: Path, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(PY, "-m", "supervisor", *args, "--config", str(cfg), cwd=ROOT,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_deploy_an_older_commit_pins_it_until_resume(repos: Repos, tmp_path: Path, session) -> None:
+    cfg = write_config(tmp_path / "c.toml", repos)
+    async with running(cfg) as sup:
+        c = Client(sup, session)
+        v2 = await c.ship(repos, {"message.txt": "v2\n"}, "v2")
+        v3 = await c.ship(repos, {"message.txt": "v3\n"}, "v3")
+        code, out, err = await cli(cfg, "deploy", "--commit", v2[:10])
+        assert code == 0 and "ok: back to" in out, (out, err)
+        st = await deployed(c, v2)
+        assert "v2" in await c.app_get() and st["paused"]["reason"] == f"pinned to {v2[:12]}"
+        # A push is answered and recorded, and deploys nothing while pinned.
+        v4 = repos.commit({"message.txt": "v4\n"}, "v4")
+        status, body = await c.push(repos, v4)
+        assert status == 200 and body["verdict"] == "paused", body
+        _, body = await c.control("POST", "/deploy?wait=1")  # a person's deploy still runs: the tip
+        assert body["result"]["result"] == "ok" and body["result"]["commit"] == v4
+        code, out, _ = await cli(cfg, "deploy", "--commit", v3)  # forward, but not the tip: pinned again
+        assert code == 0 and (await c.status())["paused"]["reason"] == f"pinned to {v3[:12]}"
+        code, out, _ = await cli(cfg, "resume")
+        assert code == 0
+        st = await deployed(c, v4)
+        assert st["paused"] is None
+        # Not on the branch, or no such commit: refused with the reason; a bad value is a 400.
+        code, out, _ = await cli(cfg, "deploy", "--commit", "0123456789abcdef")
+        assert code == 1 and "no such commit" in out
+        status, _ = await c.control("POST", "/deploy?commit=zz")
+        assert status == 400
+        assert [d["trigger"] for d in sup.history.deploys(10)].count("manual") >= 3
+
+
+def _port(cfg: Path, section: str) -> int:
+    return int(cfg.read_text().split(f'[{section}]\nlisten = "127.0.0.1:')[1].split('"')[0])
+
+
+def _push_answer(cfg: Path, repos: Repos, sha: str) -> tuple[int, dict]:
+    body = json.dumps({"ref": f"refs/heads/{repos.branch}", "after": sha}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{_port(cfg, 'webhook')}/github", data=body, method="POST",
+                                 headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(body),
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status, json.load(resp)
+
+
+def test_pause_survives_a_restart_of_pushcd_and_resume_deploys_the_tip(tmp_path: Path, repos: Repos) -> None:
+    cfg = write_config(tmp_path / "c.toml", repos)
+
+    def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PY, "-m", "supervisor", *args, "--config", str(cfg)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, env=os.environ.copy())
+
+    proc = spawn_supervisor(cfg)
+    try:
+        wait_sync(lambda: (s := _try_status(cfg)) and s["child_pid"], 30, "pushcd")
+        assert "paused: maintenance window" in run_cli("pause", "--reason", "maintenance window").stdout
+    finally:
+        stop_process(proc)
+    proc = spawn_supervisor(cfg)
+    try:
+        st = wait_sync(lambda: (s := _try_status(cfg)) and s["child_pid"] and s, 30, "pushcd again")
+        assert st["paused"]["reason"] == "maintenance window"
+        head = st["deployed_commit"]
+        v2 = repos.commit({"message.txt": "v2\n"}, "v2")
+        status, body = _push_answer(cfg, repos, v2)
+        assert status == 200 and body["verdict"] == "paused", body  # verified, answered, recorded
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{_port(cfg, 'control')}/metrics", timeout=10).read()
+        assert b"supervisor_paused 1.0" in metrics
+        assert _try_status(cfg)["deployed_commit"] == head
+        assert "paused" in run_cli("history", "--deliveries").stdout
+        result = run_cli("resume")
+        assert result.returncode == 0, result
+        st = wait_sync(lambda: (s := _try_status(cfg)) and s["deployed_commit"] == v2 and s, 30, "the tip deployed")
+        assert st["paused"] is None
+    finally:
+        stop_process(proc)
+
+
+async def test_retry_a_marked_bad_tip_after_the_fix(repos: Repos, tmp_path: Path, session) -> None:
+    cfg = write_config(tmp_path / "c.toml", repos)
+    async with running(cfg) as sup:
+        c = Client(sup, session)
+        old_bad = repos.commit({"message.txt": "an old broken one\n", "app.py.needs": "x"}, "old")
+        # v2's app refuses to start without NEEDED: it fails, is rolled back, and marked bad.
+        app = (repos.dev / "app.py").read_text()
+        bad = repos.commit({"app.py": NEEDS_ENV + app}, "needs an env var")
+        await c.push(repos, bad)
+        await eventually(lambda: bad in sup.deployer.bad, 30, "the commit to be marked bad")
+        sup.deployer._mark_bad(old_bad, "an older mark")  # forgotten once a newer commit deploys well
+        code, out, _ = await cli(cfg, "deploy")
+        assert code == 0 and "is marked bad" in out and "--retry" in out, out
+        # The fix: the variable, in the config; SIGHUP.
+        cfg.write_text(cfg.read_text().replace("[app.env]\n", '[app.env]\nNEEDED = "1"\n'))
+        sup.reload()
+        code, out, err = await cli(cfg, "deploy", "--retry")
+        assert code == 0 and "ok:" in out, (out, err)
+        st = await deployed(c, bad)
+        assert st["bad_commits"] == {}, st["bad_commits"]
+
+
+async def test_restart_applies_a_reloaded_app_setting(repos: Repos, tmp_path: Path, session) -> None:
+    cfg = write_config(tmp_path / "c.toml", repos)
+    async with running(cfg) as sup:
+        c = Client(sup, session)
+        first = sup.releases.live.child.pid
+        cfg.write_text(cfg.read_text().replace("[app.env]\n", '[app.env]\nFEATURE = "on"\n'))
+        sup.reload()
+        st = await c.status()
+        assert st["last_reload"]["waiting_for_restart"] == ["[app.env]"]
+        code, out, _ = await cli(cfg, "status")
+        assert "apply at `pushcd restart`" in out
+        code, out, _ = await cli(cfg, "restart")
+        assert code == 0 and "ok: restarted by hand" in out, out
+        pid = sup.releases.live.child.pid
+        assert pid != first and Path(f"/proc/{pid}/environ").read_bytes().split(b"\0").count(b"FEATURE=on") == 1
+        assert (await c.status())["last_reload"]["waiting_for_restart"] == []
+
+
+async def test_a_failed_gunicorn_boot_leads_with_the_syntax_error(repos: Repos, tmp_path: Path, session) -> None:
+    command = gunicorn_app(repos)
+    cfg = write_config(tmp_path / "c.toml", repos, app={"command": command})
+    async with running(cfg) as sup:
+        c = Client(sup, session)
+        bad = repos.commit({"wsgi.py": "def app(environ, start_response:\n    pass\n"}, "a syntax error")
+        await c.push(repos, bad)
+        last = await eventually(lambda: sup.deployer.last if sup.deployer.last and sup.deployer.last.commit == bad
+                                else None, 60, "the failed deploy")
+        assert last.result == "failed"
+        lead = last.reason.split(": ", 1)[1]
+        assert lead.startswith("SyntaxError: "), last.reason
+        st = await c.status()
+        assert st["last_deploy"]["reason"].split(": ", 1)[1].startswith("SyntaxError: ")
+        assert sup.history.deploys(1)[0]["reason"].split(": ", 1)[1].startswith("SyntaxError: ")

@@ -119,6 +119,19 @@ class Control(_Section):
     hosts: list[str] = []  # host names the page may be reached by besides IPs and localhost (a proxy, a tunnel)
     header_timeout: float = 10.0
     max_connections: int = 64
+    public_url: str | None = None  # where people reach the page (for links in notifications)
+
+
+EVENTS = ("deploy_ok", "deploy_failed", "rolled_back", "crashed", "paused", "resumed")
+
+
+class Notify(_Section):
+    url: str = ""  # json / slack: where to POST; github: unused (api_url and the repository decide)
+    kind: Literal["json", "slack", "github"] = "json"
+    events: list[str] = msgspec.field(default_factory=lambda: [e for e in EVENTS if e != "deploy_ok"])
+    secret_env: str | None = None  # json: sign the body (X-Pushcd-Signature-256), as GitHub signs webhooks
+    token_env: str | None = None  # github: a token that may write commit statuses
+    api_url: str = "https://api.github.com"  # github: GitHub Enterprise's API root, or a stand-in
 
 
 class State(_Section):
@@ -154,6 +167,7 @@ class Config(_Section):
     deploy: Deploy = msgspec.field(default_factory=Deploy)
     demo: Demo = msgspec.field(default_factory=Demo)
     log: Log = msgspec.field(default_factory=Log)
+    notify: list[Notify] = []
 
 
 @dataclass(frozen=True)
@@ -405,6 +419,19 @@ def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
         raise ConfigError("[repo] poll_interval must be 0 (off) or more seconds")
     if raw.state.retention < 1:
         raise ConfigError("[state] retention must be 1 or more")
+    for i, n in enumerate(raw.notify):
+        key = f"[[notify]] #{i + 1}"
+        unknown = sorted(set(n.events) - set(EVENTS))
+        if unknown:
+            raise ConfigError(f"{key} events: {', '.join(unknown)} unknown; choose from {', '.join(EVENTS)}")
+        if n.kind != "github" and not n.url.startswith(("http://", "https://")):
+            raise ConfigError(f'{key} url = "{n.url}" is not an http(s) URL; give the receiver\'s URL')
+        if n.kind == "github" and (not n.token_env or not raw.repo.full_name):
+            raise ConfigError(f"{key} kind = \"github\" needs token_env (a token that may write commit statuses) "
+                              f"and [repo] full_name (owner/name)")
+        for var in (n.secret_env, n.token_env):
+            if secret and var and not os.environ.get(var):  # clients (status, deploy) need none of them
+                raise ConfigError(f"{key}: environment variable {var} is not set; export it")
     for key, section in (("[webhook]", raw.webhook), ("[control]", raw.control)):
         if section.header_timeout <= 0:
             raise ConfigError(f"{key} header_timeout must be greater than 0 (seconds)")
@@ -450,6 +477,7 @@ def secret_variables(raw: Config) -> list[str]:
     w, a = raw.webhook, raw.repo.auth
     names = [w.secret_env, w.gitlab and w.gitlab.token_env, w.gitea and w.gitea.secret_env, raw.control.token_env,
              a.token_env, a.ssh_passphrase_env]
+    names += [n.secret_env for n in raw.notify] + [n.token_env for n in raw.notify]
     return [n for n in names if n]
 
 

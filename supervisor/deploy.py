@@ -172,11 +172,13 @@ class Deployer:
         """Pause automatic deploys (webhook, poll); a person's requests still run."""
         self.pause.hold(reason)
         log.warning("automatic deploys paused: %s", reason)
+        self.recorder.tell("paused", self.deployed, reason)
 
     def resume(self) -> "asyncio.Future[Result]":
         """Automatic deploys again; the tip is deployed if it moved meanwhile."""
         self.pause.release()
         log.info("automatic deploys resumed")
+        self.recorder.tell("resumed", self.deployed, "automatic deploys resumed")
         return self.request_deploy("resume")
 
     def crashed(self, _release: object) -> None:
@@ -318,6 +320,7 @@ class Deployer:
             self._judged = dead
             self._crash_backoff.observe_uptime(dead.child.uptime)
             why = failure_report(describe_exit(dead.child.returncode), dead.child)
+            self.recorder.tell("crashed", dead.commit, why, dead.child.telling)
             if dead.previous and time.monotonic() - dead.live_since < self.probation:
                 # Went live, then crashed within probation: it was never good.
                 return await self._probation_failed(dead.commit, dead.previous, dead.live_since, why)

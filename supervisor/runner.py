@@ -35,6 +35,7 @@ from .git.tree import GitFailure, WorkTree, clone, describe_commit
 from .ops import control, controltoken
 from .ops.history import History
 from .ops.metrics import LiveFacts, Metrics
+from .ops.notify import Notifier
 from .ops.record import Recorder
 from .pause import Pause
 from .ops.site import Site, StartupError, connection_caps, listen, quiet_exception_handler
@@ -133,14 +134,16 @@ def build(settings: Settings) -> "Supervisor":
     git = GitThread()
     expected = Expected(settings.repo_path)
     metrics = Metrics()
-    deployer = Deployer(tree, git, releases, expected, Recorder(history, metrics),
+    notifier = Notifier(raw.notify, metrics, full_name=raw.repo.full_name, link=raw.control.public_url,
+                        describe=lambda sha: git.run(describe_commit, tree.repo, sha))
+    deployer = Deployer(tree, git, releases, expected, Recorder(history, metrics, notifier.send),
                         on_diverge=raw.repo.on_diverge, probation=raw.deploy.probation,
                         before_restart=raw.deploy.before_restart,
                         before_restart_timeout=raw.deploy.before_restart_timeout, history=history, guard=guard,
                         pause=Pause.load(settings.state_dir / "paused.json"))
     return Supervisor(settings, tree=tree, recovered=recovered, history=history, control_token=token, tls=tls,
                       lines=lines, guard=guard, releases=releases, git=git, expected=expected, metrics=metrics,
-                      deployer=deployer)
+                      deployer=deployer, notifier=notifier)
 
 
 class Supervisor:
@@ -149,7 +152,7 @@ class Supervisor:
     def __init__(self, settings: Settings, *, tree: WorkTree, recovered: str | None, history: History,
                  control_token: bytes, tls: ssl.SSLContext | None, lines: deque[tuple[float, int, str]],
                  guard: Guard, releases: Releases, git: GitThread, expected: Expected, metrics: Metrics,
-                 deployer: Deployer) -> None:
+                 deployer: Deployer, notifier: Notifier) -> None:
         self.settings = settings
         self.tree = tree
         self.recovered = recovered
@@ -163,6 +166,7 @@ class Supervisor:
         self.expected = expected
         self.metrics = metrics
         self.deployer = deployer
+        self.notifier = notifier
         raw = settings.raw
         self.intakes = {path: intake.Intake(
             branch=raw.repo.branch, request_deploy=deployer.request_deploy, seen=history.seen,
@@ -282,6 +286,7 @@ class Supervisor:
         self._tasks.append(asyncio.create_task(self._poll(), name="poll"))
         self._tasks.append(asyncio.create_task(self._flush_history(), name="history"))
         self._tasks.append(asyncio.create_task(self._reap(), name="reap"))
+        self._tasks.append(asyncio.create_task(self.notifier.run(), name="notify"))
         if raw.watch.enabled:
             await self.armed.wait()  # ready means: a file written from now on restarts the app
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import subprocess
 import urllib.request
 from pathlib import Path
+
+from aiohttp import web
 
 from .conftest import (PY, ROOT, Client, Repos, deployed, eventually, gunicorn_app, running, sign, spawn_supervisor,
                        stop_process, wait_sync, write_config)
@@ -155,3 +159,93 @@ async def test_a_failed_gunicorn_boot_leads_with_the_syntax_error(repos: Repos, 
         st = await c.status()
         assert st["last_deploy"]["reason"].split(": ", 1)[1].startswith("SyntaxError: ")
         assert sup.history.deploys(1)[0]["reason"].split(": ", 1)[1].startswith("SyntaxError: ")
+
+
+# -- notifications ---------------------------------------------------------------------------------------------
+
+
+class Receivers:
+    """A JSON receiver that answers 500 once (then 200), a Slack-style one, and GitHub's statuses API."""
+
+    def __init__(self) -> None:
+        self.got: dict[str, list[tuple[dict[str, str], bytes]]] = {"json": [], "slack": [], "github": []}
+        self.failed_once = False
+
+    def app(self) -> web.Application:
+        async def hook(request: web.Request) -> web.Response:
+            body = await request.read()
+            if not self.failed_once:
+                self.failed_once = True
+                return web.Response(status=500, text="try again")
+            self.got["json"].append((dict(request.headers), body))
+            return web.Response(text="ok")
+
+        async def slack(request: web.Request) -> web.Response:
+            self.got["slack"].append((dict(request.headers), await request.read()))
+            return web.Response(text="ok")
+
+        async def statuses(request: web.Request) -> web.Response:
+            if request.headers.get("Authorization") != "Bearer gh-token":
+                return web.Response(status=401)
+            self.got["github"].append(({"sha": request.match_info["sha"]}, await request.read()))
+            return web.json_response({"state": "ok"}, status=201)
+
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        app.router.add_post("/slack", slack)
+        app.router.add_post("/api/repos/test/app/statuses/{sha}", statuses)
+        return app
+
+
+async def test_notifications_json_signed_and_retried_slack_and_github_statuses(repos: Repos, tmp_path: Path, session,
+                                                                               monkeypatch) -> None:
+    monkeypatch.setenv("PUSHCD_NOTIFY_SECRET", "notify-secret")
+    monkeypatch.setenv("PUSHCD_GH_TOKEN", "gh-token")
+    receivers = Receivers()
+    runner = web.AppRunner(receivers.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    notify = f"""
+[[notify]]
+url = "{base}/hook"
+secret_env = "PUSHCD_NOTIFY_SECRET"
+
+[[notify]]
+kind = "slack"
+url = "{base}/slack"
+
+[[notify]]
+kind = "github"
+token_env = "PUSHCD_GH_TOKEN"
+api_url = "{base}/api"
+events = ["deploy_ok", "deploy_failed", "rolled_back"]
+"""
+    cfg = write_config(tmp_path / "c.toml", repos, repo_extra='full_name = "test/app"', extra=notify)
+    cfg.write_text(cfg.read_text().replace("[control]\n", '[control]\npublic_url = "https://ops.example/pushcd/"\n'))
+    try:
+        async with running(cfg) as sup:
+            c = Client(sup, session)
+            v2 = await c.ship(repos, {"message.txt": "v2\n"}, "v2")
+            bad = repos.commit({"app.py": "import no_such_module_here\n"}, "imports what is not there")
+            await c.push(repos, bad)
+            await eventually(lambda: receivers.got["json"] and receivers.got["slack"]
+                             and len(receivers.got["github"]) >= 2, 30, "the notifications (one retried)")
+    finally:
+        await runner.cleanup()
+    headers, raw = receivers.got["json"][0]
+    body = json.loads(raw)
+    assert receivers.failed_once  # the first attempt got a 500 and was retried
+    expected = "sha256=" + hmac.new(b"notify-secret", raw, hashlib.sha256).hexdigest()
+    assert headers["X-Pushcd-Signature-256"] == expected
+    assert body["event"] == "deploy_failed" and body["commit"] == bad and body["message"] == "imports what is not there"
+    assert body["failing_line"].startswith("ModuleNotFoundError: No module named 'no_such_module_here'"), body
+    assert body["link"] == "https://ops.example/pushcd/" and body["duration"] > 0
+    slack = json.loads(receivers.got["slack"][0][1])["text"]
+    assert "deploy_failed" in slack and "ModuleNotFoundError" in slack
+    states = {json.loads(b)["state"]: h["sha"] for h, b in receivers.got["github"]}
+    assert states == {"success": v2, "failure": bad}, states
+    text = sup.metrics.render().decode()
+    assert 'supervisor_notifications_total{kind="json",result="sent"} 1.0' in text
+    assert 'supervisor_notifications_total{kind="github",result="sent"} 2.0' in text

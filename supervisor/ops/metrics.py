@@ -52,6 +52,8 @@ class Metrics:
         self.deliveries = Counter("supervisor_deliveries", "webhook deliveries by verdict", ["verdict"],
                                   registry=self.registry)
         self.deploys = Counter("supervisor_deploys", "deploys by result", ["result"], registry=self.registry)
+        self.notifications = Counter("supervisor_notifications", "notifications by receiver kind and result",
+                                     ["kind", "result"], registry=self.registry)
         self.deploy_duration = Histogram(
             "supervisor_deploy_duration_seconds", "time from fetch to the new release live (or refused/failed)",
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=self.registry)

@@ -11,10 +11,12 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
+from ..process.child import TELLING
 from .history import DeployRecord, History
 from .metrics import Metrics
+from .notify import Event
 from .redact import redact
 
 log = logging.getLogger("supervisor.deploy")
@@ -57,9 +59,11 @@ class LastDeploy:
 class Recorder:
     """Writes down results; holds the last one for ``/status``."""
 
-    def __init__(self, history: History | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(self, history: History | None = None, metrics: Metrics | None = None,
+                 notify: Callable[[Event], None] | None = None) -> None:
         self.history = history
         self.metrics = metrics
+        self.notify = notify
         self.last: LastDeploy | None = None
         self.count = 0  # results recorded (ok, refused, failed)
 
@@ -78,4 +82,22 @@ class Recorder:
         if self.history:
             self.history.record_deploy(DeployRecord(from_commit, commit, trigger, phases.started_wall,
                                                     time.time(), result, reason, tail, phases.done))
+        event = "rolled_back" if trigger == "rollback" else "deploy_ok" if result == "ok" else "deploy_failed"
+        self.tell(event, commit, reason, failing_line(tail), round(duration, 3))
         return self.last
+
+    def tell(self, event: str, commit: str, reason: str, failing: str | None = None,
+             duration: float | None = None) -> None:
+        """An event for the notifications (crashed, paused, resumed come from the worker directly)."""
+        if self.notify is not None:
+            self.notify(Event(event, commit, redact(reason), failing, duration))
+
+
+def failing_line(report: str) -> str | None:
+    """The telling line a failure report leads with (see ``release.failure_report``), if any.
+
+    >>> failing_line("SyntaxError: bad (exited with status 3); last output: x"), failing_line("timed out")
+    ('SyntaxError: bad', None)
+    """
+    head = report.split(" (", 1)[0]
+    return head if head and TELLING.match(head) else None

@@ -1,0 +1,143 @@
+"""Telling people: deploy results, crashes, pauses, sent to ``[[notify]]`` receivers.
+
+Off the deploy path: an event is put in a bounded queue and one sender task delivers it, so a
+deploy never waits for a receiver, and a slow or dead receiver costs at most the queue.
+Each delivery is retried with backoff for a bounded time; a failure is logged and counted
+(``supervisor_notifications_total{kind,result}``), never raised.
+
+Kinds:
+
+- ``json``: the event as a JSON object; with ``secret_env``, signed as GitHub signs its
+  webhooks: ``X-Pushcd-Signature-256: sha256=<HMAC-SHA256 of the body, hex>``.
+- ``slack``: an incoming-webhook message (``{"text": ...}``).
+- ``github``: a commit status on the commit (``POST {api_url}/repos/{owner}/{repo}/statuses/{sha}``),
+  so GitHub shows whether that commit is live.
+
+>>> body = payload(Event("deploy_failed", "a" * 40, "rolled back: SyntaxError: x", failing="SyntaxError: x"),
+...                "fix the app", "http://127.0.0.1:9001/")
+>>> body["event"], body["commit"][:4], body["failing_line"], body["link"]
+('deploy_failed', 'aaaa', 'SyntaxError: x', 'http://127.0.0.1:9001/')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+
+from ..config import Notify as Target
+from .metrics import Metrics
+
+log = logging.getLogger("supervisor.notify")
+
+QUEUE = 100  # events waiting; more are dropped (and counted)
+RETRY_FOR = 120.0  # seconds a delivery is retried for
+TIMEOUT = 10.0  # seconds per attempt
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str  # one of config.EVENTS
+    commit: str
+    reason: str
+    failing: str | None = None  # the most telling line of a failed release's output
+    duration: float | None = None
+    at: float = field(default_factory=time.time)
+
+
+def payload(event: Event, message: str, link: str | None) -> dict[str, Any]:
+    return {"event": event.name, "commit": event.commit, "message": message, "reason": event.reason,
+            "failing_line": event.failing, "duration": event.duration, "at": event.at, "link": link}
+
+
+def _slack_text(body: dict[str, Any]) -> str:
+    mark = {"deploy_ok": ":white_check_mark:", "resumed": ":arrow_forward:", "paused": ":pause_button:"}.get(
+        body["event"], ":x:")
+    text = f"{mark} pushcd {body['event']}: `{body['commit'][:12]}` {body['message']}\n{body['reason']}"
+    if body["failing_line"]:
+        text += f"\n> {body['failing_line']}"
+    return text + (f"\n{body['link']}" if body["link"] else "")
+
+
+def request_for(target: Target, body: dict[str, Any], full_name: str | None) -> tuple[str, bytes, dict[str, str]]:
+    """(url, body, headers) of one delivery to ``target``."""
+    headers = {"Content-Type": "application/json", "User-Agent": "pushcd"}
+    if target.kind == "github":
+        state = {"deploy_ok": "success", "resumed": "success", "paused": "pending"}.get(body["event"], "failure")
+        data = json.dumps({"state": state, "context": "pushcd", "description": f"{body['event']}: {body['reason']}"[:140],
+                           **({"target_url": body["link"]} if body["link"] else {})}).encode()
+        headers["Authorization"] = f"Bearer {os.environ.get(target.token_env or '', '')}"
+        headers["Accept"] = "application/vnd.github+json"
+        return f"{target.api_url.rstrip('/')}/repos/{full_name}/statuses/{body['commit']}", data, headers
+    data = json.dumps({"text": _slack_text(body)} if target.kind == "slack" else body).encode()
+    if target.kind == "json" and target.secret_env:
+        secret = os.environ.get(target.secret_env, "").encode()
+        headers["X-Pushcd-Signature-256"] = "sha256=" + hmac.new(secret, data, hashlib.sha256).hexdigest()
+    return target.url, data, headers
+
+
+class Notifier:
+    def __init__(self, targets: list[Target], metrics: Metrics, *, full_name: str | None, link: str | None,
+                 describe: Callable[[str], Awaitable[dict[str, str]]]) -> None:
+        self.targets = targets
+        self.metrics = metrics
+        self.full_name = full_name
+        self.link = link
+        self.describe = describe
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE)
+        self.retry_for = RETRY_FOR
+
+    def send(self, event: Event) -> None:
+        """Queue ``event`` for every target that wants it; never blocks, never raises."""
+        if not any(event.name in t.events for t in self.targets):
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            for t in self.targets:
+                self.metrics.notifications.labels(t.kind, "dropped").inc()
+            log.warning("notify: %d events waiting; %s for %s dropped", QUEUE, event.name, event.commit[:12])
+
+    async def run(self) -> None:
+        """The sender: one event at a time, each target in turn."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
+            while True:
+                event = await self.queue.get()
+                try:
+                    message = (await self.describe(event.commit))["message"] if event.commit else ""
+                except Exception:  # noqa: BLE001 - a message is nice to have, never a reason not to tell
+                    message = ""
+                body = payload(event, message, self.link)
+                for target in self.targets:
+                    if event.name in target.events:
+                        await self._deliver(session, target, body)
+
+    async def _deliver(self, session: aiohttp.ClientSession, target: Target, body: dict[str, Any]) -> None:
+        url, data, headers = request_for(target, body, self.full_name)
+        deadline = time.monotonic() + self.retry_for
+        delay, why = 1.0, ""
+        while True:
+            try:
+                async with session.post(url, data=data, headers=headers) as resp:
+                    if resp.status < 300:
+                        self.metrics.notifications.labels(target.kind, "sent").inc()
+                        return
+                    why = f"answered {resp.status}"
+                    if 400 <= resp.status < 500 and resp.status not in (408, 429):
+                        break  # our request is wrong (a bad token, a wrong URL): retrying will not help
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() + delay > deadline:
+                break
+            await asyncio.sleep(delay)  # a backoff between attempts, not a synchronisation
+            delay = min(delay * 2, 30.0)
+        self.metrics.notifications.labels(target.kind, "failed").inc()
+        log.warning("notify: %s to %s %s failed: %s", body["event"], target.kind, url.split("?")[0], why)

@@ -118,7 +118,7 @@ def banner(settings: "Settings", app_port: int | None, control_port: int) -> str
     return (
         "\n  pushcd is running the demo.\n"
         f"    app:     {app_url}\n"
-        f"    status:  {settings.control_listen.url(control_port)}/status\n"
+        f"    page:    {settings.control_listen.url(control_port)}/  (status, history; deploy, restart, pause)\n"
         "  Make a new commit and send the signed webhook (paste in another terminal):\n"
         f"    {_python()} -m supervisor demo-push --config {cfg}\n"
     )

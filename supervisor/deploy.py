@@ -107,7 +107,8 @@ class Deployer:
     def __init__(self, tree: WorkTree, git: GitThread, releases: Releases, expected: Expected,
                  recorder: Recorder, *, on_diverge: str, probation: float, before_restart: list[list[str]],
                  before_restart_timeout: float, history: History | None = None,
-                 guard: Guard | None = None, pause: Pause | None = None) -> None:
+                 guard: Guard | None = None, pause: Pause | None = None, bad: dict[str, str] | None = None
+                 ) -> None:
         self.tree = tree
         self.git = git
         self.releases = releases
@@ -121,7 +122,7 @@ class Deployer:
         self.guard = guard
         self.pause = pause or Pause(Path("/nonexistent/paused.json"))
         self.mailbox = Mailbox()
-        self.bad: dict[str, str] = history.bad_commits() if history else {}
+        self.bad: dict[str, str] = dict(bad or {})  # commit -> why; kept in the history too
         self.deployed: str = ""
         self.runs = 0  # jobs the worker finished, including ones that found nothing to do
         self._started = False

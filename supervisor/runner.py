@@ -41,7 +41,7 @@ from .pause import Pause
 from .ops.site import Site, StartupError, connection_caps, listen, quiet_exception_handler
 from .process import reaper
 from .process.guard import Guard
-from .process.listener import ListenError
+from .process.listener import ListenError, Listeners
 from .process.release import Releases
 from .watch import Armed, Expected, watch_tree
 from .webhook import intake
@@ -127,7 +127,8 @@ def build(settings: Settings) -> "Supervisor":
     lines: deque[tuple[float, int, str]] = deque(maxlen=LOG_LINES)
     guard = Guard()
     try:
-        releases = Releases(settings.app, guard, on_line=lambda pid, line: lines.append((time.time(), pid, line)))
+        releases = Releases(settings.app, guard, on_line=lambda pid, line: lines.append((time.time(), pid, line)),
+                            public=Listeners(settings.app.listen) if settings.app.listen else None)
     except ListenError as exc:
         guard.close()
         raise StartupError(str(exc)) from None
@@ -140,10 +141,12 @@ def build(settings: Settings) -> "Supervisor":
                         on_diverge=raw.repo.on_diverge, probation=raw.deploy.probation,
                         before_restart=raw.deploy.before_restart,
                         before_restart_timeout=raw.deploy.before_restart_timeout, history=history, guard=guard,
-                        pause=Pause.load(settings.state_dir / "paused.json"))
+                        pause=Pause.load(settings.state_dir / "paused.json"), bad=history.bad_commits())
+    armed = settings.state_dir / "watch-armed"
+    armed.mkdir(exist_ok=True)
     return Supervisor(settings, tree=tree, recovered=recovered, history=history, control_token=token, tls=tls,
                       lines=lines, guard=guard, releases=releases, git=git, expected=expected, metrics=metrics,
-                      deployer=deployer, notifier=notifier)
+                      deployer=deployer, notifier=notifier, armed=Armed(armed))
 
 
 class Supervisor:
@@ -152,7 +155,7 @@ class Supervisor:
     def __init__(self, settings: Settings, *, tree: WorkTree, recovered: str | None, history: History,
                  control_token: bytes, tls: ssl.SSLContext | None, lines: deque[tuple[float, int, str]],
                  guard: Guard, releases: Releases, git: GitThread, expected: Expected, metrics: Metrics,
-                 deployer: Deployer, notifier: Notifier) -> None:
+                 deployer: Deployer, notifier: Notifier, armed: Armed) -> None:
         self.settings = settings
         self.tree = tree
         self.recovered = recovered
@@ -180,7 +183,7 @@ class Supervisor:
         self._sites: list[Site] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._watch_stop = asyncio.Event()
-        self.armed = Armed(settings.state_dir / "watch-armed")
+        self.armed = armed
         self.webhook_port = 0
         self.control_port = 0
         metrics.watch(self.live_facts)  # last: the registry reads it once right away

@@ -126,9 +126,8 @@ class Armed:
     """
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
+        self.folder = folder  # made by the caller (it is watched from the start)
         self.event = asyncio.Event()
-        folder.mkdir(parents=True, exist_ok=True)
 
     def seen(self, paths: set[str]) -> set[str]:
         """Drop our own canary paths from a batch; note that the watcher is armed."""

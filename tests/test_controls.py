@@ -126,21 +126,24 @@ async def test_retry_a_marked_bad_tip_after_the_fix(repos: Repos, tmp_path: Path
         assert st["bad_commits"] == {}, st["bad_commits"]
 
 
-async def test_restart_applies_a_reloaded_app_setting(repos: Repos, tmp_path: Path, session) -> None:
+async def test_restart_applies_a_reloaded_command_and_env(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
     async with running(cfg) as sup:
         c = Client(sup, session)
         first = sup.releases.live.child.pid
-        cfg.write_text(cfg.read_text().replace("[app.env]\n", '[app.env]\nFEATURE = "on"\n'))
+        # A new command (the interpreter in UTF-8 mode) and a new variable, reloaded with SIGHUP.
+        cfg.write_text(cfg.read_text().replace(f'command = ["{PY}", "app.py"', f'command = ["{PY}", "-X", "utf8", "app.py"')
+                       .replace("[app.env]\n", '[app.env]\nFEATURE = "on"\n'))
         sup.reload()
         st = await c.status()
-        assert st["last_reload"]["waiting_for_restart"] == ["[app.env]"]
+        assert st["last_reload"]["waiting_for_restart"] == ["[app] command", "[app.env]"], st["last_reload"]
         code, out, _ = await cli(cfg, "status")
         assert "apply at `pushcd restart`" in out
         code, out, _ = await cli(cfg, "restart")
         assert code == 0 and "ok: restarted by hand" in out, out
         pid = sup.releases.live.child.pid
         assert pid != first and Path(f"/proc/{pid}/environ").read_bytes().split(b"\0").count(b"FEATURE=on") == 1
+        assert b"-X\0utf8\0app.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
         assert (await c.status())["last_reload"]["waiting_for_restart"] == []
 
 
@@ -249,3 +252,48 @@ events = ["deploy_ok", "deploy_failed", "rolled_back"]
     text = sup.metrics.render().decode()
     assert 'supervisor_notifications_total{kind="json",result="sent"} 1.0' in text
     assert 'supervisor_notifications_total{kind="github",result="sent"} 2.0' in text
+
+
+# -- the page as a console ------------------------------------------------------------------------------------
+
+
+async def test_the_page_buttons_in_headless_chromium(repos: Repos, tmp_path: Path, session) -> None:
+    from .browser import Browser
+
+    cfg = write_config(tmp_path / "c.toml", repos)
+    async with running(cfg) as sup, Browser(tmp_path / "chrome") as browser:
+        c = Client(sup, session)
+        v2 = await c.ship(repos, {"message.txt": "v2\n"}, "v2")
+        v3 = await c.ship(repos, {"message.txt": "v3\n"}, "v3")
+        page = await browser.open(f"http://127.0.0.1:{sup.control_port}/")
+
+        async def click(selector: str) -> None:
+            """As a person would, once the page shows the button: confirm() says yes."""
+            await eventually(lambda: page.evaluate(f"!!document.querySelector({json.dumps(selector)})"), 30,
+                             f"the page to show {selector}")
+            await page.evaluate(f"window.confirm = () => true; document.querySelector({json.dumps(selector)}).click()")
+
+        async def result_says(text: str) -> None:
+            await eventually(lambda: page.evaluate(f"document.getElementById('result').textContent.includes("
+                                                   f"{json.dumps(text)})"), 30, f"the page to show {text!r}")
+
+        await eventually(lambda: page.evaluate("document.readyState === 'complete' && "
+                                               "!!document.getElementById('console')"), 30, "the page")
+        assert await page.evaluate("document.getElementById('logs').scrollTop > 0 || "
+                                   "document.getElementById('logs').scrollHeight <= "
+                                   "document.getElementById('logs').clientHeight")  # opens at the newest line
+        assert await page.evaluate("!!document.querySelector('#chart rect')")
+        await click("#pause")
+        await eventually(lambda: sup.deployer.pause.reason == "paused from the page", 30, "the pause")
+        await click("#resume")
+        await eventually(lambda: sup.deployer.pause.reason is None, 30, "the resume")
+        first = sup.releases.live.child.pid
+        await click("#restart")
+        await result_says("ok: restarted by hand")
+        assert sup.releases.live.child.pid != first
+        await click(f"button[data-act*='commit={v2}']")  # "roll back to this" on the earlier release
+        await deployed(c, v2)
+        assert sup.deployer.pause.reason == f"pinned to {v2[:12]}"
+        await click("#deploy")  # a person's deploy runs while paused: the tip
+        await deployed(c, v3)
+        await result_says("ok:")

@@ -27,6 +27,7 @@ from aiohttp import web
 from supervisor import config
 from supervisor.config import ConfigError
 from supervisor.git.tree import WorkTree
+from supervisor.ops.page import page_token
 
 from .conftest import (PY, SECRET, Client, Repos, deployed, eventually, git, pid_alive, raw_request, running,
                        spawn_supervisor, stop_process, wait_sync, write_config)
@@ -58,6 +59,12 @@ async def test_posts_need_the_token_and_a_foreign_origin_or_host_is_refused(repo
                     assert resp.status == status, (path, headers, await resp.text())
         async with session.get(base + "/status", headers={"Host": "rebound.attacker.example"}) as resp:
             assert resp.status == 403  # a rebound name cannot read either
+        page = page_token(sup.control_token)  # what the page's own buttons send
+        for headers, status in [({"X-Pushcd-Page": page}, 401),  # without a browser's same-origin mark
+                                ({"X-Pushcd-Page": page, "Origin": "http://attacker.example"}, 403),
+                                ({"X-Pushcd-Page": "0" * 64, "Sec-Fetch-Site": "same-origin"}, 401)]:
+            async with session.post(base + "/pause", headers=headers) as resp:
+                assert resp.status == status, headers
         assert sup.deployer.runs == runs and sup.deployer.queued == []  # nothing was asked of the worker
         for host in ("localhost", f"127.0.0.1:{sup.control_port}", f"localhost:{sup.control_port}"):
             async with session.get(base + "/status", headers={"Host": host}) as resp:

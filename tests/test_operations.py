@@ -234,7 +234,7 @@ async def test_status_page_in_headless_chromium(repos: Repos, tmp_path: Path, se
     assert after.count("<span class=\"state ok\">ok</span>") >= 2
     assert "queued" in after and "webhook" in after
     assert "serving commit" in after  # the child's log lines
-    assert 'name="viewport"' in after and 'http-equiv="refresh"' in after
+    assert 'name="viewport"' in after and "location.reload()" in after
 
 
 def test_json_logs_and_systemd_notify(tmp_path: Path, repos: Repos) -> None:

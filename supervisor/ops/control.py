@@ -14,23 +14,24 @@ a web page may not even read through a rebound DNS name.
 - Every POST needs ``Authorization: Bearer <token>`` (compared in constant time),
   on loopback too: the ``[control] token_env`` token or the generated one
   (:mod:`supervisor.ops.controltoken`). Reads need it when ``token_env`` is set.
+  The page's own buttons send a page token instead (:func:`~supervisor.ops.page.page_token`),
+  accepted only on a request the browser marks as same-origin.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import html
 import ipaddress
 import logging
 import re
-import time
 from typing import Any, Awaitable, Callable, Collection, Protocol, Sequence
 
 from aiohttp import web
 
 from .history import History
 from .metrics import CONTENT_TYPE, Metrics
+from .page import page_token, render_page
 
 log = logging.getLogger("supervisor.control")
 
@@ -108,8 +109,18 @@ def cross_site(request: web.Request) -> str | None:
     return None
 
 
+def same_origin(request: web.Request) -> bool:
+    """Does a browser say this request comes from our own page? (Only browsers send these headers.)"""
+    if request.headers.get("Sec-Fetch-Site") == "same-origin":
+        return True
+    origin = request.headers.get("Origin")
+    scheme = "https" if request.secure else "http"
+    return origin is not None and origin.lower() == f"{scheme}://{request.headers.get('Host', '')}".lower()
+
+
 def gate(token: bytes, reads_need_token: bool, hosts: Collection[str] = ()) -> Callable[..., Awaitable[web.StreamResponse]]:
     """The control API's middleware: Host, then cross-site, then the credential (see the module doc)."""
+    page = page_token(token).encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -122,7 +133,9 @@ def gate(token: bytes, reads_need_token: bool, hosts: Collection[str] = ()) -> C
         writes = request.method not in SAFE_METHODS
         if writes and (why := cross_site(request)):
             return _refuse(403, f"cross-site request refused ({why})", request)
-        if writes or reads_need_token:
+        from_page = writes and same_origin(request) and hmac.compare_digest(
+            request.headers.get("X-Pushcd-Page", "").encode(), page)
+        if (writes and not from_page) or reads_need_token:
             sent = request.headers.get("Authorization", "")
             given = sent[len("Bearer "):].encode() if sent.startswith("Bearer ") else b""
             if not hmac.compare_digest(given, token):
@@ -200,7 +213,7 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
 
     async def get_page(_request: web.Request) -> web.Response:
         page = render_page(await sup.status(), sup.history.deploys(15), sup.history.deliveries(15),
-                           list(sup.lines)[-40:])
+                           list(sup.lines)[-40:], page_token(token))
         return web.Response(text=page, content_type="text/html")
 
     app = web.Application(middlewares=[gate(token, reads_need_token, hosts)])
@@ -217,77 +230,3 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
         web.get("/metrics", get_metrics),
     ])
     return app
-
-
-def _ago(ts: float) -> str:
-    s = max(0, int(time.time() - ts))
-    return f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else f"{s // 3600}h ago"
-
-
-_CSS = """
-body{font:15px/1.4 system-ui,sans-serif;margin:0;padding:12px;background:#f6f7f9;color:#1d2330}
-h1{font-size:20px;margin:0 0 8px} h2{font-size:16px;margin:18px 0 6px}
-.card{background:#fff;border-radius:8px;padding:12px;box-shadow:0 1px 2px #0001;margin-bottom:10px}
-.state{display:inline-block;padding:2px 8px;border-radius:10px;background:#dde;font-weight:600}
-.running,.ok,.queued{background:#d4f5dd;color:#125c2a} .deploying,.ping{background:#fff1c2;color:#6b4e00}
-.crashed,.failed,.unauthorized,.forbidden,.bad_request{background:#fbd5d5;color:#8a1414}
-.refused,.ignored,.duplicate,.too_large{background:#e5e7eb;color:#374151}
-table{border-collapse:collapse;width:100%} td,th{text-align:left;padding:4px 6px;border-top:1px solid #eee;
-vertical-align:top;font-size:14px} code{font-size:13px} .reason{word-break:break-word}
-pre{background:#111827;color:#e5e7eb;padding:8px;border-radius:6px;overflow-x:auto;font-size:12px;max-height:22em}
-@media (max-width:600px){.wide{display:none} td,th{font-size:13px}}
-"""
-
-
-def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_seen: list[dict[str, Any]],
-                lines_seen: list[tuple[float, int, str]]) -> str:
-    """The status page from data alone (a status snapshot, history rows, output lines)."""
-    e = html.escape
-    sha = st["deployed_commit"]
-    rows = []
-    for d in deploys:
-        rows.append(
-            f"<tr><td><span class='state {e(d['result'])}'>{e(d['result'])}</span></td>"
-            f"<td><code>{e((d['to_commit'] or '')[:12])}</code></td><td>{e(d['trigger'])}</td>"
-            f"<td>{d['duration']:.2f}s</td><td class='wide'>{e(_ago(d['ended_at']))}</td>"
-            f"<td class='reason'>{e(d['reason'] or '')}</td></tr>")
-    deliveries = []
-    for d in deliveries_seen:
-        ident = "" if d["id"].startswith("-") else d["id"]
-        deliveries.append(
-            f"<tr><td><span class='state {e(d['verdict'])}'>{e(d['verdict'])}</span></td>"
-            f"<td>{e(d['event'] or '')}</td><td class='wide'><code>{e(ident[:36])}</code></td>"
-            f"<td>{e(_ago(d['received_at']))}</td><td class='reason'>{e(d['reason'] or '')}</td></tr>")
-    lines = "\n".join(f"[{pid}] {line}" for _, pid, line in lines_seen)
-    last = st["last_deploy"]
-    last_html = (f"<span class='state {e(last['result'])}'>{e(last['result'])}</span> "
-                 f"<span class='reason'>{e(last['reason'])}</span>") if last else "none yet"
-    bad = "".join(f"<li><code>{e(k[:12])}</code> {e(v)}</li>" for k, v in st["bad_commits"].items())
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="refresh" content="5">
-<title>pushcd: {e(st['state'])} {e(sha[:12])}</title><style>{_CSS}</style></head>
-<body>
-<h1>pushcd</h1>
-<div class="card" id="deployed">
- <div>State: <span class="state {e(st['state'])}" id="state">{e(st['state'])}</span></div>
- <div>Deployed: <code id="commit">{e(sha)}</code></div>
- <div>Message: <b id="message">{e(st['deployed_message'])}</b> by {e(st['deployed_author'])}</div>
- <div>Child pid {st['child_pid'] or '-'}, up {st['uptime']:.0f}s, {st['restarts']} restarts, queue: {e(', '.join(st['queue']) or 'empty')}</div>
- <div>Last deploy: {last_html}</div>
- {f"<div class='state failed'>History: {e(st['history']['problem'])}</div>" if st['history']['problem'] else ""}
- {f"<div>Marked bad:<ul>{bad}</ul></div>" if bad else ""}
-</div>
-<h2>Deploys</h2>
-<div class="card"><table id="deploys"><tr><th>result</th><th>commit</th><th>trigger</th><th>took</th>
-<th class="wide">when</th><th>reason</th></tr>{''.join(rows) or '<tr><td colspan=6>none yet</td></tr>'}</table></div>
-<h2>Deliveries</h2>
-<div class="card"><table id="deliveries"><tr><th>verdict</th><th>event</th><th class="wide">id</th><th>when</th>
-<th>reason</th></tr>{''.join(deliveries) or '<tr><td colspan=5>none yet</td></tr>'}</table></div>
-<h2>App output</h2>
-<pre id="logs">{e(lines) or '(nothing yet)'}</pre>
-<p><small>Refreshes every 5 s. JSON: <a href="status">/status</a>, <a href="history">/history</a>,
-<a href="logs">/logs</a>, <a href="metrics">/metrics</a>.</small></p>
-</body></html>
-"""

@@ -84,9 +84,9 @@ class Releases:
     """Owns the public sockets and the live release; one swap at a time."""
 
     def __init__(self, app: AppSpec, guard: Guard | None = None,
-                 on_line: Callable[[int, str], None] | None = None) -> None:
+                 on_line: Callable[[int, str], None] | None = None, public: Listeners | None = None) -> None:
         self.app = app  # replaced whole on SIGHUP; read at each start
-        self.public: Listeners | None = Listeners(app.listen) if app.listen else None
+        self.public = public  # the sockets of [app] listen (bound by the caller), or None
         self.live: Release | None = None
         self.starts = 0
         self._on_line = on_line

@@ -20,7 +20,6 @@ import enum
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from . import memory
@@ -120,7 +119,7 @@ class Deployer:
         self.before_restart_timeout = before_restart_timeout
         self.history = history
         self.guard = guard
-        self.pause = pause or Pause(Path("/nonexistent/paused.json"))
+        self.pause = pause or Pause()
         self.mailbox = Mailbox()
         self.bad: dict[str, str] = dict(bad or {})  # commit -> why; kept in the history too
         self.deployed: str = ""
@@ -211,11 +210,13 @@ class Deployer:
         handler = getattr(self, f"handle_{job.kind.value}")
         self._busy = job.kind
         result: Result = None
+        raised = False
         try:
             result = await handler(job.trigger, job.arg)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a bug or an OS error must not stop the worker
+            raised = True
             log.exception("deploy worker: unexpected error in %s; the app keeps running, next request retries",
                           job.kind.value)
         finally:
@@ -223,7 +224,11 @@ class Deployer:
             job.answer(result)  # whoever asked hears how it ended, even when it raised
             self.runs += 1
         if self._needs_recovery() and self._recovery_due is None:
-            self.mailbox.put(Kind.RECOVER, "crash")  # never crashed without a restart on the way
+            # Never crashed without a restart on the way; after an error, not at once (it may repeat).
+            if raised:
+                self._schedule_recovery(self._crash_backoff.next())
+            else:
+                self.mailbox.put(Kind.RECOVER, "crash")
         if job.kind in (Kind.DEPLOY, Kind.ROLLBACK) and not self.mailbox.has(Kind.DEPLOY, Kind.ROLLBACK):
             await self.git.run(self.tree.forget_caches)  # quiet again: give back what git work took
             memory.release()

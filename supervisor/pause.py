@@ -30,7 +30,7 @@ log = logging.getLogger("supervisor.deploy")
 
 @dataclass
 class Pause:
-    path: Path
+    path: Path | None = None  # where it is kept; None: in memory only
     reason: str | None = None
     since: float | None = None
 
@@ -47,6 +47,8 @@ class Pause:
 
     def hold(self, reason: str) -> None:
         self.reason, self.since = reason, time.time()
+        if self.path is None:
+            return
         tmp = self.path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps({"reason": reason, "since": self.since}))
@@ -56,6 +58,8 @@ class Pause:
 
     def release(self) -> None:
         self.reason = self.since = None
+        if self.path is None:
+            return
         try:
             self.path.unlink(missing_ok=True)
         except OSError as exc:

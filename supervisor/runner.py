@@ -339,6 +339,12 @@ class Supervisor:
                 ("[webhook] listen", new.webhook_listen, self.settings.webhook_listen),
                 ("[webhook] tls_cert/tls_key", new.tls, self.settings.tls),
                 ("[control] listen", new.control_listen, self.settings.control_listen),
+                ("[control] hosts, header_timeout, max_connections (and [webhook]'s)",
+                 (new.raw.control.hosts, new.raw.control.header_timeout, new.raw.control.max_connections,
+                  new.raw.webhook.header_timeout, new.raw.webhook.max_connections),
+                 (self.settings.raw.control.hosts, self.settings.raw.control.header_timeout,
+                  self.settings.raw.control.max_connections, self.settings.raw.webhook.header_timeout,
+                  self.settings.raw.webhook.max_connections)),
                 ("[app] listen", new.app_listen, self.settings.app_listen),
                 ("[repo] path", new.repo_path, self.settings.repo_path),
                 ("[repo] remote/branch", (new.raw.repo.remote, new.raw.repo.branch),
@@ -362,6 +368,8 @@ class Supervisor:
         d.on_diverge, d.probation = raw.repo.on_diverge, raw.deploy.probation
         d.before_restart, d.before_restart_timeout = raw.deploy.before_restart, raw.deploy.before_restart_timeout
         self.history.retention = raw.state.retention
+        n = self.notifier
+        n.targets, n.full_name, n.link = raw.notify, raw.repo.full_name, raw.control.public_url
         set_network_timeouts(raw.repo.fetch_timeout)
         self.tree.auth = new.auth  # the next fetch uses the new credentials
         if new.auth.known_hosts:

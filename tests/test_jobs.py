@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -163,3 +164,26 @@ async def test_shutdown_answers_queued_waiters() -> None:
     await asyncio.gather(loop, return_exceptions=True)
     assert await asyncio.wait_for(queued, 5) is None
     assert await asyncio.wait_for(running, 5) is None
+
+
+async def test_a_recovery_that_keeps_failing_backs_off_instead_of_spinning() -> None:
+    events: list[str] = []
+    d, releases = worker(events)
+    await d.start()
+    calls = 0
+
+    async def broken(_trigger: str, _arg: object = None) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("a bug in recovery")
+
+    d.handle_recover = broken  # type: ignore[method-assign]
+    loop = asyncio.create_task(d.run())
+    try:
+        releases.die()
+        # Before: the failed recovery queued the next one at once, thousands a second; now a backoff timer.
+        await eventually(lambda: calls >= 1 and d._recovery_due is not None, 5, "a retry scheduled after the error")
+        assert calls == 1 and d._recovery_due > time.monotonic() and d.queued == []
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)

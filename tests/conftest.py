@@ -305,6 +305,15 @@ async def deployed(client: Client, sha: str, timeout: float = 30.0) -> dict[str,
     return await eventually(check, timeout, f"deployed_commit == {sha[:12]}")
 
 
+async def cli(cfg: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """A pushcd command against ``cfg``, as a person types it: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        PY, "-m", "supervisor", *args, "--config", str(cfg), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})})
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
 def spawn_supervisor(config_path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([PY, "-m", "supervisor", "run", "--config", str(config_path), *args],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

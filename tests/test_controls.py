@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -13,19 +12,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .conftest import (PY, ROOT, Client, Repos, deployed, eventually, gunicorn_app, running, sign, spawn_supervisor,
-                       stop_process, wait_sync, write_config)
+from .conftest import (PY, ROOT, Client, Repos, cli, deployed, eventually, gunicorn_app, running, sign,
+                       spawn_supervisor, stop_process, wait_sync, write_config)
 from .test_faults import _try_status
 
 # Exits at start unless the environment has NEEDED (set in [app.env] by the "fix").
 NEEDS_ENV = "import os, sys\nif not os.environ.get('NEEDED'):\n    sys.exit('NEEDED is not set')\n"
-
-
-async def cli(cfg: Path, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(PY, "-m", "supervisor", *args, "--config", str(cfg), cwd=ROOT,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_deploy_an_older_commit_pins_it_until_resume(repos: Repos, tmp_path: Path, session) -> None:

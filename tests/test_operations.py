@@ -20,18 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from supervisor import config
 from supervisor.config import ConfigError
 
-from .conftest import (PY, ROOT, SECRET, Client, Repos, deployed, eventually, git, payload, running,
+from .conftest import (PY, ROOT, SECRET, Client, Repos, cli, deployed, eventually, git, payload, running,
                        spawn_supervisor, stop_process, wait_sync, write_config)
 
 BROKEN_APP = "raise SystemExit(9)\n"
-
-
-async def cli(cfg: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        PY, "-m", "supervisor", *args, "--config", str(cfg), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})})
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_history_bad_commits_and_duplicates_survive_a_restart(repos: Repos, tmp_path: Path, session) -> None:

@@ -9,6 +9,7 @@ import threading
 from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
+Call = tuple["concurrent.futures.Future[Any]", Callable[..., Any], tuple[Any, ...]]
 
 
 class GitThread:
@@ -19,8 +20,7 @@ class GitThread:
     """
 
     def __init__(self) -> None:
-        self._calls: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
-        self._calls = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="git", daemon=True)
         self._thread.start()
 

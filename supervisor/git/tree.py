@@ -123,7 +123,8 @@ class WorkTree:
             return str(self.repo.references[self.remote_ref].target)
         except KeyError:
             raise FetchError(f"{self.remote}/{self.branch} is gone: {self.remote} has no branch {self.branch} "
-                             f"(deleted?); nothing is deployed until it is pushed again, or set [repo] branch") from None
+                             f"(deleted?); nothing is deployed until it is pushed again, or set [repo] branch"
+                             ) from None
 
     def facts(self, target: str) -> Facts:
         head = self.head()

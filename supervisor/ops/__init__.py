@@ -1,1 +1,2 @@
-"""Operations: what a result leaves behind (``record``, ``history``, ``metrics``, ``logs``, ``redact``) and how people reach it (``site``, ``control``, ``controltoken``)."""
+"""Operations: what a result leaves behind (``record``, ``history``, ``metrics``, ``logs``, ``redact``,
+``notify``) and how people reach it (``site``, ``control``, ``page``, ``controltoken``)."""

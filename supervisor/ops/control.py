@@ -118,7 +118,8 @@ def same_origin(request: web.Request) -> bool:
     return origin is not None and origin.lower() == f"{scheme}://{request.headers.get('Host', '')}".lower()
 
 
-def gate(token: bytes, reads_need_token: bool, hosts: Collection[str] = ()) -> Callable[..., Awaitable[web.StreamResponse]]:
+def gate(token: bytes, reads_need_token: bool, hosts: Collection[str] = ()
+         ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """The control API's middleware: Host, then cross-site, then the credential (see the module doc)."""
     page = page_token(token).encode()
 

@@ -72,7 +72,8 @@ def request_for(target: Target, body: dict[str, Any], full_name: str | None) -> 
     headers = {"Content-Type": "application/json", "User-Agent": "pushcd"}
     if target.kind == "github":
         state = {"deploy_ok": "success", "resumed": "success", "paused": "pending"}.get(body["event"], "failure")
-        data = json.dumps({"state": state, "context": "pushcd", "description": f"{body['event']}: {body['reason']}"[:140],
+        description = f"{body['event']}: {body['reason']}"[:140]  # GitHub's limit
+        data = json.dumps({"state": state, "context": "pushcd", "description": description,
                            **({"target_url": body["link"]} if body["link"] else {})}).encode()
         headers["Authorization"] = f"Bearer {os.environ.get(target.token_env or '', '')}"
         headers["Accept"] = "application/vnd.github+json"

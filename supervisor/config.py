@@ -273,20 +273,17 @@ class Settings:
     raw: Config
     webhook_listen: Address
     control_listen: Address
-    app_listen: Address | None
+    app: AppSpec  # the web process: command, cwd, listen, stop signal, readiness
     secret: bytes
     repo_path: Path
-    app_cwd: Path
     watch_paths: tuple[Path, ...]
     state_dir: Path
-    stop_signal: signal.Signals
     control_token: bytes | None = None
     allow_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     tls: tuple[Path, Path] | None = None
     hooks: tuple[tuple[str, str, bytes], ...] = ()  # (kind, path, secret) per receiver
     auth: GitAuth = GitAuth()
-    app: AppSpec | None = None  # always set by resolve()
 
     def __repr__(self) -> str:  # never print the secret
         return f"Settings(source={self.source!s}, repo={self.repo_path!s})"
@@ -454,20 +451,17 @@ def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
         raw=raw,
         webhook_listen=parse_address(raw.webhook.listen, "[webhook] listen"),
         control_listen=control_listen,
-        app_listen=app_listen,
+        app=app,
         secret=dict((k, v) for k, _, v in hooks).get("github", b""),
         repo_path=repo_path,
-        app_cwd=app_cwd,
         watch_paths=watch_paths,
         state_dir=(base / raw.state.dir).resolve(),
-        stop_signal=stop_signal,
         control_token=_control_token(raw.control, control_listen),
         allow_from=_networks(raw.webhook.allow_from, "[webhook] allow_from"),
         trusted_proxies=_networks(raw.webhook.trusted_proxies, "[webhook] trusted_proxies"),
         tls=_tls(raw.webhook, base),
         hooks=hooks,
         auth=_auth(raw.repo.auth, base) if secret else GitAuth(),
-        app=app,
     )
     return settings
 

@@ -68,13 +68,12 @@ def _work_tree(settings: Settings) -> list[str]:
                    f"{raw.repo.branch}` there or set [repo] branch")
     if raw.repo.remote not in repo.remotes.names():
         out.append(f"[repo] remote: {path} has no remote named {raw.repo.remote!r}; add it or set [repo] remote")
-    if not settings.app_cwd.is_dir():
-        out.append(f"[app] cwd: {settings.app_cwd} does not exist in the work tree")
+    if not settings.app.cwd.is_dir():
+        out.append(f"[app] cwd: {settings.app.cwd} does not exist in the work tree")
     return out
 
 
 def _commands(settings: Settings) -> list[str]:
-    assert settings.app is not None
     app = settings.app
     argvs = [("[app] command", list(app.command))]
     argvs += [("[deploy] before_restart", argv) for argv in settings.raw.deploy.before_restart if argv]
@@ -109,7 +108,7 @@ def missing(program: str, cwd: Path, path: str) -> str | None:
 def _ports(settings: Settings) -> list[str]:
     addresses: list[tuple[str, Address | None]] = [("[webhook] listen", settings.webhook_listen),
                                                     ("[control] listen", settings.control_listen),
-                                                    ("[app] listen", settings.app_listen)]
+                                                    ("[app] listen", settings.app.listen)]
     out = []
     for key, addr in addresses:
         if addr is None or addr.port == 0:

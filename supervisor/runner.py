@@ -103,7 +103,6 @@ def build(settings: Settings) -> "Supervisor":
     repaired after a crash, on its branch), the history, the control token, the app's public
     address, the guard process; then the parts, wired. A StartupError names what to fix."""
     raw = settings.raw
-    assert settings.app is not None
     set_network_timeouts(raw.repo.fetch_timeout)
     tls = _tls_context(settings)
     _private_dir(settings.state_dir)
@@ -345,7 +344,7 @@ class Supervisor:
                  (self.settings.raw.control.hosts, self.settings.raw.control.header_timeout,
                   self.settings.raw.control.max_connections, self.settings.raw.webhook.header_timeout,
                   self.settings.raw.webhook.max_connections)),
-                ("[app] listen", new.app_listen, self.settings.app_listen),
+                ("[app] listen", new.app.listen, self.settings.app.listen),
                 ("[repo] path", new.repo_path, self.settings.repo_path),
                 ("[repo] remote/branch", (new.raw.repo.remote, new.raw.repo.branch),
                  (self.settings.raw.repo.remote, self.settings.raw.repo.branch)),
@@ -421,7 +420,7 @@ async def serve(settings: Settings, on_ready: Callable[[Supervisor], None] | Non
             on_ready(sup)
         await sup.stop_event.wait()
         sd_notify("STOPPING=1")
-        log.info("stopping: app gets %s, SIGKILL after %gs", sup.settings.stop_signal.name,
+        log.info("stopping: app gets %s, SIGKILL after %gs", sup.settings.app.stop_signal.name,
                  sup.settings.raw.app.stop_timeout)
     finally:
         await sup.close()

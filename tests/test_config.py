@@ -114,7 +114,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
     s = config.load(p)
     assert s.secret == b"s3cret"
     assert s.repo_path == folder / "work"
-    assert s.app_cwd == folder / "work" / "web"
+    assert s.app.cwd == folder / "work" / "web"
     assert s.watch_paths == (folder / "work" / "src",)
     assert s.state_dir == folder / "state"
     assert "s3cret" not in repr(s)

@@ -35,8 +35,8 @@ from .page import page_token, render_page
 
 log = logging.getLogger("supervisor.control")
 
-WAIT_LIMIT = 900.0
-COMMIT = re.compile(r"[0-9a-fA-F]{4,40}")  # POST /deploy?wait=1 answers within this, finished or not
+WAIT_LIMIT = 900.0  # POST /deploy?wait=1 answers within this, finished or not
+COMMIT = re.compile(r"[0-9a-fA-F]{4,40}")
 
 
 class Console(Protocol):
@@ -102,10 +102,8 @@ def cross_site(request: web.Request) -> str | None:
     if fetch_site is not None and fetch_site not in ("same-origin", "none"):
         return f"Sec-Fetch-Site: {fetch_site[:40]}"
     origin = request.headers.get("Origin")
-    if origin is not None:
-        scheme = "https" if request.secure else "http"
-        if origin.lower() != f"{scheme}://{request.headers.get('Host', '')}".lower():
-            return f"Origin {origin[:80]} is not this page's"
+    if origin is not None and origin.lower() != _own_origin(request):
+        return f"Origin {origin[:80]} is not this page's"
     return None
 
 
@@ -114,8 +112,12 @@ def same_origin(request: web.Request) -> bool:
     if request.headers.get("Sec-Fetch-Site") == "same-origin":
         return True
     origin = request.headers.get("Origin")
-    scheme = "https" if request.secure else "http"
-    return origin is not None and origin.lower() == f"{scheme}://{request.headers.get('Host', '')}".lower()
+    return origin is not None and origin.lower() == _own_origin(request)
+
+
+def _own_origin(request: web.Request) -> str:
+    """The origin a page of ours has (from the Host header itself; see gate)."""
+    return f"{'https' if request.secure else 'http'}://{request.headers.get('Host', '')}".lower()
 
 
 def gate(token: bytes, reads_need_token: bool, hosts: Collection[str] = ()

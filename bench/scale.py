@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import rss_mb, start_pushcd  # noqa: E402
+from supervisor.build import snapshot  # noqa: E402
 from supervisor.git.tree import WorkTree  # noqa: E402
 from tests.gitrepos import EXAMPLE_APP, git  # noqa: E402
 
@@ -105,7 +106,14 @@ def scale_git(root: Path, files: int, history: int, rounds: int) -> dict:
     for d in (ours, theirs):
         git("clone", "-q", str(origin), str(d), cwd=root)
     tree = WorkTree(ours, "origin", "main")
-    ours_t, theirs_t = [], []
+    releases = root / "releases"
+    releases.mkdir()
+    content = snapshot.of_commit(tree.repo, tree.head())
+    t = time.perf_counter()
+    snapshot.write(tree.repo, content, releases / content.id, workdir=ours)
+    first_release_s = time.perf_counter() - t
+    base = snapshot.Base(releases / content.id, content)
+    ours_t, theirs_t, release_t, added_kb = [], [], [], []
     for r in range(rounds):
         for k in range(20):  # one push touching 20 files
             p = dev / f"src/pkg000/mod{(r * 20 + k) % files:05d}.py"
@@ -113,12 +121,24 @@ def scale_git(root: Path, files: int, history: int, rounds: int) -> dict:
         git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", f"round {r}", cwd=dev)
         git("push", "-q", "origin", "HEAD:main", cwd=dev)
         ours_s, _facts_s, theirs_s, _changed = fast_forward_both(tree, theirs)
+        t = time.perf_counter()  # and the release directory of the new tip, sharing unchanged files with the last
+        content = snapshot.of_commit(tree.repo, tree.head())
+        snapshot.write(tree.repo, content, releases / content.id, workdir=ours, base=base)
+        snapshot.seal(releases / content.id)
+        release_t.append(time.perf_counter() - t)
+        # du counts an inode once per run: the second figure is what the new release adds on the disk
+        du = subprocess.run(["du", "-sk", str(base.root), str(releases / content.id)], capture_output=True,
+                            text=True, check=True).stdout.split()
+        added_kb.append(int(du[2]))
+        base = snapshot.Base(releases / content.id, content)
         ours_t.append(ours_s)
         theirs_t.append(theirs_s)
     assert git("status", "--porcelain", cwd=ours) == ""
     return {"files": files, "history": history, "fast_import_s": made, "rounds": rounds,
             "pushcd_ms": statistics.median(ours_t) * 1000, "pushcd_max_ms": max(ours_t) * 1000,
             "git_pull_ms": statistics.median(theirs_t) * 1000, "git_pull_max_ms": max(theirs_t) * 1000,
+            "release_ms": statistics.median(release_t) * 1000, "release_max_ms": max(release_t) * 1000,
+            "first_release_s": first_release_s, "release_added_kb": statistics.median(added_kb),
             "origin": origin, "dev": dev}
 
 
@@ -295,6 +315,11 @@ def main() -> None:
         print(f"fetch + fast-forward of a 20-file push, median of {g['rounds']}: pushcd (libgit2) "
               f"{g['pushcd_ms']:.0f} ms (max {g['pushcd_max_ms']:.0f}), git pull --ff-only "
               f"{g['git_pull_ms']:.0f} ms (max {g['git_pull_max_ms']:.0f})")
+        both = g["pushcd_ms"] + g["release_ms"]
+        print(f"  with the release directory built (snapshot mode): {both:.0f} ms = {both / g['git_pull_ms']:.2f}x "
+              f"git pull --ff-only (release alone: median {g['release_ms']:.0f} ms, max {g['release_max_ms']:.0f}; "
+              f"the first, of all {g['files']} files: {g['first_release_s']:.1f} s); each release adds "
+              f"{g['release_added_kb']:.0f} kB on disk")
         if args.big:
             big_changes(root, g, [int(x) for x in args.big.split(",")])
             git("fetch", "-q", "origin", cwd=g["dev"])

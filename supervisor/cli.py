@@ -5,7 +5,8 @@
     status     what is deployed and what is happening
     history    recent deploys and deliveries
     deploy     fetch and deploy the branch tip now (--commit SHA, --retry), and wait for the result
-    rollback   go back to the previous good release, and wait for the result
+    rollback   go back to the previous good release (--to a kept one), and wait for the result
+    releases   the kept releases: id, commit, environment, state
     restart    restart the live release with the current config, and wait for the result
     pause      stop deploying pushes and polls (still verified and recorded); resume: deploy again
     logs       the app's recent output, with times (-f to follow)
@@ -27,6 +28,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from . import config, demo, memory, preflight
 from .config import ConfigError, Settings
@@ -71,11 +74,17 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--commit", metavar="SHA", help="deploy this commit of the branch's history; an older one "
                                                         "pauses automatic deploys (pinned) until `pushcd resume`")
     which.add_argument("--retry", action="store_true", help="forget the tip's bad mark and deploy it")
+    acts["restart"].add_argument("process", nargs="?", metavar="NAME",
+                                 help="only this process type (web, or a [processes] / Procfile name)")
+    acts["rollback"].add_argument("--to", metavar="COMMIT_OR_RELEASE",
+                                  help="go to this kept release (`pushcd releases` lists them)")
+    add("releases", "the kept releases: id, commit, environment, state")
     pause = add("pause", "stop deploying pushes and polls (they are still verified and recorded)")
     pause.add_argument("--reason", default="paused by hand")
     log_cmd = add("logs", "tail the app's output")
     log_cmd.add_argument("-f", "--follow", action="store_true")
     log_cmd.add_argument("-n", "--lines", type=int, default=50)
+    log_cmd.add_argument("--process", metavar="NAME", help="only the output of this process type (web, worker...)")
     add("demo-push", "demo: commit to the demo origin and send a signed webhook", json_flag=False)
     return parser
 
@@ -105,11 +114,21 @@ def _short(sha: str | None) -> str:
     return (sha or "-")[:12]
 
 
+def _release_line(release: dict[str, Any] | None) -> str:
+    if not release:
+        return "-"
+    if release["mode"] == "in-place":
+        return f"in place: {release['dir']}"
+    edits = ", with hand edits" if release["dirty"] else ""
+    return f"{release['id']}{edits} (environment {release['env'] or 'none'})"
+
+
 def _print_status(data: dict[str, Any]) -> None:
     last = data.get("last_deploy") or {}
     rows = [
         ("state", data["state"]),
         ("deployed", f"{_short(data['deployed_commit'])}  {data.get('deployed_message', '')}"),
+        ("release", _release_line(data.get("release"))),
         ("child pid", data["child_pid"] or "-"),
         ("uptime", f"{data.get('uptime', 0):.0f}s"),
         ("restarts", data.get("restarts", 0)),
@@ -117,6 +136,9 @@ def _print_status(data: dict[str, Any]) -> None:
         ("last deploy", f"{last.get('result', '-')} {_short(last.get('commit'))}: {last.get('reason', '')}"
          if last else "-"),
     ]
+    for p in data.get("processes") or []:
+        rows.append((f"{p['name']}[{p['index']}]", f"{p['state']:<8} pid {p['pid'] or '-':<7} {_short(p['commit'])}  "
+                                                   f"up {p['uptime']:.0f}s, {p['restarts']} restarts"))
     for commit, why in (data.get("bad_commits") or {}).items():
         rows.append(("marked bad", f"{_short(commit)}: {why}"))
     if data.get("paused"):
@@ -160,9 +182,25 @@ def _cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_releases(args: argparse.Namespace, settings: Settings) -> int:
+    data = call(settings, "GET", "/releases")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{'release':<17} {'commit':<12} {'edits':<6} {'env':<17} {'built':<20} {'took':>6}  state")
+    for r in data["releases"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["built_at"]))
+        print(f"{r['id']:<17} {_short(r['commit']):<12} {'yes' if r['dirty'] else '-':<6} {r['env'] or '-':<17} "
+              f"{when:<20} {r['build_seconds']:>5.2f}s  {r['state']}")
+    if not data["releases"]:
+        print("(no kept releases: [release] mode is in-place, or nothing was deployed yet)")
+    return 0
+
+
 def _cmd_act(args: argparse.Namespace, settings: Settings) -> int:
     """deploy / rollback / restart / resume: show progress while waiting; exit 0 ok, 1 failed or refused."""
     query = {"commit": getattr(args, "commit", None), "retry": "1" if getattr(args, "retry", False) else None,
+             "to": getattr(args, "to", None), "process": getattr(args, "process", None),
              "wait": None if args.no_wait else "1"}
     path = f"/{args.command}?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
     if args.no_wait:
@@ -219,10 +257,12 @@ def _cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
     since = 0.0
     first = True
     while True:
-        data = call(settings, "GET", f"/logs?since={since}&limit={max(1, min(500, args.lines)) if first else 500}")
+        query = {"since": since, "limit": max(1, min(500, args.lines)) if first else 500, "process": args.process}
+        data = call(settings, "GET", "/logs?" + urllib.parse.urlencode({k: v for k, v in query.items() if v}))
         for item in data["lines"]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["time"]))
-            print(json.dumps(item) if args.json else f"{when} app[{item['pid']}] {item['line']}", flush=True)
+            print(json.dumps(item) if args.json else f"{when} {item['process']}[{item['pid']}] {item['line']}",
+                  flush=True)
             since = max(since, item["time"])
         first = False
         if not args.follow:
@@ -279,7 +319,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                     "allow_from": raw.webhook.allow_from, "trusted_proxies": raw.webhook.trusted_proxies},
         "repo": {"path": str(settings.repo_path), "remote": raw.repo.remote, "branch": raw.repo.branch,
                  "full_name": raw.repo.full_name, "on_diverge": raw.repo.on_diverge},
-        "app": {"command": raw.app.command, "cwd": str(settings.app.cwd), "listen": raw.app.listen,
+        "app": {"command": raw.app.command, "procfile": raw.app.procfile, "cwd": str(settings.app.cwd), "listen": raw.app.listen,
                 "stop_signal": settings.app.stop_signal.name, "stop_timeout": raw.app.stop_timeout,
                 "ready": {"notify": raw.app.ready.notify, "http": raw.app.ready.http,
                           "min_uptime": raw.app.ready.min_uptime, "timeout": raw.app.ready.timeout}},
@@ -289,7 +329,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
                     "token": "***" if settings.control_token else None},
         "state": {"dir": str(settings.state_dir), "retention": raw.state.retention},
         "deploy": {"probation": raw.deploy.probation, "before_restart": raw.deploy.before_restart,
-                   "before_restart_timeout": raw.deploy.before_restart_timeout},
+                   "before_restart_timeout": raw.deploy.before_restart_timeout,
+                   "release_command": raw.deploy.release_command},
+        "release": msgspec.to_builtins(raw.release),
+        "processes": {name: msgspec.to_builtins(p) for name, p in raw.processes.items()},
         "log": {"format": raw.log.format},
     }
     print(json.dumps(out, indent=2))
@@ -318,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     clients = {"status": _cmd_status, "history": _cmd_history, "deploy": _cmd_act, "rollback": _cmd_act,
-               "restart": _cmd_act, "resume": _cmd_act, "pause": _cmd_pause, "logs": _cmd_logs}
+               "releases": _cmd_releases, "restart": _cmd_act, "resume": _cmd_act, "pause": _cmd_pause, "logs": _cmd_logs}
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "check":

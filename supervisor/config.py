@@ -21,6 +21,7 @@ key and the fix; the CLI prints it and exits 2, never with a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -97,13 +98,33 @@ class Ready(_Section):
 
 
 class App(_Section):
-    command: list[str]
+    command: list[str] = []  # required, unless procfile gives a web: line
+    procfile: str | None = None  # a Procfile in the repository: web, release and the process types, per commit
     cwd: str = "."
     env: dict[str, str] = {}
     stop_signal: str = "SIGTERM"
     stop_timeout: float = 10.0
     listen: str | None = None
     ready: Ready = msgspec.field(default_factory=Ready)
+
+
+class ProcessReady(_Section):
+    notify: bool = False
+    min_uptime: float = 1.0
+    timeout: float = 60.0
+
+
+class Process(_Section):
+    """[processes.NAME]: a process type besides the web process (a worker, a scheduler)."""
+
+    command: list[str] = []  # may come from the Procfile instead
+    cwd: str = "."
+    env: dict[str, str] = {}
+    stop_signal: str = "SIGTERM"
+    stop_timeout: float = 10.0
+    count: int = 1
+    overlap: bool = True  # the new instance starts before the old one stops; false: never two at once
+    ready: ProcessReady = msgspec.field(default_factory=ProcessReady)
 
 
 class Watch(_Section):
@@ -147,6 +168,21 @@ class Deploy(_Section):
     probation: float = 30.0
     before_restart: list[list[str]] = []
     before_restart_timeout: float = 300.0
+    release_command: list[str] = []  # once per deploy, before anything of the new release serves (migrations)
+    release_timeout: float = 300.0
+
+
+class Release(_Section):
+    # snapshot: each release runs from its own read-only directory (and Python environment) under
+    # [state] dir; in-place: the app runs in the work tree itself (files change under it during a deploy).
+    mode: Literal["snapshot", "in-place"] = "snapshot"
+    keep: int = 5  # releases kept for rollback (the live one and the rollback target are never pruned)
+    link: list[str] = []  # work-tree paths each release links to (data that outlives releases); "dir/" = a folder
+    requirements: str | None = None  # the file that decides the environment; None = detect, "" = no environment
+    python: str = "python3"  # the interpreter environments are made with
+    install_args: list[str] = []  # e.g. ["--no-index", "--find-links", "/srv/wheels"]
+    installer: Literal["auto", "uv", "pip"] = "auto"  # auto: uv when it is there, else venv + pip
+    build_timeout: float = 900.0  # seconds an environment's install may take
 
 
 class Demo(_Section):
@@ -165,9 +201,11 @@ class Config(_Section):
     control: Control = msgspec.field(default_factory=Control)
     state: State = msgspec.field(default_factory=State)
     deploy: Deploy = msgspec.field(default_factory=Deploy)
+    release: Release = msgspec.field(default_factory=Release)
     demo: Demo = msgspec.field(default_factory=Demo)
     log: Log = msgspec.field(default_factory=Log)
     notify: list[Notify] = []
+    processes: dict[str, Process] = {}
 
 
 @dataclass(frozen=True)
@@ -208,13 +246,14 @@ class AppSpec:
     """The web process as the config file describes it, resolved once; replaced whole on SIGHUP."""
 
     command: tuple[str, ...]
-    cwd: Path
+    cwd: Path  # in the work tree; a release runs in the same folder of its own directory (subdir)
     env: dict[str, str]
     unset: frozenset[str]  # variables pushcd reads its secrets from: the app does not inherit them
     stop_signal: signal.Signals
     stop_timeout: float
     listen: Address | None
     ready: Ready
+    subdir: str = "."  # [app] cwd, relative to the top of the tree (or of a release)
 
     def changes(self, other: "AppSpec") -> list[str]:
         """The settings that differ in ``other``, as the config file names them.
@@ -266,6 +305,75 @@ def probe_problem(app: AppSpec) -> str | None:
 
 
 @dataclass(frozen=True)
+class ProcSpec:
+    """A process type as the config file describes it ([processes.NAME]); the command may come from a Procfile."""
+
+    name: str
+    command: tuple[str, ...]
+    subdir: str
+    env: dict[str, str]
+    stop_signal: signal.Signals
+    stop_timeout: float
+    count: int
+    overlap: bool
+    ready: ProcessReady
+
+    @classmethod
+    def default(cls, name: str, command: tuple[str, ...]) -> "ProcSpec":
+        """A Procfile entry no [processes.NAME] table sets options for."""
+        return cls(name, command, ".", {}, signal.SIGTERM, 10.0, 1, True, ProcessReady())
+
+
+def procfile_types(specs: dict[str, ProcSpec], procfile: dict[str, list[str]] | None) -> list[ProcSpec]:
+    """The process types of one release: the Procfile's entries (web and release aside), with the options of
+    their [processes.NAME] tables, and the tables that give their own command.
+
+    >>> spec = ProcSpec.default("worker", ())
+    >>> [(p.name, p.command) for p in procfile_types({"worker": spec}, {"web": ["x"], "worker": ["w", "-q"]})]
+    [('worker', ('w', '-q'))]
+    """
+    import dataclasses
+
+    out = {}
+    for name, argv in (procfile or {}).items():
+        if name not in ("web", "release"):
+            base = specs.get(name) or ProcSpec.default(name, ())
+            out[name] = dataclasses.replace(base, command=tuple(argv))
+    for name, spec in specs.items():
+        if name not in out and spec.command:
+            out[name] = spec
+    return sorted(out.values(), key=lambda p: p.name)
+
+
+def _signal(value: str, key: str) -> signal.Signals:
+    try:
+        return signal.Signals[value.upper()]
+    except KeyError:
+        raise ConfigError(f'{key} stop_signal = "{value}" is not a signal name; use e.g. "SIGTERM"') from None
+
+
+def _processes(raw: Config, repo_path: Path) -> dict[str, ProcSpec]:
+    out = {}
+    for name, p in raw.processes.items():
+        key = f"[processes.{name}]"
+        if name in ("web", "release"):
+            raise ConfigError(f"{key}: web is [app] and release is [deploy] release_command; give the process "
+                              f"type another name")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", name):
+            raise ConfigError(f"{key}: a process type's name is letters, digits, - and _")
+        if not p.command and not raw.app.procfile:
+            raise ConfigError(f"{key} needs command (an argv list), or [app] procfile with a {name}: line")
+        if p.count < 1 or p.stop_timeout <= 0 or p.ready.timeout <= 0:
+            raise ConfigError(f"{key}: count must be 1 or more, stop_timeout and ready.timeout greater than 0")
+        cwd = (repo_path / p.cwd).resolve()
+        if not cwd.is_relative_to(repo_path):
+            raise ConfigError(f'{key} cwd = "{p.cwd}" is outside [repo] path; give a folder of the repository')
+        out[name] = ProcSpec(name, tuple(p.command), str(cwd.relative_to(repo_path)), dict(p.env),
+                             _signal(p.stop_signal, key), p.stop_timeout, p.count, p.overlap, p.ready)
+    return out
+
+
+@dataclass(frozen=True)
 class Settings:
     """The validated config with paths resolved and the secret loaded."""
 
@@ -284,6 +392,7 @@ class Settings:
     tls: tuple[Path, Path] | None = None
     hooks: tuple[tuple[str, str, bytes], ...] = ()  # (kind, path, secret) per receiver
     auth: GitAuth = GitAuth()
+    processes: dict[str, ProcSpec] = dataclasses.field(default_factory=dict)  # [processes.NAME], resolved
 
     def __repr__(self) -> str:  # never print the secret
         return f"Settings(source={self.source!s}, repo={self.repo_path!s})"
@@ -399,8 +508,9 @@ def parse(path: str | os.PathLike[str]) -> tuple[Path, Config]:
 
 def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
     base = source.parent
-    if not raw.app.command or not all(raw.app.command):
-        raise ConfigError("[app] command must be a non-empty list of strings, e.g. [\"python\", \"app.py\"]")
+    if (not raw.app.command and not raw.app.procfile) or not all(raw.app.command):
+        raise ConfigError("[app] command must be a non-empty list of strings, e.g. [\"python\", \"app.py\"] "
+                          "(or set [app] procfile to take it from the Procfile's web: line)")
     if not raw.webhook.path.startswith("/"):
         raise ConfigError(f'[webhook] path = "{raw.webhook.path}" must start with "/"')
     try:
@@ -416,6 +526,7 @@ def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
         raise ConfigError("[repo] poll_interval must be 0 (off) or more seconds")
     if raw.state.retention < 1:
         raise ConfigError("[state] retention must be 1 or more")
+    _check_release(raw.release)
     for i, n in enumerate(raw.notify):
         key = f"[[notify]] #{i + 1}"
         unknown = sorted(set(n.events) - set(EVENTS))
@@ -436,16 +547,23 @@ def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
             raise ConfigError(f"{key} max_connections must be 1 or more")
     repo_path = (base / raw.repo.path).resolve()
     app_cwd = (repo_path / raw.app.cwd).resolve()
+    if not app_cwd.is_relative_to(repo_path):
+        raise ConfigError(f'[app] cwd = "{raw.app.cwd}" is outside [repo] path; give a folder of the repository')
     watch_paths = tuple((repo_path / p).resolve() for p in raw.watch.paths) or (repo_path,)
     control_listen = parse_address(raw.control.listen, "[control] listen")
     hooks = read_hooks(raw.webhook, base) if secret else ()
     app_listen = parse_address(raw.app.listen, "[app] listen") if raw.app.listen else None
     app = AppSpec(command=tuple(raw.app.command), cwd=app_cwd, env=dict(raw.app.env),
                   unset=frozenset(secret_variables(raw)), stop_signal=stop_signal,
-                  stop_timeout=raw.app.stop_timeout, listen=app_listen, ready=raw.app.ready)
-    problem = probe_problem(app)
+                  stop_timeout=raw.app.stop_timeout, listen=app_listen, ready=raw.app.ready,
+                  subdir=str(app_cwd.relative_to(repo_path)))
+    problem = probe_problem(app) if app.command else None  # a Procfile's web: line is checked per release
     if problem:
         raise ConfigError(problem)
+    state_dir = (base / raw.state.dir).resolve()
+    if raw.release.mode == "snapshot" and state_dir.is_relative_to(repo_path):
+        raise ConfigError(f"[state] dir = {state_dir} is inside [repo] path, where releases would copy "
+                          f"themselves; put it outside the work tree (or set [release] mode = \"in-place\")")
     settings = Settings(
         source=source,
         raw=raw,
@@ -455,15 +573,32 @@ def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
         secret=dict((k, v) for k, _, v in hooks).get("github", b""),
         repo_path=repo_path,
         watch_paths=watch_paths,
-        state_dir=(base / raw.state.dir).resolve(),
+        state_dir=state_dir,
         control_token=_control_token(raw.control, control_listen),
         allow_from=_networks(raw.webhook.allow_from, "[webhook] allow_from"),
         trusted_proxies=_networks(raw.webhook.trusted_proxies, "[webhook] trusted_proxies"),
         tls=_tls(raw.webhook, base),
         hooks=hooks,
         auth=_auth(raw.repo.auth, base) if secret else GitAuth(),
+        processes=_processes(raw, repo_path),
     )
     return settings
+
+
+def _check_release(cfg: Release) -> None:
+    if cfg.keep < 1:
+        raise ConfigError("[release] keep must be 1 or more (the live release and the one a rollback goes to "
+                          "are always kept besides)")
+    if cfg.build_timeout <= 0:
+        raise ConfigError("[release] build_timeout must be greater than 0 (seconds)")
+    for entry in cfg.link:
+        parts = entry.rstrip("/").split("/")
+        if not entry.rstrip("/") or entry.startswith("/") or ".." in parts or parts[0] == ".git":
+            raise ConfigError(f'[release] link: "{entry}" must be a path inside the repository, such as ".env" '
+                              f'or "media/" (not absolute, no "..", not .git)')
+    if cfg.requirements and (cfg.requirements.startswith("/") or ".." in cfg.requirements.split("/")):
+        raise ConfigError(f'[release] requirements = "{cfg.requirements}" must be a file of the repository, '
+                          f'such as "requirements.txt"')
 
 
 def secret_variables(raw: Config) -> list[str]:

@@ -23,15 +23,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import memory
+from .backoff import Backoff
+from .build.builder import Builder, BuildFailed, Built, InPlace
+from .config import ProcSpec, procfile_types
 from .git.thread import GitThread
 from .git.tree import Facts, FetchError, GitFailure, WorkTree
 from .jobs import Job, Kind, Mailbox
 from .ops.history import History
 from .ops.record import LastDeploy, Phases, Recorder
 from .pause import Pause
-from .process.child import Child, Spec, describe_exit
+from .process.child import Spec, describe_exit, run_to_end
 from .process.guard import Guard
 from .process.release import Releases, SwapResult, failure_report
+from .process.workers import Workers
 from .watch import Expected
 
 log = logging.getLogger("supervisor.deploy")
@@ -71,25 +75,6 @@ def plan(facts: Facts, on_diverge: str, bad: dict[str, str], pinned: bool = Fals
 
 
 
-@dataclass
-class Backoff:
-    """0.5 s, 1 s, 2 s ... capped; reset after a healthy stretch."""
-
-    first: float = 0.5
-    cap: float = 30.0
-    healthy: float = 10.0
-    failures: int = 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.first * (2 ** self.failures))
-        self.failures += 1
-        return delay
-
-    def observe_uptime(self, seconds: float) -> None:
-        if seconds >= self.healthy:
-            self.failures = 0
-
-
 class State(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
@@ -106,9 +91,17 @@ class Deployer:
     def __init__(self, tree: WorkTree, git: GitThread, releases: Releases, expected: Expected,
                  recorder: Recorder, *, on_diverge: str, probation: float, before_restart: list[list[str]],
                  before_restart_timeout: float, history: History | None = None,
-                 guard: Guard | None = None, pause: Pause | None = None, bad: dict[str, str] | None = None
-                 ) -> None:
+                 guard: Guard | None = None, pause: Pause | None = None, bad: dict[str, str] | None = None,
+                 builder: Builder | None = None, workers: Workers | None = None,
+                 processes: dict[str, ProcSpec] | None = None, release_command: list[str] | None = None,
+                 release_timeout: float = 300.0) -> None:
         self.tree = tree
+        self.workers = workers or Workers(guard)
+        self.processes = dict(processes or {})  # [processes.NAME]; replaced whole on SIGHUP
+        self.release_command = list(release_command or [])
+        self.release_timeout = release_timeout
+        self.workers.on_early_exit = lambda why: self.mailbox.put(Kind.RECOVER, "crash", arg=why)
+        self.builder: Builder = builder or InPlace(tree, git)
         self.git = git
         self.releases = releases
         self.expected = expected
@@ -123,6 +116,7 @@ class Deployer:
         self.mailbox = Mailbox()
         self.bad: dict[str, str] = dict(bad or {})  # commit -> why; kept in the history too
         self.deployed: str = ""
+        self.current: Built | None = None  # the release that serves (or, crashed, is to be restarted)
         self.runs = 0  # jobs the worker finished, including ones that found nothing to do
         self._started = False
         self._busy: Kind | None = None
@@ -162,11 +156,13 @@ class Deployer:
         arg = commit or ("retry" if retry else None)
         return self.mailbox.put(Kind.DEPLOY, trigger, wait=True, arg=arg)  # type: ignore[return-value]
 
-    def request_rollback(self) -> "asyncio.Future[Result]":
-        return self.mailbox.put(Kind.ROLLBACK, "rollback", wait=True)  # type: ignore[return-value]
+    def request_rollback(self, to: str | None = None) -> "asyncio.Future[Result]":
+        """Back to the previous good release, or ``to`` (a kept release's id or commit)."""
+        return self.mailbox.put(Kind.ROLLBACK, "rollback", wait=True, arg=to)  # type: ignore[return-value]
 
-    def request_restart(self, trigger: str) -> "asyncio.Future[Result]":
-        return self.mailbox.put(Kind.RESTART, trigger, wait=True)  # type: ignore[return-value]
+    def request_restart(self, trigger: str, process: str | None = None) -> "asyncio.Future[Result]":
+        """Restart every process (or ``process``: "web" or a process type's name) of the running release."""
+        return self.mailbox.put(Kind.RESTART, trigger, wait=True, arg=process)  # type: ignore[return-value]
 
     def hold(self, reason: str) -> None:
         """Pause automatic deploys (webhook, poll); a person's requests still run."""
@@ -189,17 +185,26 @@ class Deployer:
         """Run what the work tree holds now."""
         self.tree.check_branch()
         self.deployed = self.tree.head()
-        result = await self.releases.start(self.deployed)
+        result = await self._start_work_tree(Phases())
         self._started = True
-        if result.ok:
-            self._went_live(self.deployed)
-        else:
+        if not result.ok:
             log.error("app failed to start at %s: %s", self.deployed[:12], result.reason)
             self._schedule_recovery(self._crash_backoff.next())
+
+    async def _start_work_tree(self, phases: Phases, previous: Built | None = None) -> SwapResult:
+        """A release of what the work tree holds (HEAD and any hand edits), put live."""
+        try:
+            built = await self.builder.of_work_tree(phases, self.current)
+        except BuildFailed as exc:
+            return SwapResult(False, str(exc))
+        self.builder.seal(built)
+        with phases("start"):
+            return await self._swap(built, previous)
 
     async def run(self) -> None:
         """Take jobs, most urgent first, and dispatch each to ``handle_<kind>``; forever."""
         try:
+            await self._quiet()
             while True:
                 job = await self.mailbox.take()
                 await self._one(job)
@@ -229,9 +234,17 @@ class Deployer:
                 self._schedule_recovery(self._crash_backoff.next())
             else:
                 self.mailbox.put(Kind.RECOVER, "crash")
-        if job.kind in (Kind.DEPLOY, Kind.ROLLBACK) and not self.mailbox.has(Kind.DEPLOY, Kind.ROLLBACK):
-            await self.git.run(self.tree.forget_caches)  # quiet again: give back what git work took
-            memory.release()
+        if job.kind != Kind.RECOVER and not self.mailbox.has(Kind.DEPLOY, Kind.ROLLBACK, Kind.RESTART):
+            await self._quiet()
+
+    async def _quiet(self) -> None:
+        """Nothing waits: ready the next release's files, give back what git work took."""
+        try:
+            await self.builder.idle()
+        except OSError as exc:
+            log.warning("could not prepare the next release's files ahead (%s); it is built in full", exc)
+        await self.git.run(self.tree.forget_caches)
+        memory.release()
 
     def _needs_recovery(self) -> bool:
         live = self.releases.live
@@ -281,15 +294,28 @@ class Deployer:
             if sha != good and await self.git.run(self.tree.is_ancestor, sha, good):
                 self._unmark_bad(sha)
 
-    async def handle_rollback(self, trigger: str, _arg: str | None = None) -> Result:
-        """POST /rollback: back to the newest good release that is not the running one."""
+    def _rollback_target(self) -> str | None:
+        """The newest good release that is not the running one."""
+        return next((c for c in (self.history.good_releases() if self.history else [])
+                     if c != self.deployed and c not in self.bad), None)
+
+    async def handle_rollback(self, trigger: str, arg: str | None = None) -> Result:
+        """POST /rollback: back to the newest good release that is not the running one (or to ``arg``, a
+        kept release's id or commit)."""
         phases = Phases()
         current = self.deployed
-        target = next((c for c in (self.history.good_releases() if self.history else [])
-                       if c != current and c not in self.bad), None)
+        kept = self.builder.kept(arg) if arg else None
+        target = kept.commit if kept else self._commit_of(arg) if arg else self._rollback_target()
         if target is None:
-            return self._finish("refused", "no earlier good release to roll back to", current, trigger,
+            why = (f"{arg}: no kept release or earlier good release has that id or commit (`pushcd releases` "
+                   f"lists them)" if arg else "no earlier good release to roll back to")
+            return self._finish("refused", why, current, trigger, phases, current)
+        if target == current and (kept is None or kept == self.current):
+            return self._finish("refused", f"{target[:12]} is the running release already", current, trigger,
                                 phases, current)
+        kept = kept or self.builder.kept(target)
+        if kept is not None:
+            return await self._roll_back_to_kept(kept, trigger, phases)
         facts = await self.git.run(self.tree.facts, target)
         if facts.blocking:
             return self._finish("refused", "local edits would be overwritten: " + ", ".join(facts.blocking),
@@ -301,21 +327,94 @@ class Deployer:
             self._unmark_bad(current)  # the rollback itself failed: current still runs (and is not bad)
         return result
 
-    async def handle_restart(self, trigger: str, _arg: str | None = None) -> Result:
-        """The same commit, a new child with the current config, the same health gate (watched files
-        changed, or a person asked: e.g. to apply an [app] change reloaded with SIGHUP)."""
-        why = "after file changes" if trigger == "watch" else "by hand, with the current config"
-        phases = Phases()
+    async def _restart_one(self, name: str, trigger: str, phases: Phases) -> Result:
+        """`pushcd restart NAME`: one process type of the running release, with its gate."""
+        assert self.current is not None
+        types = self._types(self.current)
+        if name != "web" and name not in {t.name for t in types}:
+            return self._finish("refused", f"no process type {name}; the running release has: "
+                                           f"{', '.join(['web', *(t.name for t in types)])}", self.deployed, trigger,
+                                phases, self.deployed)
         with phases("start"):
-            result = await self._swap(self.deployed, previous=None)
+            if name == "web":
+                result = await self.releases.start(self.current)
+                why = None if result.ok else result.reason
+            else:
+                why = await self.workers.replace(self.current, types, only=name)
+        if why is None:
+            return self._finish("ok", f"restarted {name} by hand", self.deployed, trigger, phases, self.deployed)
+        return self._finish("failed", f"restart of {name} failed, the running instances keep running: {why}",
+                            self.deployed, trigger, phases, self.deployed, tail=why)
+
+    def _types(self, built: Built) -> list[ProcSpec]:
+        return procfile_types(self.processes, built.procfile)
+
+    def _commit_of(self, ref: str) -> str | None:
+        """A good release's full commit id from an abbreviation (7 digits or more)."""
+        if len(ref) < 7:
+            return None
+        return next((c for c in (self.history.good_releases() if self.history else []) if c.startswith(ref)), None)
+
+    async def _roll_back_to_kept(self, kept: Built, trigger: str, phases: Phases) -> Result:
+        """Start a kept release as it is (no checkout, no install), then bring the work tree back to it."""
+        current = self.deployed
+        if kept.commit != current:
+            self._mark_bad(current, "rolled back by hand")  # the webhook must not bring it back
+        with phases("start"):
+            result = await self._swap(kept, previous=None)
+        if not result.ok:
+            self._unmark_bad(current)
+            return self._finish("failed", f"rollback to release {kept.id} ({kept.commit[:12]}) failed, "
+                                          f"{current[:12]} keeps serving: {result.reason}", kept.commit, trigger,
+                                phases, current, tail=result.reason)
+        await self._tree_to(kept.commit, phases)
+        return self._finish("ok", f"roll back {current[:12]} to {kept.commit[:12]} (kept release {kept.id}) in "
+                                  f"{phases.total():.2f}s", kept.commit, trigger, phases, current)
+
+    async def _tree_to(self, commit: str, phases: Phases) -> None:
+        """After a kept release went live: the work tree follows it (the watcher ignores the move)."""
+        with phases("rollback"):
+            facts = await self.git.run(self.tree.facts, commit)
+            if facts.head == commit:
+                return
+            if facts.blocking:
+                log.warning("the work tree stays at %s: local edits would be overwritten (%s); the release "
+                            "runs from its own folder", facts.head[:12], ", ".join(facts.blocking))
+                return
+            try:
+                await self._move(facts, backup=False, reason=f"roll back to {commit[:12]}")
+            except GitFailure as exc:
+                log.warning("the work tree stays at %s: %s; the release runs from its own folder",
+                            facts.head[:12], exc)
+
+    async def handle_restart(self, trigger: str, arg: str | None = None) -> Result:
+        """New processes with the current config, the same health gates: of what the work tree holds when
+        watched files changed (a hand edit, a hand `git pull`), of the running release when a person
+        asked (e.g. to apply an [app] change reloaded with SIGHUP); ``arg``: only that process type."""
+        why = "after file changes" if trigger == "watch" else "by hand, with the current config"
+        phases, before = Phases(), self.deployed
+        if arg is not None and self.current is not None:
+            return await self._restart_one(arg, trigger, phases)
+        if trigger == "watch" or self.current is None:
+            result = await self._start_work_tree(phases)
+        else:
+            with phases("start"):
+                result = await self._swap(self.current, previous=None)
         if result.ok:
-            return self._finish("ok", f"restarted {why}", self.deployed, trigger, phases, self.deployed)
+            return self._finish("ok", f"restarted {why}", self.deployed, trigger, phases, before)
         return self._finish("failed", f"restart {why} failed, the running release keeps serving: "
-                                      f"{result.reason}", self.deployed, trigger, phases, self.deployed,
+                                      f"{result.reason}", self.deployed, trigger, phases, before,
                             tail=result.reason)
 
-    async def handle_recover(self, _trigger: str, _arg: str | None = None) -> Result:
-        """The live release died: look at why once, then restart it after a backoff (a timer, not a wait)."""
+    async def handle_recover(self, _trigger: str, arg: str | None = None) -> Result:
+        """The live release died: look at why once, then restart it after a backoff (a timer, not a wait).
+        ``arg``: a worker of the release exited within probation (why): the whole release goes back."""
+        if arg is not None:
+            live = self.releases.live
+            if live is not None and live.previous is not None and live.built == self.current:
+                self.recorder.tell("crashed", live.commit, arg)
+                return await self._probation_failed(live.built, live.previous, live.live_since, arg)
+            return None
         if not self._needs_recovery():
             self._recovery_due = None  # a deploy or restart brought one up meanwhile
             return None
@@ -329,12 +428,15 @@ class Deployer:
             self.recorder.tell("crashed", dead.commit, why, dead.child.telling)
             if dead.previous and time.monotonic() - dead.live_since < self.probation:
                 # Went live, then crashed within probation: it was never good.
-                return await self._probation_failed(dead.commit, dead.previous, dead.live_since, why)
+                return await self._probation_failed(dead.built, dead.previous, dead.live_since, why)
             log.warning("app crashed (%s); restarting", why)
             self._schedule_recovery(self._crash_backoff.next())
             return None
         self._recovery_due = None
-        result = await self.releases.start(self.deployed)
+        if self.current is None:  # nothing was ever built (the first build failed): try again
+            result = await self._start_work_tree(Phases())
+        else:
+            result = await self.releases.start(self.current)
         if not result.ok:
             self._schedule_recovery(self._crash_backoff.next())
         return None
@@ -345,13 +447,25 @@ class Deployer:
         self._recovery_due = time.monotonic() + delay
         self.mailbox.put_later(delay, Kind.RECOVER, "crash")
 
-    async def _probation_failed(self, bad: str, good: str, live_since: float, why: str) -> Result:
+    async def _probation_failed(self, bad_release: Built, good_release: Built, live_since: float, why: str
+                                ) -> Result:
         phases = Phases()
-        await self._back_to(good, bad, f"crashed {time.monotonic() - live_since:.1f}s after going live: {why}",
-                            phases)
+        bad, good = bad_release.commit, good_release.commit
+        crash = f"crashed {time.monotonic() - live_since:.1f}s after going live: {why}"
+        if self.builder.mode == "in-place":
+            await self._back_to(good, bad, crash, phases)  # the files first: the app runs from them
+            with phases("start"):
+                result = await self.releases.start(good_release)
+                await self._workers_to(good_release)
+        else:  # the kept release first (it needs nothing), then the tree follows
+            self._mark_bad(bad, crash)
+            with phases("start"):
+                result = await self.releases.start(good_release)
+                await self._workers_to(good_release)
+            await self._tree_to(good, phases)
+        self.deployed, self.current = good, good_release
         outcome = self._finish("failed", f"probation: {bad[:12]} {self.bad[bad]}; back to {good[:12]}", bad,
                                "rollback", phases, good, tail=why)
-        result = await self.releases.start(good)
         if not result.ok:
             self._schedule_recovery(self._crash_backoff.next())
         return outcome
@@ -370,7 +484,7 @@ class Deployer:
             self.history.unmark_bad(sha)
 
     async def _go(self, facts: Facts, reason: str, trigger: str, phases: Phases, backup: bool = False) -> Result:
-        """Move the tree to ``facts.target`` and swap the release; roll back if it does not come up."""
+        """Move the tree to ``facts.target``, make its release, swap; roll back if it does not come up."""
         previous, target = self.deployed, facts.target
         try:
             with phases("checkout"):
@@ -379,14 +493,27 @@ class Deployer:
             # The tree was put back to the running commit (all or nothing); the next push tries again.
             return self._finish("failed", f"{exc}; the tree is back at {previous[:12]}", target, trigger, phases,
                                 previous)
-        with phases("before_restart"):
-            why = await self._before_restart()
+        why = None
+        try:
+            built = await self.builder.of_commit(target, phases, self.current)
+        except BuildFailed as exc:
+            why = str(exc)
         if why is None:
-            with phases("start"):
-                result = await self._swap(target, previous=previous)
-            if result.ok:
-                return self._finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases, previous)
-            why = result.reason
+            if built.fresh or self.builder.mode == "in-place":  # a kept release has had its before_restart
+                with phases("before_restart"):
+                    why = await self._before_restart(built)
+            if why is not None:
+                self.builder.discard(built)
+            else:
+                self.builder.seal(built)
+                why = await self._release_task(built, phases)
+            if why is None:
+                with phases("start"):
+                    result = await self._swap(built, previous=self.current)
+                if result.ok:
+                    return self._finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases,
+                                        previous)
+                why = result.reason
         await self._back_to(good=previous, bad=target, why=why, phases=phases)
         return self._finish("failed", f"{target[:12]} rolled back to {previous[:12]}: {why}", target, trigger,
                             phases, previous, tail=why)
@@ -407,21 +534,16 @@ class Deployer:
                 self.expected.expect(facts.undo)  # the repair wrote the running commit's files back
                 raise
 
-    async def _before_restart(self) -> str | None:
-        """Run [deploy] before_restart in app.cwd; None when all succeeded."""
+    async def _before_restart(self, built: Built) -> str | None:
+        """Run [deploy] before_restart in the new release ([app] cwd in its folder, its environment);
+        None when all succeeded."""
         for argv in self.before_restart:
-            spec = self.releases.spec()
+            spec = self.releases.spec(built)
             spec = Spec(argv, spec.cwd, spec.env, stop_timeout=5, unset=spec.unset)
             try:
-                child = await Child.start(spec, label="before_restart", guard=self.guard)
+                code, child = await run_to_end(spec, "before_restart", self.before_restart_timeout, self.guard)
             except OSError as exc:
                 return f"before_restart {argv[0]}: {exc.strerror or exc}"
-            try:
-                code: int | None = await asyncio.wait_for(child.wait(), self.before_restart_timeout)
-            except asyncio.TimeoutError:
-                code = None
-            finally:
-                await child.stop()  # stops it on a timeout or a shutdown; reaps what it left in its group
             if code is None:
                 return failure_report(f"before_restart {' '.join(argv)} timed out after "
                                       f"{self.before_restart_timeout:g}s", child)
@@ -429,16 +551,50 @@ class Deployer:
                 return failure_report(f"before_restart {' '.join(argv)} {describe_exit(code)}", child)
         return None
 
-    async def _swap(self, commit: str, previous: str | None) -> SwapResult:
-        result = await self.releases.start(commit, previous=previous)
+    async def _swap(self, built: Built, previous: Built | None) -> SwapResult:
+        """The web process, then every process type, to ``built``; all of them or none."""
+        before = self.current
+        result = await self.releases.start(built, previous=previous)
         if result.ok:
-            self.deployed = commit
-            self._went_live(commit)
+            why = await self.workers.replace(built, self._types(built), probation=self.probation if previous else 0)
+            if why is not None:  # a worker of the new release is not ready: the web process goes back too
+                log.warning("release %s: %s; the web process goes back to %s", built.commit[:12], why,
+                            before.commit[:12] if before else "nothing")
+                if before is not None:
+                    await self.releases.start(before)
+                result = SwapResult(False, why)
+        if result.ok:
+            self.deployed, self.current = built.commit, built
+            self._went_live(built)
         return result
 
-    def _went_live(self, commit: str) -> None:
-        if self.history:
-            self.history.record_release(commit)
+    async def _workers_to(self, built: Built) -> None:
+        why = await self.workers.replace(built, self._types(built))
+        if why is not None:
+            log.error("the workers of %s did not come back: %s", built.commit[:12], why)
+
+    async def _release_task(self, built: Built, phases: Phases) -> str | None:
+        """[deploy] release_command (or the Procfile's release: line): once per deploy, before anything of
+        the new release serves; None when it succeeded."""
+        argv = (built.procfile or {}).get("release") or self.release_command
+        if not argv:
+            return None
+        spec = self.releases.spec(built)
+        spec = Spec(argv, spec.cwd, {**spec.env, "SUPERVISOR_PROCESS": "release"}, stop_timeout=5, unset=spec.unset)
+        try:
+            with phases("release"):
+                code, child = await run_to_end(spec, "release", self.release_timeout, self.guard)
+        except OSError as exc:
+            return f"release task {argv[0]}: {exc.strerror or exc}"
+        if code is None:
+            return failure_report(f"release task {' '.join(argv)} timed out after {self.release_timeout:g}s", child)
+        return failure_report(f"release task {' '.join(argv)} {describe_exit(code)}", child) if code else None
+
+    def _went_live(self, built: Built) -> None:
+        if self.history and not built.dirty:  # a rollback goes to commits, never to a hand edit
+            self.history.record_release(built.commit)
+        target = self._rollback_target()
+        self.builder.went_live(built, [self.builder.kept(target) if target else None])
 
     async def _back_to(self, good: str, bad: str, why: str, phases: Phases) -> None:
         """Mark ``bad``, return the tree to ``good`` (the watcher ignores it) and call it deployed."""

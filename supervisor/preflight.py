@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pygit2
 
+from .build.pyenv import BuildFailed, dependencies
 from .config import Address, Settings
 from .git.credentials import Credentials
 from .git.options import set_network_timeouts
@@ -78,11 +79,25 @@ def _commands(settings: Settings) -> list[str]:
     argvs = [("[app] command", list(app.command))]
     argvs += [("[deploy] before_restart", argv) for argv in settings.raw.deploy.before_restart if argv]
     out = []
+    from_env = _has_environment(settings)
     for key, argv in argvs:
+        if from_env and "/" not in argv[0]:
+            continue  # `gunicorn`, `python`: found in the release's environment, which is not built yet
         why = missing(argv[0], app.cwd, app.env.get("PATH", os.environ.get("PATH", os.defpath)))
         if why:
             out.append(f"{key}: {why}")
     return out
+
+
+def _has_environment(settings: Settings) -> bool:
+    """Releases get a Python environment (snapshot mode, and the work tree holds a dependency file)."""
+    release = settings.raw.release
+    if release.mode != "snapshot" or not settings.repo_path.is_dir():
+        return False
+    try:
+        return dependencies(settings.repo_path, release.requirements) is not None
+    except BuildFailed:
+        return False
 
 
 def missing(program: str, cwd: Path, path: str) -> str | None:

@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import config
+from .build.builder import Builder, InPlace, Snapshots
+from .build.pyenv import Environments
+from .build.store import Store
 from .config import ConfigError, Settings
 from .deploy import Deployer
 from .git.journal import Journal
@@ -43,6 +46,7 @@ from .process import reaper
 from .process.guard import Guard
 from .process.listener import ListenError, Listeners
 from .process.release import Releases
+from .process.workers import Workers
 from .watch import Armed, Expected, watch_tree
 from .webhook import intake
 from .webhook.delivery import GITEA, GITHUB, GITLAB, Verdict
@@ -123,10 +127,11 @@ def build(settings: Settings) -> "Supervisor":
     history = History.open(settings.state_dir / "history.db", retention=raw.state.retention)
     # POSTs always need a token; reads too when the operator chose one ([control] token_env).
     token = settings.control_token or controltoken.ensure(settings.state_dir)
-    lines: deque[tuple[float, int, str]] = deque(maxlen=LOG_LINES)
+    lines: deque[tuple[float, int, str, str]] = deque(maxlen=LOG_LINES)
     guard = Guard()
     try:
-        releases = Releases(settings.app, guard, on_line=lambda pid, line: lines.append((time.time(), pid, line)),
+        releases = Releases(settings.app, guard,
+                            on_line=lambda pid, line: lines.append((time.time(), pid, line, "web")),
                             public=Listeners(settings.app.listen) if settings.app.listen else None)
     except ListenError as exc:
         guard.close()
@@ -136,7 +141,12 @@ def build(settings: Settings) -> "Supervisor":
     metrics = Metrics()
     notifier = Notifier(raw.notify, metrics, full_name=raw.repo.full_name, link=raw.control.public_url,
                         describe=lambda sha: git.run(describe_commit, tree.repo, sha))
+    workers = Workers(guard, on_line=lambda name, pid, line: lines.append((time.time(), pid, line, name)),
+                      env=lambda built, _spec: releases.spec(built).env, unset=settings.app.unset)
     deployer = Deployer(tree, git, releases, expected, Recorder(history, metrics, notifier.send),
+                        builder=make_builder(settings, tree, git, guard), workers=workers,
+                        processes=settings.processes, release_command=raw.deploy.release_command,
+                        release_timeout=raw.deploy.release_timeout,
                         on_diverge=raw.repo.on_diverge, probation=raw.deploy.probation,
                         before_restart=raw.deploy.before_restart,
                         before_restart_timeout=raw.deploy.before_restart_timeout, history=history, guard=guard,
@@ -148,11 +158,22 @@ def build(settings: Settings) -> "Supervisor":
                       deployer=deployer, notifier=notifier, armed=Armed(armed))
 
 
+def make_builder(settings: Settings, tree: WorkTree, git: GitThread, guard: Guard | None) -> Builder:
+    """[release] mode: the app runs from a folder of its own per release (snapshot), or in the work tree."""
+    cfg, state = settings.raw.release, settings.state_dir
+    if cfg.mode == "in-place":
+        return InPlace(tree, git, settings.raw.app.procfile)
+    envs = Environments(state / "envs", python=cfg.python, install_args=cfg.install_args, installer=cfg.installer,
+                        timeout=cfg.build_timeout, guard=guard, unset=settings.app.unset)
+    return Snapshots(tree, git, Store(state / "releases"), envs, links=cfg.link, requirements=cfg.requirements,
+                     keep=cfg.keep, pycache=state / "pycache", procfile_name=settings.raw.app.procfile)
+
+
 class Supervisor:
     """The wired parts (see :func:`build`) and what runs them; also the control API's :class:`Console`."""
 
     def __init__(self, settings: Settings, *, tree: WorkTree, recovered: str | None, history: History,
-                 control_token: bytes, tls: ssl.SSLContext | None, lines: deque[tuple[float, int, str]],
+                 control_token: bytes, tls: ssl.SSLContext | None, lines: deque[tuple[float, int, str, str]],
                  guard: Guard, releases: Releases, git: GitThread, expected: Expected, metrics: Metrics,
                  deployer: Deployer, notifier: Notifier, armed: Armed) -> None:
         self.settings = settings
@@ -218,10 +239,12 @@ class Supervisor:
             "deployed_commit": d.deployed,
             "deployed_message": info["message"],
             "deployed_author": info["author"],
+            "release": self.release_info(),
             "state": d.state,
             "child_pid": live.child.pid if alive and live else None,
             "uptime": round(live.child.uptime, 3) if alive and live else 0.0,
             "restarts": self.releases.restarts,
+            "processes": self.processes(),
             "queue": d.queued,
             "last_deploy": d.last.as_dict() if d.last else None,
             "bad_commits": dict(d.bad),
@@ -233,6 +256,40 @@ class Supervisor:
             "history": {"ok": self.history.problem is None, "problem": self.history.problem},
         }
 
+    def processes(self) -> list[dict[str, Any]]:
+        """Every process of the running release: the web process, then each instance of each type."""
+        live = self.releases.live
+        web: list[dict[str, Any]] = []
+        if live is not None:
+            web = [{"name": "web", "index": 0, "pid": live.child.pid if live.alive else None, "commit": live.commit,
+                    "release": live.built.id, "state": "running" if live.alive else "crashed",
+                    "restarts": self.releases.restarts, "uptime": round(live.child.uptime, 3) if live.alive else 0.0}]
+        return web + self.deployer.workers.listing()
+
+    def release_info(self) -> dict[str, Any] | None:
+        """The running release: its id, folder, environment, and whether it holds hand edits."""
+        built = self.deployer.current
+        if built is None:
+            return None
+        return {"mode": self.deployer.builder.mode, "id": built.id, "dir": str(built.root),
+                "env": built.env_key, "dirty": built.dirty}
+
+    def releases_listing(self) -> list[dict[str, Any]]:
+        """The kept releases, newest use first, each with its state (live, previous, failed, pruned soon)."""
+        d = self.deployer
+        live = d.current.id if d.current else ""
+        target = d._rollback_target()
+        previous = d.builder.kept(target) if target else None
+        doomed = d.builder.doomed([d.current, previous])
+        out = []
+        for kept in d.builder.listing():
+            state = ("live" if kept.id == live else "previous" if previous and kept.id == previous.id
+                     else "failed" if kept.commit in d.bad and not kept.dirty
+                     else "pruned soon" if kept.id in doomed else "kept")
+            out.append({"id": kept.id, "commit": kept.commit, "dirty": kept.dirty, "env": kept.env,
+                        "built_at": kept.built_at, "build_seconds": kept.build_seconds, "state": state})
+        return out
+
     def waiting(self) -> list[str]:
         """[app] settings reloaded (SIGHUP) that the live release does not run with yet: `pushcd restart`."""
         live = self.releases.live
@@ -242,19 +299,23 @@ class Supervisor:
         """For a metrics scrape: no git read here (the message is the one status last read)."""
         live = self.releases.live
         commit = self.deployer.deployed
+        workers = self.deployer.workers
         return LiveFacts(up=live is not None and live.alive, restarts=self.releases.restarts, commit=commit,
                          message=self._described.get(commit, {}).get("message", ""),
-                         paused=self.deployer.pause.reason is not None)
+                         paused=self.deployer.pause.reason is not None,
+                         processes=tuple((str(p["name"]), int(p["index"]), p["state"] == "running")  # type: ignore
+                                         for p in self.processes()),
+                         process_restarts={"web": self.releases.restarts, **workers.restarts})
 
-    def ask(self, what: str, commit: str | None = None) -> "asyncio.Future[Any]":
+    def ask(self, what: str, arg: str | None = None) -> "asyncio.Future[Any]":
         d = self.deployer
         if what == "rollback":
-            return d.request_rollback()
+            return d.request_rollback(arg)
         if what == "restart":
-            return d.request_restart("manual")
+            return d.request_restart("manual", arg)
         if what == "resume":
             return d.resume()
-        return d.request_deploy("manual", commit=commit, retry=what == "retry")
+        return d.request_deploy("manual", commit=arg, retry=what == "retry")
 
     def pause(self, reason: str) -> None:
         self.deployer.hold(reason)
@@ -349,6 +410,7 @@ class Supervisor:
                 ("[repo] remote/branch", (new.raw.repo.remote, new.raw.repo.branch),
                  (self.settings.raw.repo.remote, self.settings.raw.repo.branch)),
                 ("[state] dir", new.state_dir, self.settings.state_dir),
+                ("[release] mode", new.raw.release.mode, self.settings.raw.release.mode),
                 ("webhook receivers and paths", [h[:2] for h in new.hooks], [h[:2] for h in self.settings.hooks]),
             ] if a != b]
             if fixed:
@@ -366,7 +428,10 @@ class Supervisor:
         d = self.deployer
         d.on_diverge, d.probation = raw.repo.on_diverge, raw.deploy.probation
         d.before_restart, d.before_restart_timeout = raw.deploy.before_restart, raw.deploy.before_restart_timeout
+        d.processes, d.release_command, d.release_timeout = (new.processes, raw.deploy.release_command,
+                                                             raw.deploy.release_timeout)
         self.history.retention = raw.state.retention
+        self.deployer.builder.configure(raw.release, raw.app.procfile)
         n = self.notifier
         n.targets, n.full_name, n.link = raw.notify, raw.repo.full_name, raw.control.public_url
         set_network_timeouts(raw.repo.fetch_timeout)
@@ -388,6 +453,7 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.releases.stop()
+        await self.deployer.workers.stop()
         await reaper.stop(reaper.adopted(), self.settings.raw.app.stop_timeout, "the app left behind, at shutdown")
         for site in self._sites:
             await site.close()

@@ -30,6 +30,7 @@ _SHARED = ROOT.parent / "shared" / "webhook-payloads"
 PAYLOADS = Path(os.environ.get("PUSHCD_PAYLOADS") or (_SHARED if _SHARED.is_dir() else ROOT / "tests" / "payloads"))
 SECRET = "test-secret-不要"  # non-ASCII on purpose: the secret is bytes, not text
 PY = sys.executable
+RELEASE_MODE = os.environ.get("PUSHCD_TEST_RELEASE_MODE", "snapshot")  # the whole suite runs in either mode
 
 
 def payload(name: str) -> bytes:
@@ -167,7 +168,9 @@ def repos(tmp_path: Path) -> Repos:
 
 def write_config(path: Path, repos: Repos, *, app: dict[str, Any] | None = None, extra: str = "",
                  repo_extra: str = "", webhook_extra: str = "", ready: dict[str, Any] | None = None,
-                 watch: str = "debounce_ms = 50", deploy: str = "probation = 30") -> Path:
+                 watch: str = "debounce_ms = 50", deploy: str = "probation = 30", release: str = "") -> Path:
+    """A config for the test's repos. [release] mode is snapshot (the default) unless ``release`` says otherwise
+    or PUSHCD_TEST_RELEASE_MODE=in-place runs the suite in place."""
     app = app or {}
     command = app.get("command", [PY, "app.py", "--fd", "{fd}", "--fd", "{probe_fd}"])
     listen = app.get("listen", f"127.0.0.1:{free_port()}")
@@ -208,6 +211,9 @@ dir = "{path.parent / 'state'}"
 
 [deploy]
 {deploy}
+
+[release]
+{release if "mode" in release else f'mode = "{RELEASE_MODE}"' + chr(10) + release}
 {extra}
 """
     path.write_text(text)

@@ -67,7 +67,10 @@ def test_unknown_keys_and_wrong_types(tmp_path: Path, extra: str, needles: tuple
     (('command = ["python3", "app.py"]', 'command = ["x"]\nstop_signal = "SIGNOPE"'), ("[app] stop_signal",)),
     (('[webhook]', '[webhook]\nlisten = "localhost"'), ("[webhook] listen", "host:port")),
     (('[webhook]', '[webhook]\npath = "github"'), ("[webhook] path", "/")),
-    (('command = ["python3", "app.py"]', ''), ("[app]", "missing required key 'command'")),
+    (('command = ["python3", "app.py"]', ''), ("[app] command", "non-empty", "procfile")),
+    (('[webhook]', '[processes.worker]\ncount = 2\n[webhook]'), ("[processes.worker]", "needs command")),
+    (('[webhook]', '[processes.web]\ncommand = ["x"]\n[webhook]'), ("[processes.web]", "another name")),
+    (('[webhook]', '[release]\nlink = ["../etc"]\n[webhook]'), ("[release] link", "inside the repository")),
 ])
 def test_bad_values(tmp_path: Path, replace: tuple[str, str], needles: tuple[str, ...]) -> None:
     p = tmp_path / "c.toml"

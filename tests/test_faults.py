@@ -302,7 +302,10 @@ async def test_crash_looping_app_backs_off_and_a_fix_deploys(repos: Repos, tmp_p
 
 # -- a full disk for the state dir --------------------------------------------------
 
-async def test_full_state_disk_keeps_deploying(repos: Repos, tmp_path: Path, session, caplog) -> None:
+@pytest.mark.parametrize("mode", ["in-place", "snapshot"])
+async def test_full_state_disk_keeps_deploying(repos: Repos, tmp_path: Path, session, caplog, mode: str) -> None:
+    """In place, a full state disk costs history, not deploys. Releases live on that disk: there a deploy
+    fails, saying so, and the running release serves on."""
     state = tmp_path / "state"
     state.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(state)],
@@ -312,9 +315,10 @@ async def test_full_state_disk_keeps_deploying(repos: Repos, tmp_path: Path, ses
             pytest.fail(f"cannot mount a small tmpfs for the state dir: {mounted.stderr}")
         pytest.skip("mounting a tmpfs needs root")
     try:
-        cfg = write_config(tmp_path / "c.toml", repos)
+        cfg = write_config(tmp_path / "c.toml", repos, release=f'mode = "{mode}"')
         async with running(cfg) as sup:
             c = Client(sup, session)
+            first = repos.head()
             filler = state / "filler"
             fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
             try:  # fill the disk up, leaving nothing for history
@@ -328,6 +332,12 @@ async def test_full_state_disk_keeps_deploying(repos: Repos, tmp_path: Path, ses
                 sha = repos.commit({"message.txt": f"v{i}\n" + "x" * 5000}, f"v{i} " + "long message " * 50)
                 status, _ = await c.push(repos, sha, delivery=f"full-{i}-" + "d" * 150)
                 assert status == 202
+                if mode == "snapshot":
+                    st = await eventually(lambda: _last_is(c, sha, "failed"), what="the deploy to fail")
+                    assert "No space left on device" in st["last_deploy"]["reason"], st["last_deploy"]
+                    assert st["deployed_commit"] == first == repos.head() and st["state"] == "running"
+                    assert "v0" not in await c.app_get()
+                    return
                 await deployed(c, sha)
             assert "history: cannot write" in caplog.text
             st = await c.status()
@@ -335,6 +345,12 @@ async def test_full_state_disk_keeps_deploying(repos: Repos, tmp_path: Path, ses
             filler.unlink()
     finally:
         subprocess.run(["umount", str(state)], check=False)
+
+
+async def _last_is(client: Client, sha: str, result: str) -> dict | None:
+    st = await client.status()
+    last = st["last_deploy"] or {}
+    return st if last.get("commit") == sha and last.get("result") == result else None
 
 
 # -- a soak: many deploys under load, resources flat ------------------------------------

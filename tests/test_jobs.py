@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from supervisor.build.builder import Built
 from supervisor.deploy import Deployer, State
 from supervisor.jobs import Kind, Mailbox
 from supervisor.ops.record import LastDeploy, Recorder
@@ -75,10 +77,10 @@ class FakeReleases:
                                          live_since=0.0)
         self.on_exit: Any = None
 
-    async def start(self, commit: str, previous: str | None = None) -> SwapResult:
-        self.events.append(f"start {commit[:1]}")
-        self.live = SimpleNamespace(alive=True, child=fake_child(True), previous=previous, commit=commit,
-                                    live_since=0.0)
+    async def start(self, built: Built, previous: Built | None = None) -> SwapResult:
+        self.events.append(f"start {built.commit[:1]}")
+        self.live = SimpleNamespace(alive=True, child=fake_child(True), previous=previous, commit=built.commit,
+                                    built=built, live_since=0.0)
         return SwapResult(True, "ready")
 
     def die(self) -> None:
@@ -89,7 +91,8 @@ class FakeReleases:
 
 def worker(events: list[str]) -> tuple[Deployer, FakeReleases]:
     releases = FakeReleases(events)
-    tree = SimpleNamespace(forget_caches=lambda: None, check_branch=lambda: None, head=lambda: "c" * 40)
+    tree = SimpleNamespace(forget_caches=lambda: None, check_branch=lambda: None, head=lambda: "c" * 40,
+                           path=Path("."))
     d = Deployer(tree, FakeGit(), releases, SimpleNamespace(), Recorder(),  # type: ignore[arg-type]
                  on_diverge="refuse", probation=0, before_restart=[], before_restart_timeout=1)
     return d, releases

@@ -110,7 +110,7 @@ async def test_cli_status_history_logs_and_nothing_to_deploy(repos: Repos, tmp_p
         code, out, _ = await cli(cfg, "deploy")
         assert code == 0 and "nothing to deploy" in out
         code, out, _ = await cli(cfg, "logs")
-        assert code == 0 and f"app[{sup.releases.live.child.pid}] serving commit" in out
+        assert code == 0 and f"web[{sup.releases.live.child.pid}] serving commit" in out
         code, out, _ = await cli(cfg, "history")
         assert code == 0 and "(no deploys yet)" in out
     code, out, err = await cli(cfg, "status")
@@ -354,7 +354,7 @@ async def test_cli_small_things_pipes_times_deliveries(repos: Repos, tmp_path: P
         _, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err
         code, out, _ = await cli(cfg, "logs")
-        assert code == 0 and re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d app\[\d+\] serving commit", out, re.M), out
+        assert code == 0 and re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d web\[\d+\] serving commit", out, re.M), out
         code, out, _ = await cli(cfg, "history", "--deliveries")
         assert code == 0 and "queued" in out and "push to main" in out, out
 

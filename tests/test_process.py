@@ -25,7 +25,7 @@ if worker == 0:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
         time.sleep(1)
-with open("pids", "w") as f:
+with open(sys.argv[1], "w") as f:  # the release's folder is read-only: write where the test says
     f.write(f"{os.getpid()} {worker}")
 print("up", flush=True)
 if not ignore:
@@ -44,10 +44,10 @@ def _status(cfg_text: str) -> dict:
 def _start(tmp_path: Path, repos: Repos, *args: str, stop_timeout: float = 5) -> tuple[subprocess.Popen, list[int]]:
     (repos.work / "stubborn.py").write_text(STUBBORN)
     cfg = write_config(tmp_path / "c.toml", repos, ready={"http": None, "min_uptime": 0.2},
-                       app={"command": [PY, "stubborn.py", *args], "listen": None, "stop_timeout": stop_timeout},
+                       app={"command": [PY, "stubborn.py", str(tmp_path / "pids"), *args], "listen": None, "stop_timeout": stop_timeout},
                        watch="enabled = false")
     proc = spawn_supervisor(cfg)
-    pids_file = repos.work / "pids"
+    pids_file = tmp_path / "pids"
     wait_sync(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 2, 30, "the app to start")
     pids = [int(p) for p in pids_file.read_text().split()]
     wait_sync(lambda: _status(cfg.read_text())["child_pid"] == pids[0], 30, "status to show the child")

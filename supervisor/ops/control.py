@@ -1,6 +1,6 @@
 """The control API and the status page, on ``[control] listen``.
 
-``GET /status``, ``GET /history``, ``GET /logs``, ``POST /deploy``, ``POST /rollback``,
+``GET /status``, ``GET /history``, ``GET /logs``, ``GET /releases``, ``POST /deploy``, ``POST /rollback``,
 ``GET /metrics`` (Prometheus text) and ``GET /`` (an HTML page that refreshes
 itself).
 
@@ -37,19 +37,23 @@ log = logging.getLogger("supervisor.control")
 
 WAIT_LIMIT = 900.0  # POST /deploy?wait=1 answers within this, finished or not
 COMMIT = re.compile(r"[0-9a-fA-F]{4,40}")
+PROCESS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 
 
 class Console(Protocol):
     """What the control API reads and asks of the supervisor; nothing else of it is reachable from here."""
 
     history: History
-    lines: Sequence[tuple[float, int, str]]  # the app's recent output: (time, pid, line)
+    lines: Sequence[tuple[float, int, str, str]]  # the app's recent output: (time, pid, line, process type)
     metrics: Metrics
 
     async def status(self) -> dict[str, Any]: ...
 
-    def ask(self, what: str, commit: str | None = None) -> "asyncio.Future[Any]":
-        """A job for the worker: "deploy" (the tip, or ``commit``), "retry", "rollback", "restart", "resume"."""
+    def releases_listing(self) -> list[dict[str, Any]]: ...
+
+    def ask(self, what: str, arg: str | None = None) -> "asyncio.Future[Any]":
+        """A job for the worker: "deploy" (the tip, or ``arg``: a commit), "retry", "rollback" (to ``arg``),
+        "restart" (``arg``: one process type), "resume"."""
 
     def pause(self, reason: str) -> None: ...
 
@@ -168,7 +172,9 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
             since = float(request.query.get("since", "0") or 0)
         except ValueError:
             raise web.HTTPBadRequest(text="since must be a number (seconds since the epoch)") from None
-        lines = [{"time": t, "pid": pid, "line": line} for t, pid, line in sup.lines if t > since]
+        process = request.query.get("process")
+        lines = [{"time": t, "pid": pid, "line": line, "process": name} for t, pid, line, name in sup.lines
+                 if t > since and (process is None or name == process)]
         return web.json_response({"lines": lines[-(_int(request, "limit", 200, 1, 500) or 200):]})
 
     async def act(request: web.Request, future: "asyncio.Future[Any]", what: str) -> web.Response:
@@ -197,10 +203,19 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
         return await act(request, sup.ask(what, commit), "deploy")
 
     async def post_rollback(request: web.Request) -> web.Response:
-        return await act(request, sup.ask("rollback"), "rollback")
+        to = request.query.get("to")
+        if to is not None and not COMMIT.fullmatch(to):
+            raise web.HTTPBadRequest(text="to must be a release id or a commit id (4 to 40 hex digits)")
+        return await act(request, sup.ask("rollback", to), "rollback")
+
+    async def get_releases(_request: web.Request) -> web.Response:
+        return web.json_response({"releases": sup.releases_listing()})
 
     async def post_restart(request: web.Request) -> web.Response:
-        return await act(request, sup.ask("restart"), "restart")
+        process = request.query.get("process") or None
+        if process is not None and not PROCESS.fullmatch(process):
+            raise web.HTTPBadRequest(text="process must be a process type's name (letters, digits, - and _)")
+        return await act(request, sup.ask("restart", process), "restart")
 
     async def post_pause(request: web.Request) -> web.Response:
         reason = (request.query.get("reason") or "paused by hand")[:200]
@@ -225,6 +240,7 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
         web.get("/status", get_status),
         web.get("/history", get_history),
         web.get("/logs", get_logs),
+        web.get("/releases", get_releases),
         web.post("/deploy", post_deploy),
         web.post("/rollback", post_rollback),
         web.post("/restart", post_restart),

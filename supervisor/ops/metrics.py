@@ -6,7 +6,7 @@ the deployed commit are read at scrape time, so they are never stale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -24,6 +24,8 @@ class LiveFacts:
     commit: str
     message: str
     paused: bool = False
+    processes: tuple[tuple[str, int, bool], ...] = ()  # (process type, index, up)
+    process_restarts: dict[str, int] = field(default_factory=dict)  # crash restarts per process type
 
 
 class _Live:
@@ -44,6 +46,16 @@ class _Live:
         paused = GaugeMetricFamily("supervisor_paused", "1 while automatic deploys are paused")
         paused.add_metric([], 1.0 if now.paused else 0.0)
         yield paused
+        process_up = GaugeMetricFamily("supervisor_process_up", "1 when a process instance is running",
+                                       labels=["process", "index"])
+        for name, index, alive in now.processes:
+            process_up.add_metric([name, str(index)], 1.0 if alive else 0.0)
+        yield process_up
+        process_restarts = CounterMetricFamily("supervisor_process_restarts", "restarts per process type",
+                                               labels=["process"])
+        for name, count in sorted(now.process_restarts.items()):
+            process_restarts.add_metric([name], float(count))
+        yield process_restarts
 
 
 class Metrics:

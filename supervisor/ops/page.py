@@ -99,8 +99,30 @@ def _button(label: str, path: str, ask: str, ident: str = "") -> str:
     return f"<button{id_attr} data-act='{e(path)}' data-ask='{e(ask)}'>{e(label)}</button>"
 
 
+def _release(release: dict[str, Any] | None) -> str:
+    """Which release folder and environment serve (snapshot mode); nothing in place."""
+    if not release or not release.get("id"):
+        return ""
+    e = html.escape
+    edits = " <span class='state deploying'>with hand edits</span>" if release["dirty"] else ""
+    return (f"<div>Release: <code id='release'>{e(release['id'])}</code>{edits}, environment "
+            f"<code>{e(release['env'] or 'none')}</code></div>")
+
+
+def _processes(processes: list[dict[str, Any]]) -> str:
+    """One row per process instance: the web process and each worker (shown when there is more than web)."""
+    if len(processes) < 2:
+        return ""
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(str(p['name']))}[{p['index']}]</td><td><span class='state {e(str(p['state']))}'>"
+                   f"{e(str(p['state']))}</span></td><td>{p['pid'] or '-'}</td><td><code>{e(str(p['commit'])[:12])}"
+                   f"</code></td><td>{p['restarts']}</td><td>{p['uptime']:.0f}s</td></tr>" for p in processes)
+    return (f"<div class='card'><table id='processes'><tr><th>process</th><th>state</th><th>pid</th>"
+            f"<th>commit</th><th>restarts</th><th>up</th></tr>{rows}</table></div>")
+
+
 def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_seen: list[dict[str, Any]],
-                lines_seen: list[tuple[float, int, str]], token: str) -> str:
+                lines_seen: list[tuple[float, int, str, str]], token: str) -> str:
     """The page from data alone; ``token`` is the page token its buttons send."""
     e = html.escape
     sha = st["deployed_commit"]
@@ -122,7 +144,7 @@ def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_se
             f"<tr><td><span class='state {e(d['verdict'])}'>{e(d['verdict'])}</span></td>"
             f"<td>{e(d['event'] or '')}</td><td class='wide'><code>{e(ident[:36])}</code></td>"
             f"<td>{e(_ago(d['received_at']))}</td><td class='reason'>{e(d['reason'] or '')}</td></tr>")
-    lines = "\n".join(f"[{pid}] {line}" for _, pid, line in lines_seen)
+    lines = "\n".join(f"{name}[{pid}] {line}" for _, pid, line, name in lines_seen)
     last = st["last_deploy"]
     last_html = (f"<span class='state {e(last['result'])}'>{e(last['result'])}</span> "
                  f"<span class='reason'>{e(last['reason'])}</span>") if last else "none yet"
@@ -146,12 +168,14 @@ def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_se
  {f"<span class='state paused' id='paused'>automatic deploys paused: {e(paused['reason'])}</span>" if paused else ""}</div>
  <div>Deployed: <code id="commit">{e(sha)}</code></div>
  <div>Message: <b id="message">{e(st['deployed_message'])}</b> by {e(st['deployed_author'])}</div>
+ {_release(st.get("release"))}
  <div>Child pid {st['child_pid'] or '-'}, up {st['uptime']:.0f}s, {st['restarts']} restarts, queue: {e(', '.join(st['queue']) or 'empty')}</div>
  <div>Last deploy: {last_html}</div>
  {f"<div>Reloaded, waiting for a restart: {e(', '.join(waiting))}</div>" if waiting else ""}
  {f"<div class='state failed'>History: {e(st['history']['problem'])}</div>" if st['history']['problem'] else ""}
  {f"<div>Marked bad:<ul id='bad'>{bad}</ul></div>" if bad else ""}
 </div>
+{_processes(st.get("processes") or [])}
 <div class="card" id="console">
  {_button("deploy", "/deploy?wait=1", "Fetch and deploy the branch tip now?", "deploy")}
  {_button("restart", "/restart?wait=1", "Restart the live release with the current config (health-gated)?",
@@ -168,7 +192,7 @@ def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_se
 <h2>App output</h2>
 <pre id="logs">{e(lines) or '(nothing yet)'}</pre>
 <p><small>Refreshes every 5 s. JSON: <a href="status">/status</a>, <a href="history">/history</a>,
-<a href="logs">/logs</a>, <a href="metrics">/metrics</a>.</small></p>
+<a href="logs">/logs</a>, <a href="releases">/releases</a>, <a href="metrics">/metrics</a>.</small></p>
 <script>{_JS}</script>
 </body></html>
 """

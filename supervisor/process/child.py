@@ -239,3 +239,17 @@ class Child:
             self.guard.remove(self.pid)
         self._pump.cancel()
         return code
+
+
+async def run_to_end(spec: Spec, label: str, timeout: float, guard: "Guard | None" = None,
+                     extra_env: Mapping[str, str] | None = None) -> tuple[int | None, Child]:
+    """Run a one-off command (before_restart, an installer) to its end: its exit code, or None when it
+    ran out of ``timeout``; stopped and reaped in every case, a cancel included. OSError if it cannot start."""
+    child = await Child.start(spec, label=label, guard=guard, extra_env=extra_env)
+    try:
+        code: int | None = await asyncio.wait_for(child.wait(), timeout)
+    except asyncio.TimeoutError:
+        code = None
+    finally:
+        await child.stop()  # stops it on a timeout or a shutdown; reaps what it left in its group
+    return code, child

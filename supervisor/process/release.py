@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..config import AppSpec
+from ..build.builder import Built
+from ..config import AppSpec, probe_problem
 from .child import Child, Spec, describe_exit
 from .guard import Guard
 from .listener import Listeners
@@ -33,12 +35,16 @@ log = logging.getLogger("supervisor.release")
 
 @dataclass
 class Release:
-    commit: str
+    built: Built  # what it runs: commit, folder, environment
     child: Child
     live_since: float
-    previous: str | None = None  # the commit it replaced, for probation rollback
+    previous: Built | None = None  # the release it replaced, for probation rollback
     sock: socket.socket | None = None  # its public socket, with [app] listen
     app: AppSpec | None = None  # the config it was started with
+
+    @property
+    def commit(self) -> str:
+        return self.built.commit
 
     @property
     def alive(self) -> bool:
@@ -104,18 +110,30 @@ class Releases:
     def port(self) -> int | None:
         return self.public.port if self.public else None
 
-    def spec(self) -> Spec:
-        app = self.app
-        return Spec(argv=app.command, cwd=app.cwd, env=app.env, stop_signal=app.stop_signal,
+    def app_for(self, built: Built) -> AppSpec:
+        """The web process of ``built``: [app], with the command of its Procfile's web: line if it has one."""
+        web = (built.procfile or {}).get("web")
+        return dataclasses.replace(self.app, command=tuple(web)) if web else self.app
+
+    def spec(self, built: Built) -> Spec:
+        """How a process of ``built`` starts: in its folder ([app] cwd within it), with its environment."""
+        app = self.app_for(built)
+        env = {**app.env, **built.environ(app.env.get("PATH", os.environ.get("PATH", os.defpath)))}
+        return Spec(argv=app.command, cwd=built.root / app.subdir, env=env, stop_signal=app.stop_signal,
                     stop_timeout=app.stop_timeout, unset=app.unset)
 
-    async def _spawn(self, commit: str, sock: socket.socket | None) -> tuple[Child, str | None]:
-        """Start a child for ``commit`` and wait until it is ready; SpawnError if it cannot even start."""
-        app, spec = self.app, self.spec()
+    async def _spawn(self, built: Built, sock: socket.socket | None) -> tuple[Child, str | None]:
+        """Start a child for ``built`` and wait until it is ready; SpawnError if it cannot even start."""
+        app, spec = self.app_for(built), self.spec(built)
+        if not app.command:
+            raise SpawnError("no web process: [app] procfile has no web: line and [app] command is empty")
+        problem = probe_problem(app)
+        if problem:
+            raise SpawnError(f"{problem} (the Procfile's web: line)")
         values = {"port": str(self.port or "")}
         fds: list[int] = []
         probe_sock = notify = None
-        extra = {"SUPERVISOR_COMMIT": commit}
+        extra: dict[str, str] = {}
         try:
             if sock is not None:
                 fds.append(sock.fileno())
@@ -130,7 +148,7 @@ class Releases:
             notify = Notify() if app.ready.notify else None
             extra["NOTIFY_SOCKET"] = notify.name if notify else ""
             spec = dataclasses.replace(spec, argv=_format(list(spec.argv), values))
-            child = await Child.start(spec, fds=fds, extra_env=extra, listen_pid=not app.names_fds,
+            child = await Child.start(spec, fds=fds, extra_env=extra, listen_pid=not app.names_fds, label="web",
                                       guard=self.guard, on_line=self._on_line)
         except OSError as exc:
             # Not on PATH, or out of file descriptors (EMFILE) for the probe socket: a failed start,
@@ -161,8 +179,8 @@ class Releases:
                 notify.close()
         return child, why
 
-    async def start(self, commit: str, previous: str | None = None) -> SwapResult:
-        """Put ``commit`` live. With ``[app] listen`` the old child serves until the new one is ready."""
+    async def start(self, built: Built, previous: Built | None = None) -> SwapResult:
+        """Put ``built`` live. With ``[app] listen`` the old child serves until the new one is ready."""
         async with self._lock:
             old = self.live
             if old is not None and self.public is None:
@@ -175,7 +193,7 @@ class Releases:
                 sock = self.public.fresh() if old is not None and old.alive else self.public.current
             app = self.app  # what _spawn starts it with (a SIGHUP may replace self.app meanwhile)
             try:
-                child, why = await self._spawn(commit, sock)
+                child, why = await self._spawn(built, sock)
             except SpawnError as exc:
                 self._drop_unused(sock)
                 return SwapResult(False, str(exc))
@@ -184,14 +202,15 @@ class Releases:
                 await child.stop()
                 self.children.discard(child)
                 self._drop_unused(sock)
-                log.warning("release %s failed: %s", commit[:12], report)
+                log.warning("release %s failed: %s", built.commit[:12], report)
                 return SwapResult(False, report)
-            self.live = Release(commit, child, time.monotonic(), previous, sock, app)
+            self.live = Release(built, child, time.monotonic(), previous, sock, app)
             self.starts += 1
             asyncio.create_task(self._watch(self.live), name=f"watch-{child.pid}")
             if old is not None:
                 await self._hand_over(old, sock)
-            log.info("release %s live: pid %d", commit[:12], child.pid)
+            log.info("release %s live: pid %d%s", built.commit[:12], child.pid,
+                     f" (release {built.id}{', with hand edits' if built.dirty else ''})" if built.id else "")
             return SwapResult(True, f"pid {child.pid} ready")
 
     def _drop_unused(self, sock: socket.socket | None) -> None:

@@ -1,0 +1,1 @@
+"""Releases: their directories, their Python environments, and the strategy that makes them."""

@@ -1,0 +1,221 @@
+"""The process types besides the web process: workers, schedulers, consumers ([processes.NAME], Procfile).
+
+:meth:`Workers.replace` moves every process type to one release, all or
+nothing: the new instances of ``overlap`` types start first and must each pass
+their readiness (min_uptime, ``READY=1``) while the old ones still run; then
+each stop-first type (``overlap = false``, a singleton such as a scheduler) has
+its old instances stopped before its new ones start, so two never run at once.
+If any new instance fails, every type is put back as it was (the new instances
+stopped, stop-first types started again from their old release) and the caller
+hears why, to roll the web process back too.
+
+An instance that exits on its own is restarted alone, after a backoff; within
+``probation`` of a release going live it is reported instead (``on_early_exit``):
+the whole release was never good. Each instance is a :class:`Child` (own
+process group, stop signal, timeout, SIGKILL, reaped, under the guard) whose
+output lines are labelled ``NAME[pid]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from ..backoff import Backoff
+from ..build.builder import Built
+from ..config import ProcSpec
+from .child import Child, Spec, describe_exit
+from .guard import Guard
+from .readiness import Notify, wait_ready
+from .release import failure_report
+
+log = logging.getLogger("supervisor.workers")
+
+
+@dataclass
+class Instance:
+    spec: ProcSpec
+    index: int
+    built: Built
+    child: Child
+    restarts: int = 0
+    backoff: Backoff = field(default_factory=Backoff)
+
+    @property
+    def alive(self) -> bool:
+        return self.child.returncode is None
+
+    def facts(self) -> dict[str, object]:
+        return {"name": self.spec.name, "index": self.index, "pid": self.child.pid if self.alive else None,
+                "commit": self.built.commit, "release": self.built.id, "state": "running" if self.alive else "crashed",
+                "restarts": self.restarts, "uptime": round(self.child.uptime, 3) if self.alive else 0.0}
+
+
+class Workers:
+    """Owns every instance of every process type; one change at a time (:attr:`_lock`)."""
+
+    def __init__(self, guard: Guard | None = None, on_line: Callable[[int, str, str], None] | None = None,
+                 env: Callable[[Built, ProcSpec], Mapping[str, str]] | None = None,
+                 unset: frozenset[str] = frozenset()) -> None:
+        self.guard = guard
+        self.on_line = on_line
+        self.env = env or (lambda built, spec: built.environ(os.environ.get("PATH", os.defpath)))
+        self.unset = unset
+        self.instances: dict[tuple[str, int], Instance] = {}
+        self.restarts: dict[str, int] = {}  # crash restarts per process type (a metric)
+        self.probation_until = 0.0  # a release went live: an exit before this is the release's fault
+        self.on_early_exit: Callable[[str], None] | None = None
+        self._lock = asyncio.Lock()
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    def listing(self) -> list[dict[str, object]]:
+        return [i.facts() for _, i in sorted(self.instances.items())]
+
+    # -- starting one instance ------------------------------------------------------------
+    async def _start(self, spec: ProcSpec, index: int, built: Built, gate: bool) -> tuple[Instance | None, str | None]:
+        """Start one instance; with ``gate``, wait for its readiness. (instance, None) or (None, why)."""
+        env = {**self.env(built, spec), **spec.env, "SUPERVISOR_PROCESS": spec.name,
+               "SUPERVISOR_PROCESS_INDEX": str(index)}
+        notify = Notify() if gate and spec.ready.notify else None
+        if notify is not None:
+            env["NOTIFY_SOCKET"] = notify.name
+        child_spec = Spec(spec.command, built.root / spec.subdir, env, spec.stop_signal, spec.stop_timeout,
+                          unset=self.unset)
+        label = spec.name
+        try:
+            child = await Child.start(child_spec, label=label, guard=self.guard,
+                                      on_line=(lambda pid, line: self.on_line(label, pid, line)) if self.on_line
+                                      else None)
+        except OSError as exc:
+            if notify:
+                notify.close()
+            return None, f"{spec.name}: cannot start {spec.command[0]}: {exc.strerror or exc}"
+        instance = Instance(spec, index, built, child)
+        if gate:
+            try:
+                why = await wait_ready(child, min_uptime=spec.ready.min_uptime, timeout=spec.ready.timeout,
+                                       notify=notify)
+            except asyncio.CancelledError:
+                await child.stop()
+                raise
+            finally:
+                if notify:
+                    notify.close()
+            if why is not None:
+                report = failure_report(why, child)
+                await child.stop()
+                return None, f"{spec.name}[{index}] of {built.commit[:12]}: {report}"
+        asyncio.create_task(self._watch(instance), name=f"watch-{spec.name}-{index}")
+        return instance, None
+
+    async def _stop(self, instances: list[Instance]) -> None:
+        for i in instances:
+            i.child.stopping = True
+        codes = await asyncio.gather(*(i.child.stop() for i in instances))
+        for i, code in zip(instances, codes):
+            log.info("%s[%d] stopped: %s", i.spec.name, i.child.pid, describe_exit(code))
+
+    # -- moving every type to one release ---------------------------------------------------
+    async def replace(self, built: Built | None, types: list[ProcSpec], only: str | None = None,
+                      probation: float = 0.0) -> str | None:
+        """Every process type (or ``only`` that one) to ``built``; None when all are ready, else why
+        (and everything as it was)."""
+        async with self._lock:
+            if only is not None:
+                types = [t for t in types if t.name == only]
+            wanted = {t.name for t in types}
+            old = {k: i for k, i in self.instances.items() if only is None or k[0] == only}
+            started: list[Instance] = []
+            restored: list[tuple[ProcSpec, int, Built]] = []  # stop-first instances stopped, to start on failure
+            why: str | None = None
+            if built is not None:
+                for spec in (t for t in types if t.overlap):  # new beside old: each must be ready
+                    why = await self._start_all(spec, built, started)
+                    if why:
+                        break
+                for spec in (t for t in types if not t.overlap and why is None):
+                    previous = [i for k, i in old.items() if k[0] == spec.name]
+                    await self._stop(previous)  # never two at once
+                    restored += [(i.spec, i.index, i.built) for i in previous]
+                    why = await self._start_all(spec, built, started)
+            if why is not None:
+                await self._stop(started)
+                for spec, index, was in restored:  # put back what was stopped for a stop-first type
+                    instance, again = await self._start(spec, index, was, gate=False)
+                    if instance is not None:
+                        self.instances[(spec.name, index)] = instance
+                    else:
+                        log.error("%s[%d] could not be started again: %s", spec.name, index, again)
+                return why
+            await self._stop([i for k, i in old.items()
+                              if k[0] in {t.name for t in types if t.overlap} or k[0] not in wanted])
+            for k in old:
+                self.instances.pop(k, None)
+            for instance in started:
+                self.instances[(instance.spec.name, instance.index)] = instance
+            if probation > 0:
+                self.probation_until = time.monotonic() + probation
+            return None
+
+    async def _start_all(self, spec: ProcSpec, built: Built, started: list[Instance]) -> str | None:
+        for index in range(spec.count):
+            instance, why = await self._start(spec, index, built, gate=True)
+            if why is not None:
+                return why
+            assert instance is not None
+            started.append(instance)
+            log.info("%s[%d] pid %d ready (%s)", spec.name, index, instance.child.pid, built.commit[:12])
+        return None
+
+    # -- crashes ------------------------------------------------------------------------------
+    async def _watch(self, instance: Instance) -> None:
+        code = await instance.child.wait()
+        if instance.child.stopping or self.instances.get((instance.spec.name, instance.index)) is not instance:
+            return
+        why = failure_report(describe_exit(code), instance.child)
+        if time.monotonic() < self.probation_until and self.on_early_exit is not None:
+            log.warning("%s[%d] %s within probation", instance.spec.name, instance.child.pid, why)
+            self.on_early_exit(f"{instance.spec.name}[{instance.index}] {why}")
+            return
+        instance.backoff.observe_uptime(instance.child.uptime)
+        delay = instance.backoff.next()
+        log.warning("%s[%d] %s; restarting in %gs", instance.spec.name, instance.child.pid, describe_exit(code),
+                    delay)
+        self._later(delay, instance)
+
+    def _later(self, delay: float, dead: Instance) -> None:
+        def fire() -> None:
+            self._timers.discard(handle)
+            asyncio.ensure_future(self._restart(dead))
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
+
+    async def _restart(self, dead: Instance) -> None:
+        async with self._lock:
+            key = (dead.spec.name, dead.index)
+            if self.instances.get(key) is not dead:
+                return  # replaced or stopped meanwhile
+            await dead.child.stop()  # reap what it left
+            instance, why = await self._start(dead.spec, dead.index, dead.built, gate=False)
+            if instance is None:
+                delay = dead.backoff.next()
+                log.error("%s; trying again in %gs", why, delay)
+                self._later(delay, dead)
+                return
+            instance.restarts, instance.backoff = dead.restarts + 1, dead.backoff
+            self.restarts[dead.spec.name] = self.restarts.get(dead.spec.name, 0) + 1
+            self.instances[key] = instance
+
+    async def stop(self) -> None:
+        """Stop every instance (shutdown)."""
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        async with self._lock:
+            await self._stop(list(self.instances.values()))
+            self.instances.clear()

@@ -164,22 +164,28 @@ def _cmd_history(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(data["deliveries"] if args.deliveries else data, indent=2))
         return 0
     if args.deliveries:
-        print(f"{'when':<20} {'verdict':<12} {'event':<10} {'delivery':<38} reason")
-        for d in data["deliveries"]:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["received_at"]))
-            ident = "" if d["id"].startswith("-") else d["id"]
-            print(f"{when:<20} {d['verdict']:<12} {(d['event'] or '-'):<10} {ident[:36]:<38} {d['reason'] or ''}")
-        if not data["deliveries"]:
-            print("(no deliveries yet)")
+        _table(f"{'when':<20} {'verdict':<12} {'event':<10} {'delivery':<38} reason",
+               [f"{_when(d['received_at']):<20} {d['verdict']:<12} {(d['event'] or '-'):<10} "
+                f"{('' if d['id'].startswith('-') else d['id'])[:36]:<38} {d['reason'] or ''}"
+                for d in data["deliveries"]], "(no deliveries yet)")
         return 0
-    print(f"{'when':<20} {'result':<8} {'trigger':<8} {'from':<12} {'to':<12} {'took':>7}  reason")
-    for d in data["deploys"]:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["started_at"]))
-        print(f"{when:<20} {d['result']:<8} {d['trigger']:<8} {_short(d['from_commit']):<12} "
-              f"{_short(d['to_commit']):<12} {d['duration']:>6.2f}s  {d['reason']}")
-    if not data["deploys"]:
-        print("(no deploys yet)")
+    _table(f"{'when':<20} {'result':<8} {'trigger':<8} {'from':<12} {'to':<12} {'took':>7}  reason",
+           [f"{_when(d['started_at']):<20} {d['result']:<8} {d['trigger']:<8} {_short(d['from_commit']):<12} "
+            f"{_short(d['to_commit']):<12} {d['duration']:>6.2f}s  {d['reason']}" for d in data["deploys"]],
+           "(no deploys yet)")
     return 0
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _table(header: str, rows: list[str], empty: str) -> None:
+    print(header)
+    for row in rows:
+        print(row)
+    if not rows:
+        print(empty)
 
 
 def _cmd_releases(args: argparse.Namespace, settings: Settings) -> int:
@@ -187,13 +193,10 @@ def _cmd_releases(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    print(f"{'release':<17} {'commit':<12} {'edits':<6} {'env':<17} {'built':<20} {'took':>6}  state")
-    for r in data["releases"]:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["built_at"]))
-        print(f"{r['id']:<17} {_short(r['commit']):<12} {'yes' if r['dirty'] else '-':<6} {r['env'] or '-':<17} "
-              f"{when:<20} {r['build_seconds']:>5.2f}s  {r['state']}")
-    if not data["releases"]:
-        print("(no kept releases: [release] mode is in-place, or nothing was deployed yet)")
+    _table(f"{'release':<17} {'commit':<12} {'edits':<6} {'env':<17} {'built':<20} {'took':>6}  state",
+           [f"{r['id']:<17} {_short(r['commit']):<12} {'yes' if r['dirty'] else '-':<6} {r['env'] or '-':<17} "
+            f"{_when(r['built_at']):<20} {r['build_seconds']:>5.2f}s  {r['state']}" for r in data["releases"]],
+           "(no kept releases: [release] mode is in-place, or nothing was deployed yet)")
     return 0
 
 

@@ -452,17 +452,16 @@ class Deployer:
         phases = Phases()
         bad, good = bad_release.commit, good_release.commit
         crash = f"crashed {time.monotonic() - live_since:.1f}s after going live: {why}"
-        if self.builder.mode == "in-place":
+        in_place = self.builder.mode == "in-place"
+        if in_place:
             await self._back_to(good, bad, crash, phases)  # the files first: the app runs from them
-            with phases("start"):
-                result = await self.releases.start(good_release)
-                await self._workers_to(good_release)
-        else:  # the kept release first (it needs nothing), then the tree follows
+        else:
             self._mark_bad(bad, crash)
-            with phases("start"):
-                result = await self.releases.start(good_release)
-                await self._workers_to(good_release)
-            await self._tree_to(good, phases)
+        with phases("start"):  # a kept release needs nothing: it starts as it is
+            result = await self.releases.start(good_release)
+            await self._workers_to(good_release)
+        if not in_place:
+            await self._tree_to(good, phases)  # then the tree follows
         self.deployed, self.current = good, good_release
         outcome = self._finish("failed", f"probation: {bad[:12]} {self.bad[bad]}; back to {good[:12]}", bad,
                                "rollback", phases, good, tail=why)
@@ -493,30 +492,35 @@ class Deployer:
             # The tree was put back to the running commit (all or nothing); the next push tries again.
             return self._finish("failed", f"{exc}; the tree is back at {previous[:12]}", target, trigger, phases,
                                 previous)
-        why = None
         try:
-            built = await self.builder.of_commit(target, phases, self.current)
+            built = await self._ready_release(target, phases)
         except BuildFailed as exc:
             why = str(exc)
-        if why is None:
-            if built.fresh or self.builder.mode == "in-place":  # a kept release has had its before_restart
-                with phases("before_restart"):
-                    why = await self._before_restart(built)
-            if why is not None:
-                self.builder.discard(built)
-            else:
-                self.builder.seal(built)
-                why = await self._release_task(built, phases)
-            if why is None:
-                with phases("start"):
-                    result = await self._swap(built, previous=self.current)
-                if result.ok:
-                    return self._finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases,
-                                        previous)
-                why = result.reason
+        else:
+            with phases("start"):
+                result = await self._swap(built, previous=self.current)
+            if result.ok:
+                return self._finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases, previous)
+            why = result.reason
         await self._back_to(good=previous, bad=target, why=why, phases=phases)
         return self._finish("failed", f"{target[:12]} rolled back to {previous[:12]}: {why}", target, trigger,
                             phases, previous, tail=why)
+
+    async def _ready_release(self, target: str, phases: Phases) -> Built:
+        """``target``'s release made (or found), before_restart run in it, sealed, the release task done;
+        BuildFailed says why not, and nothing of the live release changed."""
+        built = await self.builder.of_commit(target, phases, self.current)
+        if built.fresh or self.builder.mode == "in-place":  # a kept release has had its before_restart
+            with phases("before_restart"):
+                why = await self._before_restart(built)
+            if why is not None:
+                self.builder.discard(built)
+                raise BuildFailed(why)
+        self.builder.seal(built)
+        why = await self._release_task(built, phases)
+        if why is not None:
+            raise BuildFailed(why)
+        return built
 
     async def _move(self, facts: Facts, backup: bool, reason: str) -> None:
         def work() -> None:
@@ -556,7 +560,8 @@ class Deployer:
         before = self.current
         result = await self.releases.start(built, previous=previous)
         if result.ok:
-            why = await self.workers.replace(built, self._types(built), probation=self.probation if previous else 0)
+            why = await self.workers.replace(built, self._types(built), probation=self.probation if previous else 0,
+                                             gate=before is not None)  # at start there is nothing to go back to
             if why is not None:  # a worker of the new release is not ready: the web process goes back too
                 log.warning("release %s: %s; the web process goes back to %s", built.commit[:12], why,
                             before.commit[:12] if before else "nothing")

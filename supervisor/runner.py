@@ -13,6 +13,7 @@ Under systemd (``Type=notify``) we send ``READY=1`` and ``STOPPING=1``.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import logging
 import os
@@ -99,6 +100,22 @@ def _private_dir(path: Path) -> None:
             log.warning("[state] dir %s is readable by others and cannot be made private (%s)", path, exc)
 
 
+def _own(lock: Path, tree: Path) -> int:
+    """One pushcd per work tree: a second one would move the same files and fight over the app.
+    The lock (flock, in .git) goes with the process, however it ends."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StartupError(f"another pushcd (pid {holder}) already deploys {tree}; stop it first, or give this "
+                           f"one its own clone") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
 GIT_CLOSE_WAIT = 5.0  # seconds a git operation in flight may delay the exit (the journal repairs the rest)
 
 
@@ -118,6 +135,7 @@ def build(settings: Settings) -> "Supervisor":
             clone(raw.repo.url, settings.repo_path, raw.repo.branch, settings.auth, raw.repo.submodule_urls)
         tree = WorkTree(settings.repo_path, raw.repo.remote, raw.repo.branch, settings.auth,
                         Journal(settings.state_dir / "git-journal.json"), raw.repo.submodule_urls)
+        owner = _own(Path(tree.repo.path) / "pushcd.lock", settings.repo_path)
         recovered = tree.recover()
         if recovered:
             log.warning("recovered the work tree after a crash: %s", recovered)
@@ -135,6 +153,7 @@ def build(settings: Settings) -> "Supervisor":
                             public=Listeners(settings.app.listen) if settings.app.listen else None)
     except ListenError as exc:
         guard.close()
+        os.close(owner)
         raise StartupError(str(exc)) from None
     git = GitThread()
     expected = Expected(settings.repo_path)
@@ -153,7 +172,8 @@ def build(settings: Settings) -> "Supervisor":
                         pause=Pause.load(settings.state_dir / "paused.json"), bad=history.bad_commits())
     armed = settings.state_dir / "watch-armed"
     armed.mkdir(exist_ok=True)
-    return Supervisor(settings, tree=tree, recovered=recovered, history=history, control_token=token, tls=tls,
+    return Supervisor(settings, tree=tree, owner=owner, recovered=recovered, history=history, control_token=token,
+                      tls=tls,
                       lines=lines, guard=guard, releases=releases, git=git, expected=expected, metrics=metrics,
                       deployer=deployer, notifier=notifier, armed=Armed(armed))
 
@@ -166,18 +186,19 @@ def make_builder(settings: Settings, tree: WorkTree, git: GitThread, guard: Guar
     envs = Environments(state / "envs", python=cfg.python, install_args=cfg.install_args, installer=cfg.installer,
                         timeout=cfg.build_timeout, guard=guard, unset=settings.app.unset)
     return Snapshots(tree, git, Store(state / "releases"), envs, links=cfg.link, requirements=cfg.requirements,
-                     keep=cfg.keep, pycache=state / "pycache", procfile_name=settings.raw.app.procfile)
+                     keep=cfg.keep, procfile_name=settings.raw.app.procfile)
 
 
 class Supervisor:
     """The wired parts (see :func:`build`) and what runs them; also the control API's :class:`Console`."""
 
-    def __init__(self, settings: Settings, *, tree: WorkTree, recovered: str | None, history: History,
+    def __init__(self, settings: Settings, *, tree: WorkTree, owner: int, recovered: str | None, history: History,
                  control_token: bytes, tls: ssl.SSLContext | None, lines: deque[tuple[float, int, str, str]],
                  guard: Guard, releases: Releases, git: GitThread, expected: Expected, metrics: Metrics,
                  deployer: Deployer, notifier: Notifier, armed: Armed) -> None:
         self.settings = settings
         self.tree = tree
+        self.owner = owner  # the lock that makes this the one pushcd of the work tree
         self.recovered = recovered
         self.history = history
         self.control_token = control_token
@@ -387,8 +408,11 @@ class Supervisor:
         if not raw.watch.enabled:
             return
         self._watch_stop = asyncio.Event()
+        ignore = list(raw.watch.ignore)
+        if raw.release.mode == "snapshot":  # what the app writes through a [release] link is data, not code
+            ignore += [p for entry in raw.release.link for p in (entry.rstrip("/"), entry.rstrip("/") + "/*")]
         self._tasks.append(asyncio.create_task(watch_tree(
-            s.repo_path, s.watch_paths, raw.watch.ignore, raw.watch.debounce_ms, self.expected,
+            s.repo_path, s.watch_paths, ignore, raw.watch.debounce_ms, self.expected,
             lambda _changed: self.deployer.request_restart("watch"), self._watch_stop, self.armed), name="watch"))
 
     def reload(self) -> None:
@@ -419,7 +443,7 @@ class Supervisor:
             log.error("reload refused, keeping the running config: %s", exc)
             self.last_reload = {"ok": False, "reason": str(exc), "at": time.time()}
             return
-        old_watch = self.settings.raw.watch, self.settings.watch_paths
+        old_watch = self.settings.raw.watch, self.settings.watch_paths, self.settings.raw.release.link
         self.settings = new
         raw = new.raw
         for _kind, path, secret in new.hooks:
@@ -438,7 +462,7 @@ class Supervisor:
         self.tree.auth = new.auth  # the next fetch uses the new credentials
         if new.auth.known_hosts:
             use_known_hosts(new.auth.known_hosts, new.state_dir / "ssh-home")
-        if (raw.watch, new.watch_paths) != old_watch:
+        if (raw.watch, new.watch_paths, raw.release.link) != old_watch:
             self._watch_stop.set()
             self._start_watch()
         log.info("config reloaded from %s (app changes apply at the next deploy, or now with `pushcd restart`)",
@@ -465,6 +489,7 @@ class Supervisor:
             log.warning("a git operation is still running after %gs; exiting anyway (the journal repairs "
                         "the work tree at the next start)", GIT_CLOSE_WAIT)
         self.history.close()
+        os.close(self.owner)
 
 
 async def serve(settings: Settings, on_ready: Callable[[Supervisor], None] | None = None) -> None:

@@ -311,6 +311,13 @@ async def deployed(client: Client, sha: str, timeout: float = 30.0) -> dict[str,
     return await eventually(check, timeout, f"deployed_commit == {sha[:12]}")
 
 
+async def last_is(client: Client, sha: str, result: str) -> dict[str, Any] | None:
+    """The status once the deploy of ``sha`` has ended with ``result`` and the worker is idle; else None."""
+    st = await client.status()
+    last = st["last_deploy"] or {}
+    return st if last.get("commit") == sha and last.get("result") == result and st["state"] == "running" else None
+
+
 async def cli(cfg: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """A pushcd command against ``cfg``, as a person types it: (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(

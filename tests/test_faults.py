@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from supervisor.webhook import intake as intake_mod
 from supervisor.webhook.intake import Intake, make_app
 
-from .conftest import (SECRET, Client, Repos, deployed, eventually, git, pid_alive, raw_request, running,
+from .conftest import (SECRET, Client, Repos, deployed, eventually, git, last_is, pid_alive, raw_request, running,
                        spawn_supervisor, stop_process, wait_sync, write_config)
 from .load import Load
 
@@ -333,7 +333,7 @@ async def test_full_state_disk_keeps_deploying(repos: Repos, tmp_path: Path, ses
                 status, _ = await c.push(repos, sha, delivery=f"full-{i}-" + "d" * 150)
                 assert status == 202
                 if mode == "snapshot":
-                    st = await eventually(lambda: _last_is(c, sha, "failed"), what="the deploy to fail")
+                    st = await eventually(lambda: last_is(c, sha, "failed"), what="the deploy to fail")
                     assert "No space left on device" in st["last_deploy"]["reason"], st["last_deploy"]
                     assert st["deployed_commit"] == first == repos.head() and st["state"] == "running"
                     assert "v0" not in await c.app_get()
@@ -345,12 +345,6 @@ async def test_full_state_disk_keeps_deploying(repos: Repos, tmp_path: Path, ses
             filler.unlink()
     finally:
         subprocess.run(["umount", str(state)], check=False)
-
-
-async def _last_is(client: Client, sha: str, result: str) -> dict | None:
-    st = await client.status()
-    last = st["last_deploy"] or {}
-    return st if last.get("commit") == sha and last.get("result") == result else None
 
 
 # -- a soak: many deploys under load, resources flat ------------------------------------

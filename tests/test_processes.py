@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import (PY, Client, Repos, deployed, eventually, git, pid_alive, running, spawn_supervisor,
-                       stop_process, wait_sync, write_config)
+from .conftest import (PY, Client, Repos, cli, deployed, eventually, git, last_is, pid_alive, running,
+                       spawn_supervisor, stop_process, wait_sync, write_config)
 
 WORKER = '''import fcntl, os, signal, sqlite3, sys, time
 db = sqlite3.connect(os.environ["QUEUE_DB"], timeout=30, isolation_level=None)
@@ -166,13 +166,7 @@ async def test_a_worker_that_exits_at_start_in_the_new_release_rolls_the_web_pro
                             "message.txt": "broken release\n"}, "a worker that dies")
         await client.push(repos, bad)
 
-        async def failed() -> dict[str, Any] | None:
-            st = await client.status()
-            last = st["last_deploy"] or {}
-            return st if last.get("commit") == bad and last.get("result") == "failed" and st["state"] == "running" \
-                else None
-
-        status = await eventually(failed, what="the deploy to fail")
+        status = await eventually(lambda: last_is(client, bad, "failed"), what="the deploy to fail")
         assert "worker[0]" in status["last_deploy"]["reason"] and "exited with status 2" in status["last_deploy"]["reason"]
         assert status["deployed_commit"] == good and repos.head() == good
         assert web_of(status)["commit"] == good and "broken release" not in await client.app_get()
@@ -212,7 +206,8 @@ async def test_count_3_runs_three_instances_with_distinct_indexes(
         status = await client.status()
         instances = workers_of(status)
         assert [w["index"] for w in instances] == [0, 1, 2]
-        assert sorted(p.name for p in marks.iterdir()) == ["0", "1", "2"]
+        await eventually(lambda: sorted(p.name for p in marks.iterdir() if p.read_text()) == ["0", "1", "2"],
+                         what="a mark by each instance")
         assert {int((marks / str(w["index"])).read_text()) for w in instances} == {w["pid"] for w in instances}
         assert len({w["pid"] for w in instances}) == 3
 
@@ -242,16 +237,16 @@ async def test_a_procfile_change_in_a_commit_adds_a_worker_and_restart_takes_a_n
         code, body = await client.control("GET", "/logs?process=worker")
         assert body["lines"] and all(line["process"] == "worker" for line in body["lines"])
         assert any("ready" in line["line"] for line in body["lines"])
+        code, out, _ = await cli(cfg, "logs", "--process", "worker")
+        assert code == 0 and "worker[" in out and "web[" not in out, out
+        code, out, _ = await cli(cfg, "restart", "worker")
+        assert code == 0 and "restarted worker by hand" in out, out
+        code, out, _ = await cli(cfg, "restart", "nosuch")
+        assert code == 1 and "no process type nosuch" in out, out
         bad = repos.commit({"Procfile": "web python app.py\n"}, "a Procfile that does not parse")
         await client.push(repos, bad)
-        await eventually(lambda: _last(client, bad, "failed"), what="the deploy to fail")
+        await eventually(lambda: last_is(client, bad, "failed"), what="the deploy to fail")
         assert "Procfile line 1" in (await client.status())["last_deploy"]["reason"]
-
-
-async def _last(client: Client, sha: str, result: str) -> dict[str, Any] | None:
-    st = await client.status()
-    last = st["last_deploy"] or {}
-    return st if last.get("commit") == sha and last.get("result") == result and st["state"] == "running" else None
 
 
 async def test_a_failing_release_task_leaves_everything_as_it_was(
@@ -269,7 +264,7 @@ async def test_a_failing_release_task_leaves_everything_as_it_was(
         bad = repos.commit({"release.py": "import sys\nprint('migration failed', flush=True)\nsys.exit(3)\n",
                             "message.txt": "v3\n"}, "a failing migration")
         await client.push(repos, bad)
-        status = await eventually(lambda: _last(client, bad, "failed"), what="the deploy to fail")
+        status = await eventually(lambda: last_is(client, bad, "failed"), what="the deploy to fail")
         assert "release task" in status["last_deploy"]["reason"] and "migration failed" in status["last_deploy"]["reason"]
         assert status["deployed_commit"] == good and "v3" not in await client.app_get()
         assert [(p["pid"], p["commit"]) for p in status["processes"]] == \
@@ -312,3 +307,18 @@ async def test_status_and_page_list_every_process(tmp_path: Path, repos: Repos, 
         await deployed(client, sha)
         code, page = await client.control("GET", "/")
         assert "id='processes'" in page["text"] and "worker[0]" in page["text"]
+
+
+async def test_a_second_pushcd_on_the_same_work_tree_is_refused(tmp_path: Path, repos: Repos,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor import config
+    from supervisor.ops.site import StartupError
+    from supervisor.runner import build
+
+    cfg, _queue = setup(tmp_path, repos, monkeypatch)
+    other = write_config(tmp_path / "other.toml", repos)  # other ports and all, the same work tree
+    async with running(cfg):
+        with pytest.raises(StartupError, match=f"another pushcd \\(pid {os.getpid()}\\) already deploys"):
+            build(config.load(other))
+    sup = build(config.load(other))  # the first one stopped: free again
+    await sup.close()

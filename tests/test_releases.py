@@ -15,7 +15,7 @@ import pytest
 
 from supervisor.build.pyenv import uv_binary
 
-from .conftest import Client, Repos, cli, deployed, eventually, git, running, write_config
+from .conftest import Client, Repos, cli, deployed, eventually, git, last_is, running, write_config
 from .wheels import make_wheel
 
 # Standard library only: in a release with an environment, `python` is the environment's interpreter.
@@ -210,7 +210,7 @@ async def test_a_requirement_that_cannot_install_fails_with_the_installers_error
         listing = sorted((str(p.relative_to(env)), p.lstat().st_mtime_ns) for p in env.rglob("*"))
         bad = repos.commit({"requirements.txt": "tinydep==99\n"}, "a version that does not exist")
         await client.push(repos, bad)
-        status = await eventually(lambda: _failed(client, bad), what="the deploy failed")
+        status = await eventually(lambda: last_is(client, bad, "failed"), what="the deploy failed")
         reason = status["last_deploy"]["reason"]
         assert "tinydep==99" in reason and ("No solution found" in reason or "ERROR" in reason), reason
         assert "install" in status["last_deploy"]["phases"]
@@ -219,12 +219,6 @@ async def test_a_requirement_that_cannot_install_fails_with_the_installers_error
         assert sorted((str(p.relative_to(env)), p.lstat().st_mtime_ns) for p in env.rglob("*")) == listing
         code, out, _ = await cli(cfg, "history")
         assert "tinydep==99" in out
-
-
-async def _failed(client: Client, sha: str) -> dict[str, Any] | None:
-    st = await client.status()
-    last = st["last_deploy"] or {}
-    return st if last.get("commit") == sha and last.get("result") == "failed" and st["state"] == "running" else None
 
 
 async def test_linked_env_file_and_data_folder_are_shared_by_two_releases(
@@ -243,6 +237,14 @@ async def test_linked_env_file_and_data_folder_are_shared_by_two_releases(
         assert (await client.status())["release"]["id"] != first
         assert await get(session, port, "/data") == (200, "SECRET=one hits=2")
         assert (repos.work / "media" / "hits").read_text() == "xx"  # the data lives in the work tree
+        restarts = sup.releases.restarts
+        for _ in range(3):
+            assert (await get(session, port, "/data"))[0] == 200
+        # Writes through a link are data, not code: the watcher does not restart the app for them.
+        (repos.work / "media" / "canary.txt").write_text("")
+        (repos.work / "template.txt").write_text("Title: {title}?")
+        await eventually(lambda: sup.releases.restarts > restarts, what="a restart for the code edit")
+        assert sup.releases.restarts == restarts + 1
 
 
 async def test_a_hand_git_pull_and_a_hand_edit_are_reported_truthfully(

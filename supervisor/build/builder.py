@@ -40,7 +40,6 @@ class Built:
     env: Path | None = None
     env_key: str = ""
     dirty: bool = False  # holds hand edits not committed
-    pycache: Path | None = None  # where Python keeps its bytecode (the release's folders are read-only)
     fresh: bool = field(default=False, compare=False)  # built just now: before_restart runs in it, then seal()
     procfile: dict[str, list[str]] | None = field(default=None, compare=False)  # its Procfile ([app] procfile)
 
@@ -49,8 +48,6 @@ class Built:
         out = {"SUPERVISOR_COMMIT": self.commit, **environ(self.env, base_path)}
         if self.id:
             out.update(SUPERVISOR_RELEASE=self.id, SUPERVISOR_RELEASE_DIR=str(self.root))
-        if self.pycache is not None:
-            out["PYTHONPYCACHEPREFIX"] = str(self.pycache)
         return out
 
 
@@ -152,10 +149,9 @@ class Snapshots:
     mode = "snapshot"
 
     def __init__(self, tree: WorkTree, git: GitThread, store: Store, envs: Environments, *, links: Sequence[str],
-                 requirements: str | None, keep: int, pycache: Path | None = None, spares: Path | None = None,
+                 requirements: str | None, keep: int, spares: Path | None = None,
                  procfile_name: str | None = None) -> None:
         self.procfile = procfile_name
-        self.pycache = pycache
         self.spares = spares or store.root.with_name("spare")  # the next release's link farm, made while idle
         self.live: Built | None = None
         self.tree = tree
@@ -224,7 +220,7 @@ class Snapshots:
         return replace(self._built(kept, env), fresh=fresh, procfile=procs)
 
     def _built(self, kept: Kept, env: Path | None) -> Built:
-        return Built(kept.commit, self.store.path(kept.id), kept.id, env, kept.env, kept.dirty, self.pycache)
+        return Built(kept.commit, self.store.path(kept.id), kept.id, env, kept.env, kept.dirty)
 
     def seal(self, built: Built) -> None:
         """A fresh release is complete (before_restart ran in it): read-only from now on, and kept."""
@@ -293,8 +289,6 @@ class Snapshots:
         ids = {b.id for b in (built, *protect) if b is not None}
         for gone in self.store.prune(self.keep, ids):
             log.info("release %s pruned ([release] keep = %d)", gone, self.keep)
-            if self.pycache is not None:  # its bytecode, kept under the prefix by its full path
-                snapshot.remove(Path(str(self.pycache) + str(self.store.path(gone))))
         in_use = {k.env for k in self.store.all() if k.env} | {b.env_key for b in (built, *protect) if b and b.env_key}
         for gone in self.envs.prune(in_use):
             log.info("environment %s removed: no kept release uses it", gone)

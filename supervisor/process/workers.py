@@ -121,9 +121,10 @@ class Workers:
 
     # -- moving every type to one release ---------------------------------------------------
     async def replace(self, built: Built | None, types: list[ProcSpec], only: str | None = None,
-                      probation: float = 0.0) -> str | None:
+                      probation: float = 0.0, gate: bool = True) -> str | None:
         """Every process type (or ``only`` that one) to ``built``; None when all are ready, else why
-        (and everything as it was)."""
+        (and everything as it was). Without ``gate`` (nothing ran before, so nothing to go back to),
+        instances are not waited for: one that fails is restarted with backoff like any crash."""
         async with self._lock:
             if only is not None:
                 types = [t for t in types if t.name == only]
@@ -134,14 +135,14 @@ class Workers:
             why: str | None = None
             if built is not None:
                 for spec in (t for t in types if t.overlap):  # new beside old: each must be ready
-                    why = await self._start_all(spec, built, started)
+                    why = await self._start_all(spec, built, started, gate)
                     if why:
                         break
                 for spec in (t for t in types if not t.overlap and why is None):
                     previous = [i for k, i in old.items() if k[0] == spec.name]
                     await self._stop(previous)  # never two at once
                     restored += [(i.spec, i.index, i.built) for i in previous]
-                    why = await self._start_all(spec, built, started)
+                    why = await self._start_all(spec, built, started, gate)
             if why is not None:
                 await self._stop(started)
                 for spec, index, was in restored:  # put back what was stopped for a stop-first type
@@ -161,14 +162,18 @@ class Workers:
                 self.probation_until = time.monotonic() + probation
             return None
 
-    async def _start_all(self, spec: ProcSpec, built: Built, started: list[Instance]) -> str | None:
+    async def _start_all(self, spec: ProcSpec, built: Built, started: list[Instance], gate: bool) -> str | None:
         for index in range(spec.count):
-            instance, why = await self._start(spec, index, built, gate=True)
+            instance, why = await self._start(spec, index, built, gate=gate)
+            if why is not None and not gate:
+                log.error("%s; the other process types run without it", why)
+                continue
             if why is not None:
                 return why
             assert instance is not None
             started.append(instance)
-            log.info("%s[%d] pid %d ready (%s)", spec.name, index, instance.child.pid, built.commit[:12])
+            log.info("%s[%d] pid %d %s (%s)", spec.name, index, instance.child.pid, "ready" if gate else "started",
+                     built.commit[:12])
         return None
 
     # -- crashes ------------------------------------------------------------------------------

@@ -498,11 +498,15 @@ class Deployer:
             why = str(exc)
         else:
             with phases("start"):
-                result = await self._swap(built, previous=self.current)
+                result = await self._swap(built, previous=self.current, web_back=False)
             if result.ok:
                 return self._finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases, previous)
             why = result.reason
         await self._back_to(good=previous, bad=target, why=why, phases=phases)
+        live = self.releases.live
+        if live is not None and self.current is not None and live.built != self.current:
+            # A worker failed after the web process moved: it goes back too, now that its files are (in place).
+            await self.releases.start(self.current)
         return self._finish("failed", f"{target[:12]} rolled back to {previous[:12]}: {why}", target, trigger,
                             phases, previous, tail=why)
 
@@ -555,8 +559,9 @@ class Deployer:
                 return failure_report(f"before_restart {' '.join(argv)} {describe_exit(code)}", child)
         return None
 
-    async def _swap(self, built: Built, previous: Built | None) -> SwapResult:
-        """The web process, then every process type, to ``built``; all of them or none."""
+    async def _swap(self, built: Built, previous: Built | None, web_back: bool = True) -> SwapResult:
+        """The web process, then every process type, to ``built``; all of them or none (``web_back``
+        False: the caller puts the web process back, after the files it runs from)."""
         before = self.current
         result = await self.releases.start(built, previous=previous)
         if result.ok:
@@ -565,7 +570,7 @@ class Deployer:
             if why is not None:  # a worker of the new release is not ready: the web process goes back too
                 log.warning("release %s: %s; the web process goes back to %s", built.commit[:12], why,
                             before.commit[:12] if before else "nothing")
-                if before is not None:
+                if before is not None and web_back:
                     await self.releases.start(before)
                 result = SwapResult(False, why)
         if result.ok:

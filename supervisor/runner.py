@@ -186,7 +186,7 @@ def make_builder(settings: Settings, tree: WorkTree, git: GitThread, guard: Guar
     envs = Environments(state / "envs", python=cfg.python, install_args=cfg.install_args, installer=cfg.installer,
                         timeout=cfg.build_timeout, guard=guard, unset=settings.app.unset)
     return Snapshots(tree, git, Store(state / "releases"), envs, links=cfg.link, requirements=cfg.requirements,
-                     keep=cfg.keep, procfile_name=settings.raw.app.procfile)
+                     keep=cfg.keep, procfile_name=settings.raw.app.procfile, pycache=state / "pycache")
 
 
 class Supervisor:

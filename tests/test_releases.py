@@ -40,7 +40,7 @@ class Handler(BaseHTTPRequestHandler):
                 body = json.dumps({"dep": DEP, "commit": os.environ["SUPERVISOR_COMMIT"],
                                    "release": os.environ.get("SUPERVISOR_RELEASE"), "cwd": os.getcwd(),
                                    "release_dir": os.environ.get("SUPERVISOR_RELEASE_DIR"),
-                                   "python": sys.executable})
+                                   "python": sys.executable, "pycache": os.environ.get("PYTHONPYCACHEPREFIX")})
             elif self.path == "/data":
                 with open("media/hits", "a") as f:
                     f.write("x")
@@ -138,11 +138,15 @@ async def test_the_old_release_serves_its_own_template_and_static_file_while_a_s
 
 
 async def test_release_files_are_read_only_shared_by_hard_link_never_with_the_work_tree_and_pruned_to_keep(
-        tmp_path: Path, repos: Repos, session: aiohttp.ClientSession) -> None:
+        tmp_path: Path, repos: Repos, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)  # bytecode on: kept outside the release
     cfg = setup(tmp_path, repos, first_files(), release="keep = 2")
     releases = tmp_path / "state" / "releases"
     async with running(cfg) as sup:
         client = Client(sup, session)
+        pycache = tmp_path / "state" / "pycache"
+        assert (await info(client))["pycache"] == str(pycache)
+        assert list(pycache.rglob("*.pyc"))  # what the app imported, compiled once
         first = (await client.status())["release"]
         root = Path(first["dir"])
         css = root / "static" / "style.css"

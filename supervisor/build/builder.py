@@ -42,6 +42,7 @@ class Built:
     dirty: bool = False  # holds hand edits not committed
     fresh: bool = field(default=False, compare=False)  # built just now: before_restart runs in it, then seal()
     procfile: dict[str, list[str]] | None = field(default=None, compare=False)  # its Procfile ([app] procfile)
+    pycache: Path | None = None  # where Python may keep its bytecode: the release's own folders are read-only
 
     def environ(self, base_path: str) -> dict[str, str]:
         """Variables every process of this release gets."""
@@ -150,7 +151,8 @@ class Snapshots:
 
     def __init__(self, tree: WorkTree, git: GitThread, store: Store, envs: Environments, *, links: Sequence[str],
                  requirements: str | None, keep: int, spares: Path | None = None,
-                 procfile_name: str | None = None) -> None:
+                 procfile_name: str | None = None, pycache: Path | None = None) -> None:
+        self.pycache = pycache
         self.procfile = procfile_name
         self.spares = spares or store.root.with_name("spare")  # the next release's link farm, made while idle
         self.live: Built | None = None
@@ -220,7 +222,7 @@ class Snapshots:
         return replace(self._built(kept, env), fresh=fresh, procfile=procs)
 
     def _built(self, kept: Kept, env: Path | None) -> Built:
-        return Built(kept.commit, self.store.path(kept.id), kept.id, env, kept.env, kept.dirty)
+        return Built(kept.commit, self.store.path(kept.id), kept.id, env, kept.env, kept.dirty, pycache=self.pycache)
 
     def seal(self, built: Built) -> None:
         """A fresh release is complete (before_restart ran in it): read-only from now on, and kept."""
@@ -289,6 +291,8 @@ class Snapshots:
         ids = {b.id for b in (built, *protect) if b is not None}
         for gone in self.store.prune(self.keep, ids):
             log.info("release %s pruned ([release] keep = %d)", gone, self.keep)
+            if self.pycache is not None:  # its bytecode, kept under the prefix by the release's full path
+                snapshot.remove(Path(f"{self.pycache}{self.store.path(gone)}"))
         in_use = {k.env for k in self.store.all() if k.env} | {b.env_key for b in (built, *protect) if b and b.env_key}
         for gone in self.envs.prune(in_use):
             log.info("environment %s removed: no kept release uses it", gone)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import py_compile
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +139,6 @@ def write(repo: pygit2.Repository, content: Content, dest: Path, *, workdir: Pat
         for path, entry in sorted(wanted.items()):
             if entry is not None:
                 _place(repo, tmp, path, entry, workdir)
-                _compile(tmp / path)
                 written += 1
         for entry in links:
             name = entry.rstrip("/")
@@ -220,10 +218,6 @@ def link_copy(repo: pygit2.Repository, base: Base, dest: Path, links: Sequence[s
 
 
 def _link_tree(tree: pygit2.Tree, source: Path, dest: Path, prefix: str, links: Sequence[str]) -> None:
-    cache = source / "__pycache__"
-    if cache.is_dir():  # bytecode of the files shared here stays valid (same inode, same mtime); a changed
-        shutil.copytree(cache, dest / "__pycache__", copy_function=os.link)  # file's is written anew (_compile)
-        (dest / "__pycache__").chmod(0o755)
     for entry in tree:
         path = prefix + entry.name
         if _covered(path, links):
@@ -274,20 +268,8 @@ def _materialize(repo: pygit2.Repository, tree: pygit2.Tree, out: Path, prefix: 
             written += _materialize(repo, entry.peel(pygit2.Tree), target, path + "/", workdir, links)
         else:
             _write_entry(repo, target, (str(entry.id), entry.filemode), workdir / path)
-            _compile(target)
             written += 1
     return written
-
-
-def _compile(path: Path) -> None:
-    """Bytecode for a Python file written into a release, now, while its folder can still take it: once
-    sealed, Python cannot write ``__pycache__`` there and would compile the module at every start."""
-    if path.suffix != ".py" or path.is_symlink():
-        return
-    try:
-        os.chmod(py_compile.compile(str(path), doraise=True), FILE)  # a new inode (written, then renamed)
-    except (py_compile.PyCompileError, OSError, ValueError):
-        pass  # a syntax error shows when the app starts; bytecode is only a cache
 
 
 def _write_blob(target: Path, data: bytes, executable: bool) -> None:

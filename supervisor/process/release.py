@@ -31,6 +31,7 @@ from .listener import Listeners
 from .readiness import Notify, Probe, wait_ready
 
 log = logging.getLogger("supervisor.release")
+BYTECODE_SET = frozenset({"PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"})  # the operator decided already
 
 
 @dataclass
@@ -119,6 +120,10 @@ class Releases:
         """How a process of ``built`` starts: in its folder ([app] cwd within it), with its environment."""
         app = self.app_for(built)
         env = {**app.env, **built.environ(app.env.get("PATH", os.environ.get("PATH", os.defpath)))}
+        if built.pycache is not None and not BYTECODE_SET & (set(os.environ) | set(app.env)):
+            # Python cannot write __pycache__ into the read-only release: it keeps bytecode there instead.
+            # Not when bytecode writing is off (the prefix would also hide the stdlib's own __pycache__).
+            env["PYTHONPYCACHEPREFIX"] = str(built.pycache)
         return Spec(argv=app.command, cwd=built.root / app.subdir, env=env, stop_signal=app.stop_signal,
                     stop_timeout=app.stop_timeout, unset=app.unset)
 

@@ -118,6 +118,7 @@ class Deployer:
         self.deployed: str = ""
         self.current: Built | None = None  # the release that serves (or, crashed, is to be restarted)
         self.runs = 0  # jobs the worker finished, including ones that found nothing to do
+        self.crash_restarts = 0  # the web process started again after it died (not deploys)
         self._started = False
         self._busy: Kind | None = None
         self._fetch_backoff = Backoff(first=1.0, cap=60.0)
@@ -437,6 +438,7 @@ class Deployer:
             result = await self._start_work_tree(Phases())
         else:
             result = await self.releases.start(self.current)
+        self.crash_restarts += result.ok
         if not result.ok:
             self._schedule_recovery(self._crash_backoff.next())
         return None

@@ -284,7 +284,8 @@ class Supervisor:
         if live is not None:
             web = [{"name": "web", "index": 0, "pid": live.child.pid if live.alive else None, "commit": live.commit,
                     "release": live.built.id, "state": "running" if live.alive else "crashed",
-                    "restarts": self.releases.restarts, "uptime": round(live.child.uptime, 3) if live.alive else 0.0}]
+                    "restarts": self.deployer.crash_restarts,
+                    "uptime": round(live.child.uptime, 3) if live.alive else 0.0}]
         return web + self.deployer.workers.listing()
 
     def release_info(self) -> dict[str, Any] | None:
@@ -326,7 +327,7 @@ class Supervisor:
                          paused=self.deployer.pause.reason is not None,
                          processes=tuple((str(p["name"]), int(p["index"]), p["state"] == "running")  # type: ignore
                                          for p in self.processes()),
-                         process_restarts={"web": self.releases.restarts, **workers.restarts})
+                         process_restarts={"web": self.deployer.crash_restarts, **workers.restarts})
 
     def ask(self, what: str, arg: str | None = None) -> "asyncio.Future[Any]":
         d = self.deployer

@@ -3,7 +3,8 @@
 
 Two pushcd instances deploy the same commits of the demo app (with a requirements.txt, installed with
 uv from a local folder of wheels: no network), one with ``[release] mode = "snapshot"`` and one with
-``"in-place"`` (whose app runs with a virtualenv made beforehand with the same packages). Each round pushes one commit and sends the signed webhook to both in turn (the order
+``"in-place"`` (whose app runs with a virtualenv made beforehand with the same packages).
+Each round pushes one commit and sends the signed webhook to both in turn (the order
 alternates); the time is from sending the webhook until the app answers with the new commit.
 Then, snapshot only: a commit that changes a dependency (an install, uv's cache cold for that package)
 and one that changes the requirements file again with the same packages (an install, cache warm).
@@ -119,7 +120,8 @@ def main() -> None:
                     times[mode].append(time.perf_counter() - t)
                     phases[mode].append(phases_of(stacks[mode][3], sha))
             for mode, values in times.items():
-                print(f"{mode:>9}: push -> serving, unchanged dependencies, median {statistics.median(values) * 1000:.0f} ms, "
+                print(f"{mode:>9}: push -> serving, unchanged dependencies, "
+                      f"median {statistics.median(values) * 1000:.0f} ms, "
                       f"min {min(values) * 1000:.0f}, max {max(values) * 1000:.0f} ({len(values)} deploys)")
             for mode, rows in phases.items():
                 names = sorted({n for r in rows for n in r})
@@ -137,7 +139,8 @@ def main() -> None:
                 serving(app, sha)
                 took = time.perf_counter() - t
                 done = phases_of(ctl, sha)
-                print(f"snapshot: {label}: push -> serving {took:.2f} s, of which install {done.get('install', 0):.2f} s")
+                print(f"snapshot: {label}: push -> serving {took:.2f} s, "
+                      f"of which install {done.get('install', 0):.2f} s")
         finally:
             for proc, *_ in stacks.values():
                 proc.terminate()

@@ -295,7 +295,7 @@ class Deployer:
             if sha != good and await self.git.run(self.tree.is_ancestor, sha, good):
                 self._unmark_bad(sha)
 
-    def _rollback_target(self) -> str | None:
+    def rollback_target(self) -> str | None:
         """The newest good release that is not the running one."""
         return next((c for c in (self.history.good_releases() if self.history else [])
                      if c != self.deployed and c not in self.bad), None)
@@ -306,7 +306,7 @@ class Deployer:
         phases = Phases()
         current = self.deployed
         kept = self.builder.kept(arg) if arg else None
-        target = kept.commit if kept else self._commit_of(arg) if arg else self._rollback_target()
+        target = kept.commit if kept else self._commit_of(arg) if arg else self.rollback_target()
         if target is None:
             why = (f"{arg}: no kept release or earlier good release has that id or commit (`pushcd releases` "
                    f"lists them)" if arg else "no earlier good release to roll back to")
@@ -605,7 +605,7 @@ class Deployer:
     def _went_live(self, built: Built) -> None:
         if self.history and not built.dirty:  # a rollback goes to commits, never to a hand edit
             self.history.record_release(built.commit)
-        target = self._rollback_target()
+        target = self.rollback_target()
         self.builder.went_live(built, [self.builder.kept(target) if target else None])
 
     async def _back_to(self, good: str, bad: str, why: str, phases: Phases) -> None:

@@ -300,7 +300,7 @@ class Supervisor:
         """The kept releases, newest use first, each with its state (live, previous, failed, pruned soon)."""
         d = self.deployer
         live = d.current.id if d.current else ""
-        target = d._rollback_target()
+        target = d.rollback_target()
         previous = d.builder.kept(target) if target else None
         doomed = d.builder.doomed([d.current, previous])
         out = []

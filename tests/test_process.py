@@ -44,7 +44,8 @@ def _status(cfg_text: str) -> dict:
 def _start(tmp_path: Path, repos: Repos, *args: str, stop_timeout: float = 5) -> tuple[subprocess.Popen, list[int]]:
     (repos.work / "stubborn.py").write_text(STUBBORN)
     cfg = write_config(tmp_path / "c.toml", repos, ready={"http": None, "min_uptime": 0.2},
-                       app={"command": [PY, "stubborn.py", str(tmp_path / "pids"), *args], "listen": None, "stop_timeout": stop_timeout},
+                       app={"command": [PY, "stubborn.py", str(tmp_path / "pids"), *args], "listen": None,
+                            "stop_timeout": stop_timeout},
                        watch="enabled = false")
     proc = spawn_supervisor(cfg)
     pids_file = tmp_path / "pids"

@@ -167,7 +167,8 @@ async def test_a_worker_that_exits_at_start_in_the_new_release_rolls_the_web_pro
         await client.push(repos, bad)
 
         status = await eventually(lambda: last_is(client, bad, "failed"), what="the deploy to fail")
-        assert "worker[0]" in status["last_deploy"]["reason"] and "exited with status 2" in status["last_deploy"]["reason"]
+        reason = status["last_deploy"]["reason"]
+        assert "worker[0]" in reason and "exited with status 2" in reason, reason
         assert status["deployed_commit"] == good and repos.head() == good
         assert web_of(status)["commit"] == good and "broken release" not in await client.app_get()
         assert [w["pid"] for w in workers_of(status)] == [w["pid"] for w in workers_of(before)]  # never stopped
@@ -254,7 +255,8 @@ async def test_a_failing_release_task_leaves_everything_as_it_was(
     ran = tmp_path / "release-ran"
     release = f"import sys\nopen({str(ran)!r}, 'a').write('x')\nsys.exit(0)\n"
     repos.commit({"release.py": release}, "a release task")
-    cfg, _queue = setup(tmp_path, repos, monkeypatch, deploy=f'probation = 30\nrelease_command = ["{PY}", "release.py"]')
+    cfg, _queue = setup(tmp_path, repos, monkeypatch,
+                        deploy=f'probation = 30\nrelease_command = ["{PY}", "release.py"]')
     async with running(cfg) as sup:
         client = Client(sup, session)
         good = await client.ship(repos, {"message.txt": "v2\n"}, "v2")
@@ -265,7 +267,8 @@ async def test_a_failing_release_task_leaves_everything_as_it_was(
                             "message.txt": "v3\n"}, "a failing migration")
         await client.push(repos, bad)
         status = await eventually(lambda: last_is(client, bad, "failed"), what="the deploy to fail")
-        assert "release task" in status["last_deploy"]["reason"] and "migration failed" in status["last_deploy"]["reason"]
+        reason = status["last_deploy"]["reason"]
+        assert "release task" in reason and "migration failed" in reason, reason
         assert status["deployed_commit"] == good and "v3" not in await client.app_get()
         assert [(p["pid"], p["commit"]) for p in status["processes"]] == \
             [(p["pid"], p["commit"]) for p in before["processes"]]

@@ -82,8 +82,12 @@ def _has_dependencies(path: Path) -> bool:
 
 def env_key(python_version: str, files: Iterable[tuple[str, bytes]], install_args: Sequence[str],
             installer: str) -> str:
-    """>>> env_key("3.11.7", [("requirements.txt", b"flask\\n")], [], "uv")[:8]
-    '5b21fbc2'
+    """What names an environment: the same inputs, the same key; any difference, another environment.
+
+    >>> env_key("3.11.7", [("requirements.txt", b"flask\\n")], [], "uv")[:8]
+    '88eb9b75'
+    >>> env_key("3.12.1", [("requirements.txt", b"flask\\n")], [], "uv")[:8] != '88eb9b75'
+    True
     """
     digest = hashlib.sha256(f"{python_version}\0{installer}\0{chr(0).join(install_args)}".encode())
     for name, data in files:
@@ -95,8 +99,8 @@ def installer_error(lines: Sequence[str]) -> str:
     """The installer's own words for why it failed: from its first error line on, at most four lines.
 
     >>> installer_error(["Using Python 3.11", "  × No solution found when resolving dependencies:",
-    ...                  "  ╰─▶ Because humanize==99 was not found, we can conclude that it is unsatisfiable."])
-    '× No solution found when resolving dependencies: | ╰─▶ Because humanize==99 was not found, we can conclude that it is unsatisfiable.'
+    ...                  "  ╰─▶ Because humanize==99 was not found, it is unsatisfiable."])
+    '× No solution found when resolving dependencies: | ╰─▶ Because humanize==99 was not found, it is unsatisfiable.'
     >>> installer_error(["Collecting x", "ERROR: No matching distribution found for humanize==99"])
     'ERROR: No matching distribution found for humanize==99'
     """

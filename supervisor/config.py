@@ -332,8 +332,6 @@ def procfile_types(specs: dict[str, ProcSpec], procfile: dict[str, list[str]] | 
     >>> [(p.name, p.command) for p in procfile_types({"worker": spec}, {"web": ["x"], "worker": ["w", "-q"]})]
     [('worker', ('w', '-q'))]
     """
-    import dataclasses
-
     out = {}
     for name, argv in (procfile or {}).items():
         if name not in ("web", "release"):
@@ -352,6 +350,14 @@ def _signal(value: str, key: str) -> signal.Signals:
         raise ConfigError(f'{key} stop_signal = "{value}" is not a signal name; use e.g. "SIGTERM"') from None
 
 
+def _folder_in(repo_path: Path, cwd: str, key: str) -> Path:
+    """A ``cwd`` setting resolved in the work tree; it must stay inside (a release holds only the tree)."""
+    folder = (repo_path / cwd).resolve()
+    if not folder.is_relative_to(repo_path):
+        raise ConfigError(f'{key} cwd = "{cwd}" is outside [repo] path; give a folder of the repository')
+    return folder
+
+
 def _processes(raw: Config, repo_path: Path) -> dict[str, ProcSpec]:
     out = {}
     for name, p in raw.processes.items():
@@ -365,11 +371,9 @@ def _processes(raw: Config, repo_path: Path) -> dict[str, ProcSpec]:
             raise ConfigError(f"{key} needs command (an argv list), or [app] procfile with a {name}: line")
         if p.count < 1 or p.stop_timeout <= 0 or p.ready.timeout <= 0:
             raise ConfigError(f"{key}: count must be 1 or more, stop_timeout and ready.timeout greater than 0")
-        cwd = (repo_path / p.cwd).resolve()
-        if not cwd.is_relative_to(repo_path):
-            raise ConfigError(f'{key} cwd = "{p.cwd}" is outside [repo] path; give a folder of the repository')
-        out[name] = ProcSpec(name, tuple(p.command), str(cwd.relative_to(repo_path)), dict(p.env),
-                             _signal(p.stop_signal, key), p.stop_timeout, p.count, p.overlap, p.ready)
+        subdir = str(_folder_in(repo_path, p.cwd, key).relative_to(repo_path))
+        out[name] = ProcSpec(name, tuple(p.command), subdir, dict(p.env), _signal(p.stop_signal, key),
+                             p.stop_timeout, p.count, p.overlap, p.ready)
     return out
 
 
@@ -513,10 +517,7 @@ def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
                           "(or set [app] procfile to take it from the Procfile's web: line)")
     if not raw.webhook.path.startswith("/"):
         raise ConfigError(f'[webhook] path = "{raw.webhook.path}" must start with "/"')
-    try:
-        stop_signal = signal.Signals[raw.app.stop_signal.upper()]
-    except KeyError:
-        raise ConfigError(f'[app] stop_signal = "{raw.app.stop_signal}" is not a signal name; use e.g. "SIGTERM"') from None
+    stop_signal = _signal(raw.app.stop_signal, "[app]")
     for name in ("stop_timeout",):
         if getattr(raw.app, name) <= 0:
             raise ConfigError(f"[app] {name} must be greater than 0")
@@ -546,9 +547,7 @@ def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
         if section.max_connections < 1:
             raise ConfigError(f"{key} max_connections must be 1 or more")
     repo_path = (base / raw.repo.path).resolve()
-    app_cwd = (repo_path / raw.app.cwd).resolve()
-    if not app_cwd.is_relative_to(repo_path):
-        raise ConfigError(f'[app] cwd = "{raw.app.cwd}" is outside [repo] path; give a folder of the repository')
+    app_cwd = _folder_in(repo_path, raw.app.cwd, "[app]")
     watch_paths = tuple((repo_path / p).resolve() for p in raw.watch.paths) or (repo_path,)
     control_listen = parse_address(raw.control.listen, "[control] listen")
     hooks = read_hooks(raw.webhook, base) if secret else ()

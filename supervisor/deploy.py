@@ -20,7 +20,7 @@ import enum
 import logging
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterator, Literal
 
 from . import memory
 from .backoff import Backoff
@@ -192,7 +192,7 @@ class Deployer:
             log.error("app failed to start at %s: %s", self.deployed[:12], result.reason)
             self._schedule_recovery(self._crash_backoff.next())
 
-    async def _start_work_tree(self, phases: Phases, previous: Built | None = None) -> SwapResult:
+    async def _start_work_tree(self, phases: Phases) -> SwapResult:
         """A release of what the work tree holds (HEAD and any hand edits), put live."""
         try:
             built = await self.builder.of_work_tree(phases, self.current)
@@ -200,7 +200,7 @@ class Deployer:
             return SwapResult(False, str(exc))
         self.builder.seal(built)
         with phases("start"):
-            return await self._swap(built, previous)
+            return await self._swap(built, previous=None)
 
     async def run(self) -> None:
         """Take jobs, most urgent first, and dispatch each to ``handle_<kind>``; forever."""
@@ -295,10 +295,18 @@ class Deployer:
             if sha != good and await self.git.run(self.tree.is_ancestor, sha, good):
                 self._unmark_bad(sha)
 
+    def _good_releases(self) -> Iterator[str]:
+        """Commits that went live and passed their checks, newest first."""
+        return self.history.good_releases() if self.history else iter(())
+
     def rollback_target(self) -> str | None:
         """The newest good release that is not the running one."""
-        return next((c for c in (self.history.good_releases() if self.history else [])
-                     if c != self.deployed and c not in self.bad), None)
+        return next((c for c in self._good_releases() if c != self.deployed and c not in self.bad), None)
+
+    def previous_release(self) -> Built | None:
+        """The kept release a rollback would start (None in place, or when there is none)."""
+        target = self.rollback_target()
+        return self.builder.kept(target) if target else None
 
     async def handle_rollback(self, trigger: str, arg: str | None = None) -> Result:
         """POST /rollback: back to the newest good release that is not the running one (or to ``arg``, a
@@ -354,7 +362,7 @@ class Deployer:
         """A good release's full commit id from an abbreviation (7 digits or more)."""
         if len(ref) < 7:
             return None
-        return next((c for c in (self.history.good_releases() if self.history else []) if c.startswith(ref)), None)
+        return next((c for c in self._good_releases() if c.startswith(ref)), None)
 
     async def _roll_back_to_kept(self, kept: Built, trigger: str, phases: Phases) -> Result:
         """Start a kept release as it is (no checkout, no install), then bring the work tree back to it."""
@@ -548,18 +556,24 @@ class Deployer:
         """Run [deploy] before_restart in the new release ([app] cwd in its folder, its environment);
         None when all succeeded."""
         for argv in self.before_restart:
-            spec = self.releases.spec(built)
-            spec = Spec(argv, spec.cwd, spec.env, stop_timeout=5, unset=spec.unset)
-            try:
-                code, child = await run_to_end(spec, "before_restart", self.before_restart_timeout, self.guard)
-            except OSError as exc:
-                return f"before_restart {argv[0]}: {exc.strerror or exc}"
-            if code is None:
-                return failure_report(f"before_restart {' '.join(argv)} timed out after "
-                                      f"{self.before_restart_timeout:g}s", child)
-            if code != 0:
-                return failure_report(f"before_restart {' '.join(argv)} {describe_exit(code)}", child)
+            why = await self._run_in(built, argv, "before_restart", "before_restart", self.before_restart_timeout)
+            if why is not None:
+                return why
         return None
+
+    async def _run_in(self, built: Built, argv: list[str], label: str, what: str, timeout: float,
+                      env: dict[str, str] | None = None) -> str | None:
+        """One command run to its end in ``built`` (its folder, its environment); None when it exited 0,
+        else why, ``what`` first: its exit, or its timeout, with the telling line of its output."""
+        spec = self.releases.spec(built)
+        spec = Spec(argv, spec.cwd, {**spec.env, **(env or {})}, stop_timeout=5, unset=spec.unset)
+        try:
+            code, child = await run_to_end(spec, label, timeout, self.guard)
+        except OSError as exc:
+            return f"{what} {argv[0]}: {exc.strerror or exc}"
+        if code is None:
+            return failure_report(f"{what} {' '.join(argv)} timed out after {timeout:g}s", child)
+        return failure_report(f"{what} {' '.join(argv)} {describe_exit(code)}", child) if code else None
 
     async def _swap(self, built: Built, previous: Built | None, web_back: bool = True) -> SwapResult:
         """The web process, then every process type, to ``built``; all of them or none (``web_back``
@@ -591,22 +605,14 @@ class Deployer:
         argv = (built.procfile or {}).get("release") or self.release_command
         if not argv:
             return None
-        spec = self.releases.spec(built)
-        spec = Spec(argv, spec.cwd, {**spec.env, "SUPERVISOR_PROCESS": "release"}, stop_timeout=5, unset=spec.unset)
-        try:
-            with phases("release"):
-                code, child = await run_to_end(spec, "release", self.release_timeout, self.guard)
-        except OSError as exc:
-            return f"release task {argv[0]}: {exc.strerror or exc}"
-        if code is None:
-            return failure_report(f"release task {' '.join(argv)} timed out after {self.release_timeout:g}s", child)
-        return failure_report(f"release task {' '.join(argv)} {describe_exit(code)}", child) if code else None
+        with phases("release"):
+            return await self._run_in(built, argv, "release", "release task", self.release_timeout,
+                                      {"SUPERVISOR_PROCESS": "release"})
 
     def _went_live(self, built: Built) -> None:
         if self.history and not built.dirty:  # a rollback goes to commits, never to a hand edit
             self.history.record_release(built.commit)
-        target = self.rollback_target()
-        self.builder.went_live(built, [self.builder.kept(target) if target else None])
+        self.builder.went_live(built, [self.previous_release()])
 
     async def _back_to(self, good: str, bad: str, why: str, phases: Phases) -> None:
         """Mark ``bad``, return the tree to ``good`` (the watcher ignores it) and call it deployed."""

@@ -47,7 +47,7 @@ from .process import reaper
 from .process.guard import Guard
 from .process.listener import ListenError, Listeners
 from .process.release import Releases
-from .process.workers import Workers
+from .process.workers import Workers, process_facts
 from .watch import Armed, Expected, watch_tree
 from .webhook import intake
 from .webhook.delivery import GITEA, GITHUB, GITLAB, Verdict
@@ -183,10 +183,9 @@ def make_builder(settings: Settings, tree: WorkTree, git: GitThread, guard: Guar
     cfg, state = settings.raw.release, settings.state_dir
     if cfg.mode == "in-place":
         return InPlace(tree, git, settings.raw.app.procfile)
-    envs = Environments(state / "envs", python=cfg.python, install_args=cfg.install_args, installer=cfg.installer,
-                        timeout=cfg.build_timeout, guard=guard, unset=settings.app.unset)
-    return Snapshots(tree, git, Store(state / "releases"), envs, links=cfg.link, requirements=cfg.requirements,
-                     keep=cfg.keep, procfile_name=settings.raw.app.procfile, pycache=state / "pycache")
+    envs = Environments(state / "envs", cfg, guard=guard, unset=settings.app.unset)
+    return Snapshots(tree, git, Store(state / "releases"), envs, cfg, procfile_name=settings.raw.app.procfile,
+                     pycache=state / "pycache")
 
 
 class Supervisor:
@@ -280,12 +279,7 @@ class Supervisor:
     def processes(self) -> list[dict[str, Any]]:
         """Every process of the running release: the web process, then each instance of each type."""
         live = self.releases.live
-        web: list[dict[str, Any]] = []
-        if live is not None:
-            web = [{"name": "web", "index": 0, "pid": live.child.pid if live.alive else None, "commit": live.commit,
-                    "release": live.built.id, "state": "running" if live.alive else "crashed",
-                    "restarts": self.deployer.crash_restarts,
-                    "uptime": round(live.child.uptime, 3) if live.alive else 0.0}]
+        web = [process_facts("web", 0, live.child, live.built, self.deployer.crash_restarts)] if live else []
         return web + self.deployer.workers.listing()
 
     def release_info(self) -> dict[str, Any] | None:
@@ -300,8 +294,7 @@ class Supervisor:
         """The kept releases, newest use first, each with its state (live, previous, failed, pruned soon)."""
         d = self.deployer
         live = d.current.id if d.current else ""
-        target = d.rollback_target()
-        previous = d.builder.kept(target) if target else None
+        previous = d.previous_release()
         doomed = d.builder.doomed([d.current, previous])
         out = []
         for kept in d.builder.listing():

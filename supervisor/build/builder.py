@@ -149,20 +149,16 @@ class Snapshots:
 
     mode = "snapshot"
 
-    def __init__(self, tree: WorkTree, git: GitThread, store: Store, envs: Environments, *, links: Sequence[str],
-                 requirements: str | None, keep: int, spares: Path | None = None,
-                 procfile_name: str | None = None, pycache: Path | None = None) -> None:
+    def __init__(self, tree: WorkTree, git: GitThread, store: Store, envs: Environments, cfg: ReleaseConfig, *,
+                 spares: Path | None = None, procfile_name: str | None = None, pycache: Path | None = None) -> None:
         self.pycache = pycache
-        self.procfile = procfile_name
         self.spares = spares or store.root.with_name("spare")  # the next release's link farm, made while idle
         self.live: Built | None = None
         self.tree = tree
         self.git = git
         self.store = store
         self.envs = envs
-        self.links = list(links)
-        self.requirements = requirements
-        self.keep = keep
+        self.configure(cfg, procfile_name)  # links, requirements, keep; the environments' settings
         self._told_ignored = False
         self._pending: dict[str, Kept] = {}  # built, not sealed yet
 
@@ -306,7 +302,5 @@ class Snapshots:
     def configure(self, cfg: ReleaseConfig, procfile_name: str | None = None) -> None:
         self.procfile = procfile_name
         self.links, self.requirements, self.keep = list(cfg.link), cfg.requirements, cfg.keep
-        e = self.envs
-        e.python, e.install_args, e.installer, e.timeout = cfg.python, list(cfg.install_args), cfg.installer, \
-            cfg.build_timeout
+        self.envs.configure(cfg)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..config import Release as ReleaseConfig
 from ..process.child import Spec, describe_exit, run_to_end
 from ..process.guard import Guard
 from .snapshot import remove
@@ -123,17 +124,19 @@ def uv_binary() -> str | None:
 class Environments:
     """Finds or builds the environment a release needs; never touches one in use."""
 
-    def __init__(self, root: Path, *, python: str, install_args: Sequence[str], installer: str,
-                 timeout: float, guard: Guard | None = None, unset: frozenset[str] = frozenset()) -> None:
+    def __init__(self, root: Path, cfg: ReleaseConfig, *, guard: Guard | None = None,
+                 unset: frozenset[str] = frozenset()) -> None:
         self.unset = unset  # pushcd's own secrets: an installer (or a package's build script) never sees them
         self.root = root
-        self.python = python
-        self.install_args = list(install_args)
-        self.installer = installer
-        self.timeout = timeout
+        self.configure(cfg)
         self.guard = guard
         self._versions: dict[tuple[str, float], str] = {}
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def configure(self, cfg: ReleaseConfig) -> None:
+        """[release] python, install_args, installer, build_timeout (again on SIGHUP)."""
+        self.python, self.install_args = cfg.python, list(cfg.install_args)
+        self.installer, self.timeout = cfg.installer, cfg.build_timeout
 
     def _tool(self) -> str:
         """"uv" or "pip", as [release] installer says and the machine allows."""

@@ -50,9 +50,15 @@ class Instance:
         return self.child.returncode is None
 
     def facts(self) -> dict[str, object]:
-        return {"name": self.spec.name, "index": self.index, "pid": self.child.pid if self.alive else None,
-                "commit": self.built.commit, "release": self.built.id, "state": "running" if self.alive else "crashed",
-                "restarts": self.restarts, "uptime": round(self.child.uptime, 3) if self.alive else 0.0}
+        return process_facts(self.spec.name, self.index, self.child, self.built, self.restarts)
+
+
+def process_facts(name: str, index: int, child: Child, built: Built, restarts: int) -> dict[str, object]:
+    """One process instance as /status lists it (the web process's too)."""
+    alive = child.returncode is None
+    return {"name": name, "index": index, "pid": child.pid if alive else None, "commit": built.commit,
+            "release": built.id, "state": "running" if alive else "crashed", "restarts": restarts,
+            "uptime": round(child.uptime, 3) if alive else 0.0}
 
 
 class Workers:
@@ -120,7 +126,7 @@ class Workers:
             log.info("%s[%d] stopped: %s", i.spec.name, i.child.pid, describe_exit(code))
 
     # -- moving every type to one release ---------------------------------------------------
-    async def replace(self, built: Built | None, types: list[ProcSpec], only: str | None = None,
+    async def replace(self, built: Built, types: list[ProcSpec], only: str | None = None,
                       probation: float = 0.0, gate: bool = True) -> str | None:
         """Every process type (or ``only`` that one) to ``built``; None when all are ready, else why
         (and everything as it was). Without ``gate`` (nothing ran before, so nothing to go back to),
@@ -133,16 +139,15 @@ class Workers:
             started: list[Instance] = []
             restored: list[tuple[ProcSpec, int, Built]] = []  # stop-first instances stopped, to start on failure
             why: str | None = None
-            if built is not None:
-                for spec in (t for t in types if t.overlap):  # new beside old: each must be ready
-                    why = await self._start_all(spec, built, started, gate)
-                    if why:
-                        break
-                for spec in (t for t in types if not t.overlap and why is None):
-                    previous = [i for k, i in old.items() if k[0] == spec.name]
-                    await self._stop(previous)  # never two at once
-                    restored += [(i.spec, i.index, i.built) for i in previous]
-                    why = await self._start_all(spec, built, started, gate)
+            for spec in (t for t in types if t.overlap):  # new beside old: each must be ready
+                why = await self._start_all(spec, built, started, gate)
+                if why:
+                    break
+            for spec in (t for t in types if not t.overlap and why is None):
+                previous = [i for k, i in old.items() if k[0] == spec.name]
+                await self._stop(previous)  # never two at once
+                restored += [(i.spec, i.index, i.built) for i in previous]
+                why = await self._start_all(spec, built, started, gate)
             if why is not None:
                 await self._stop(started)
                 for spec, index, was in restored:  # put back what was stopped for a stop-first type

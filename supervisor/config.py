@@ -143,13 +143,14 @@ class Control(_Section):
     public_url: str | None = None  # where people reach the page (for links in notifications)
 
 
-EVENTS = ("deploy_ok", "deploy_failed", "rolled_back", "crashed", "paused", "resumed")
+EVENTS = ("deploy_ok", "deploy_failed", "rolled_back", "restarted", "restart_failed", "crashed", "paused", "resumed")
+QUIET_EVENTS = ("deploy_ok", "restarted")  # successes: sent only when asked for
 
 
 class Notify(_Section):
     url: str = ""  # json / slack: where to POST; github: unused (api_url and the repository decide)
     kind: Literal["json", "slack", "github"] = "json"
-    events: list[str] = msgspec.field(default_factory=lambda: [e for e in EVENTS if e != "deploy_ok"])
+    events: list[str] = msgspec.field(default_factory=lambda: [e for e in EVENTS if e not in QUIET_EVENTS])
     secret_env: str | None = None  # json: sign the body (X-Pushcd-Signature-256), as GitHub signs webhooks
     token_env: str | None = None  # github: a token that may write commit statuses
     api_url: str = "https://api.github.com"  # github: GitHub Enterprise's API root, or a stand-in

@@ -8,9 +8,12 @@ jobs ever interleave, no request is lost, and any number of requests that
 arrive during a deploy collapse into one next deploy of the branch tip (the
 webhook payload is only a hint to look).
 
-The decisions are plain functions: :func:`plan` (which way to move the tree,
-or refuse) and :class:`Backoff` arithmetic. Results are written down by the
-:class:`~supervisor.ops.record.Recorder`.
+Each handler chooses a target and a fallback and hands them to the one road
+(:class:`~supervisor.road.Road`): start-up, deploys, the watcher, restarts,
+rollbacks and recovery all pass the same preparation and gates. The decisions
+are plain functions: :func:`plan` (which way to move the tree, or refuse) and
+:class:`Backoff` arithmetic. Results are written down by the
+:class:`~supervisor.ops.record.Recorder`, each with its kind.
 """
 
 from __future__ import annotations
@@ -20,23 +23,22 @@ import enum
 import logging
 import time
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Awaitable, Callable, Literal, Mapping
 
 from . import memory
 from .backoff import Backoff
-from .build.builder import Builder, BuildFailed, Built, InPlace
-from .config import ProcSpec, procfile_types
+from .build.builder import BuildFailed, Built
 from .git.thread import GitThread
 from .git.tree import Facts, FetchError, GitFailure, WorkTree
 from .jobs import Job, Kind, Mailbox
-from .ops.history import History
+from .ledger import Ref
+from .marks import Marks
+from .moves import Moves
 from .ops.record import LastDeploy, Phases, Recorder
 from .pause import Pause
-from .process.child import Spec, describe_exit, run_to_end
-from .process.guard import Guard
-from .process.release import Releases, SwapResult, failure_report
-from .process.workers import Workers
-from .watch import Expected
+from .process.child import describe_exit
+from .process.release import failure_report
+from .road import Attempt, Road
 
 log = logging.getLogger("supervisor.deploy")
 
@@ -50,7 +52,7 @@ class Plan:
     reason: str
 
 
-def plan(facts: Facts, on_diverge: str, bad: dict[str, str], pinned: bool = False) -> Plan:
+def plan(facts: Facts, on_diverge: str, bad: Mapping[str, str], pinned: bool = False) -> Plan:
     """Decide how to bring the work tree to the remote tip (or, ``pinned``, to a commit a person chose)."""
     if facts.head == facts.target:
         return Plan("none", f"already at {facts.target[:12]}")
@@ -86,48 +88,50 @@ Result = LastDeploy | None  # what a job's waiters hear: the recorded result, or
 
 
 class Deployer:
-    """The single worker: deploys, restarts, rollbacks and crash recovery, one at a time."""
+    """The single worker: chooses what each job puts live and hands it to the road, one job at a time."""
 
-    def __init__(self, tree: WorkTree, git: GitThread, releases: Releases, expected: Expected,
-                 recorder: Recorder, *, on_diverge: str, probation: float, before_restart: list[list[str]],
-                 before_restart_timeout: float, history: History | None = None,
-                 guard: Guard | None = None, pause: Pause | None = None, bad: dict[str, str] | None = None,
-                 builder: Builder | None = None, workers: Workers | None = None,
-                 processes: dict[str, ProcSpec] | None = None, release_command: list[str] | None = None,
-                 release_timeout: float = 300.0) -> None:
+    def __init__(self, tree: WorkTree, git: GitThread, road: Road, moves: Moves, recorder: Recorder, *,
+                 on_diverge: str, pause: Pause | None = None, marks: Marks | None = None) -> None:
         self.tree = tree
-        self.workers = workers or Workers(guard)
-        self.processes = dict(processes or {})  # [processes.NAME]; replaced whole on SIGHUP
-        self.release_command = list(release_command or [])
-        self.release_timeout = release_timeout
-        self.workers.on_early_exit = lambda why: self.mailbox.put(Kind.RECOVER, "crash", arg=why)
-        self.builder: Builder = builder or InPlace(tree, git)
         self.git = git
-        self.releases = releases
-        self.expected = expected
+        self.road = road
+        self.moves = moves
         self.recorder = recorder
         self.on_diverge = on_diverge
-        self.probation = probation
-        self.before_restart = before_restart
-        self.before_restart_timeout = before_restart_timeout
-        self.history = history
-        self.guard = guard
         self.pause = pause or Pause()
+        self.marks = marks or Marks()  # commits not to deploy again; the road reads them too
         self.mailbox = Mailbox()
-        self.bad: dict[str, str] = dict(bad or {})  # commit -> why; kept in the history too
-        self.deployed: str = ""
-        self.current: Built | None = None  # the release that serves (or, crashed, is to be restarted)
         self.runs = 0  # jobs the worker finished, including ones that found nothing to do
         self.crash_restarts = 0  # the web process started again after it died (not deploys)
+        self._head = ""  # the work tree's HEAD at start-up, until a release serves
         self._started = False
         self._busy: Kind | None = None
         self._fetch_backoff = Backoff(first=1.0, cap=60.0)
         self._crash_backoff = Backoff()
         self._recovery_due: float | None = None  # a crash restart is scheduled for this monotonic time
         self._judged: object = None  # the dead release whose crash was already looked at
-        releases.on_exit = self.crashed
+        self._start_told = False  # a failing start is recorded once, then retried quietly
+        road.releases.on_exit = self.crashed
+        road.workers.on_early_exit = lambda why: self.mailbox.put(Kind.RECOVER, "crash", arg=why)
 
     # -- what others read ----------------------------------------------------
+    @property
+    def builder(self):  # type: ignore[no-untyped-def]
+        return self.road.builder
+
+    @property
+    def workers(self):  # type: ignore[no-untyped-def]
+        return self.road.workers
+
+    @property
+    def current(self) -> Built | None:
+        """The release that serves (or, crashed, is to be started again); the road owns it."""
+        return self.road.current
+
+    @property
+    def deployed(self) -> str:
+        return self.road.current.commit if self.road.current else self._head
+
     @property
     def state(self) -> State:
         if not self._started:
@@ -142,7 +146,7 @@ class Deployer:
 
     @property
     def deploys(self) -> int:
-        """Deploys that ended in a result (ok, refused, failed)."""
+        """Results recorded (ok, refused, failed), of every kind."""
         return self.recorder.count
 
     @property
@@ -183,24 +187,11 @@ class Deployer:
 
     # -- the loop -----------------------------------------------------------
     async def start(self) -> None:
-        """Run what the work tree holds now."""
+        """Start-up: the last good release serves (see :meth:`handle_start`)."""
         self.tree.check_branch()
-        self.deployed = self.tree.head()
-        result = await self._start_work_tree(Phases())
+        self._head = self.tree.head()
+        await self.handle_start("start")
         self._started = True
-        if not result.ok:
-            log.error("app failed to start at %s: %s", self.deployed[:12], result.reason)
-            self._schedule_recovery(self._crash_backoff.next())
-
-    async def _start_work_tree(self, phases: Phases) -> SwapResult:
-        """A release of what the work tree holds (HEAD and any hand edits), put live."""
-        try:
-            built = await self.builder.of_work_tree(phases, self.current)
-        except BuildFailed as exc:
-            return SwapResult(False, str(exc))
-        self.builder.seal(built)
-        with phases("start"):
-            return await self._swap(built, previous=None)
 
     async def run(self) -> None:
         """Take jobs, most urgent first, and dispatch each to ``handle_<kind>``; forever."""
@@ -248,10 +239,85 @@ class Deployer:
         memory.release()
 
     def _needs_recovery(self) -> bool:
-        live = self.releases.live
+        live = self.road.releases.live
         return live is None or not live.alive
 
-    # -- handlers: one per job kind -----------------------------------------
+    # -- handlers: each chooses a target and a fallback, then takes the road ----------------------
+    async def handle_start(self, trigger: str, _arg: str | None = None) -> Result:
+        """Start-up (and its retries) is a deploy of the last good release: it serves as it is; what else the
+        work tree holds (a deploy a stop interrupted, a hand pull while pushcd was down) is a new attempt
+        through every gate, with the last good release as its fallback."""
+        phases, ledger = Phases(), self.road.ledger
+        if ledger.intent is not None:
+            stopped = ledger.intent
+            log.warning("the last run stopped during a %s of %s (phase %s); deciding again from the work tree",
+                        stopped.get("kind"), str((stopped.get("target") or {}).get("commit", "?"))[:12],
+                        stopped.get("phase"))
+            ledger.end()
+        good = self._last_good()
+        try:
+            target: Built | None = await self.builder.of_work_tree(phases, good)
+            why = ""
+        except BuildFailed as exc:
+            target, why = None, str(exc)
+        if target is not None and good is not None and Ref.of(target) == Ref.of(good):
+            return await self._start(Attempt("start", good, None, prepare=False), trigger, phases)
+        if target is not None and good is not None and not target.dirty and target.commit in self.marks:
+            target, why = None, f"{target.commit[:12]} is marked bad ({self.marks.why(target.commit)})"
+        if target is None and good is not None:  # the work tree holds nothing startable: the good release
+            log.warning("the work tree's release cannot start (%s); starting the last good release %s", why,
+                        good.commit[:12])
+            await self.moves.follow(good.commit, phases)
+            return await self._start(Attempt("start", good, None, prepare=False), trigger, phases)
+        if target is None:
+            return self._start_failed(why, trigger, phases)
+        return await self._start(Attempt("start", target, good, probation=good is not None), trigger, phases)
+
+    async def _start(self, attempt: Attempt, trigger: str, phases: Phases) -> Result:
+        target, fallback = attempt.target, attempt.fallback
+        why = await self.road.go(attempt, phases, self._undo(target, fallback))
+        if why is not None:
+            if fallback is not None and self.current == fallback:
+                return self._finish("failed", f"{target.commit[:12]} did not come up, the last good release "
+                                              f"{fallback.commit[:12]} serves: {why}", target.commit, trigger,
+                                    phases, fallback.commit, tail=why, kind="start")
+            return self._start_failed(why, trigger, phases, target.commit)
+        self._start_told = False
+        if not {"before_restart", "release"} & phases.done.keys():
+            return None  # started through its gates with nothing to prepare: not worth a row
+        return self._finish("ok", f"started {target.commit[:12]}" + (
+            f" (the last good release {fallback.commit[:12]} stood by)" if fallback else ""), target.commit,
+            trigger, phases, fallback.commit if fallback else target.commit, kind="start")
+
+    def _start_failed(self, why: str, trigger: str, phases: Phases, commit: str = "") -> Result:
+        commit = commit or self.deployed
+        log.error("app failed to start at %s: %s", commit[:12], why)
+        self._schedule_recovery(self._crash_backoff.next())
+        if self._start_told:
+            return None
+        self._start_told = True
+        return self._finish("failed", f"start of {commit[:12]} failed, retrying with backoff: {why}", commit,
+                            trigger, phases, commit, tail=why, kind="start")
+
+    def _last_good(self) -> Built | None:
+        """The release the ledger says last went live and passed probation, if it can start as it is."""
+        good = self.road.ledger.good
+        if good is None:
+            return None
+        if self.builder.mode == "in-place":
+            return Built(good.commit, self.tree.path)
+        return self.builder.kept(good.id)
+
+    def _undo(self, target: Built, fallback: Built | None) -> "Callable[[str], Awaitable[None]]":
+        """After a failed attempt: the target is marked bad (unless it holds hand edits), the tree goes back."""
+        async def undo(why: str) -> None:
+            if fallback is None or fallback.commit == target.commit:
+                return
+            if not target.dirty:
+                self.marks.mark(target.commit, why)
+            await self.moves.follow(fallback.commit, Phases())
+        return undo
+
     async def handle_deploy(self, trigger: str, arg: str | None = None) -> Result:
         """The branch tip; or ``arg``: a commit of the branch's history chosen by hand, or "retry"."""
         if trigger in AUTOMATIC and self.pause.reason is not None:
@@ -269,14 +335,14 @@ class Deployer:
         self._fetch_backoff.failures = 0
         target, pinned = tip, arg not in (None, "retry")
         if arg == "retry":
-            self._unmark_bad(tip)  # a person says: try it again (the cause was fixed elsewhere)
+            self.marks.unmark(tip)  # a person says: try it again (the cause was fixed elsewhere)
         elif pinned:
             try:
                 target = await self.git.run(self.tree.commit_on_branch, arg, tip)
             except GitFailure as exc:
                 return self._finish("refused", str(exc), self.deployed, trigger, phases, self.deployed)
         facts = await self.git.run(self.tree.facts, target)
-        decision = plan(facts, self.on_diverge, self.bad, pinned=pinned)
+        decision = plan(facts, self.on_diverge, self.marks.as_dict(), pinned=pinned)
         if decision.action == "none":
             log.info("nothing to deploy: %s", decision.reason)
             return LastDeploy("none", decision.reason, target, trigger)  # told to who asked; not recorded
@@ -291,22 +357,34 @@ class Deployer:
 
     async def _forget_older_marks(self, good: str) -> None:
         """Marks of commits older than one that deployed well are moot: forget them, so the list does not only grow."""
-        for sha in list(self.bad):
+        for sha in self.marks:
             if sha != good and await self.git.run(self.tree.is_ancestor, sha, good):
-                self._unmark_bad(sha)
+                self.marks.unmark(sha)
 
-    def _good_releases(self) -> Iterator[str]:
-        """Commits that went live and passed their checks, newest first."""
-        return self.history.good_releases() if self.history else iter(())
-
-    def rollback_target(self) -> str | None:
-        """The newest good release that is not the running one."""
-        return next((c for c in self._good_releases() if c != self.deployed and c not in self.bad), None)
-
-    def previous_release(self) -> Built | None:
-        """The kept release a rollback would start (None in place, or when there is none)."""
-        target = self.rollback_target()
-        return self.builder.kept(target) if target else None
+    async def _go(self, facts: Facts, reason: str, trigger: str, phases: Phases, backup: bool = False,
+                  kind: str = "deploy") -> Result:
+        """Move the tree to ``facts.target``, make its release, take the road; back if it does not come up."""
+        previous, target, fallback = self.deployed, facts.target, self.current
+        try:
+            with phases("checkout"):
+                await self.moves.move(facts, backup=backup, reason=reason)
+        except GitFailure as exc:
+            # The tree was put back to the running commit (all or nothing); the next push tries again.
+            return self._finish("failed", f"{exc}; the tree is back at {previous[:12]}", target, trigger, phases,
+                                previous, kind=kind)
+        undo = self._undo(Built(target, self.tree.path), fallback or Built(previous, self.tree.path))
+        try:
+            built = await self.builder.of_commit(target, phases, fallback)
+        except BuildFailed as exc:
+            why: str | None = str(exc)
+            await undo(str(why))
+        else:
+            why = await self.road.go(Attempt(kind, built, fallback, probation=kind == "deploy"), phases, undo)
+        if why is None:
+            return self._finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases, previous,
+                                kind=kind)
+        return self._finish("failed", f"{target[:12]} rolled back to {previous[:12]}: {why}", target, trigger,
+                            phases, previous, tail=why, kind=kind)
 
     async def handle_rollback(self, trigger: str, arg: str | None = None) -> Result:
         """POST /rollback: back to the newest good release that is not the running one (or to ``arg``, a
@@ -314,112 +392,103 @@ class Deployer:
         phases = Phases()
         current = self.deployed
         kept = self.builder.kept(arg) if arg else None
-        target = kept.commit if kept else self._commit_of(arg) if arg else self.rollback_target()
+        target = kept.commit if kept else self._commit_of(arg) if arg else self.road.rollback_target()
         if target is None:
             why = (f"{arg}: no kept release or earlier good release has that id or commit (`pushcd releases` "
                    f"lists them)" if arg else "no earlier good release to roll back to")
-            return self._finish("refused", why, current, trigger, phases, current)
+            return self._finish("refused", why, current, trigger, phases, current, kind="rollback")
         if target == current and (kept is None or kept == self.current):
             return self._finish("refused", f"{target[:12]} is the running release already", current, trigger,
-                                phases, current)
+                                phases, current, kind="rollback")
         kept = kept or self.builder.kept(target)
         if kept is not None:
             return await self._roll_back_to_kept(kept, trigger, phases)
         facts = await self.git.run(self.tree.facts, target)
         if facts.blocking:
             return self._finish("refused", "local edits would be overwritten: " + ", ".join(facts.blocking),
-                                target, trigger, phases, current)
+                                target, trigger, phases, current, kind="rollback")
         # Until a newer commit arrives, the webhook must not bring the rolled-back one back.
-        self._mark_bad(current, "rolled back by hand")
-        result = await self._go(facts, f"roll back {current[:12]} to {target[:12]}", trigger, phases)
+        self.marks.mark(current, "rolled back by hand")
+        result = await self._go(facts, f"roll back {current[:12]} to {target[:12]}", trigger, phases,
+                                kind="rollback")
         if self.deployed != target:
-            self._unmark_bad(current)  # the rollback itself failed: current still runs (and is not bad)
+            self.marks.unmark(current)  # the rollback itself failed: current still runs (and is not bad)
         return result
-
-    async def _restart_one(self, name: str, trigger: str, phases: Phases) -> Result:
-        """`pushcd restart NAME`: one process type of the running release, with its gate."""
-        assert self.current is not None
-        types = self._types(self.current)
-        if name != "web" and name not in {t.name for t in types}:
-            return self._finish("refused", f"no process type {name}; the running release has: "
-                                           f"{', '.join(['web', *(t.name for t in types)])}", self.deployed, trigger,
-                                phases, self.deployed)
-        with phases("start"):
-            if name == "web":
-                result = await self.releases.start(self.current)
-                why = None if result.ok else result.reason
-            else:
-                why = await self.workers.replace(self.current, types, only=name)
-        if why is None:
-            return self._finish("ok", f"restarted {name} by hand", self.deployed, trigger, phases, self.deployed)
-        return self._finish("failed", f"restart of {name} failed, the running instances keep running: {why}",
-                            self.deployed, trigger, phases, self.deployed, tail=why)
-
-    def _types(self, built: Built) -> list[ProcSpec]:
-        return procfile_types(self.processes, built.procfile)
 
     def _commit_of(self, ref: str) -> str | None:
         """A good release's full commit id from an abbreviation (7 digits or more)."""
         if len(ref) < 7:
             return None
-        return next((c for c in self._good_releases() if c.startswith(ref)), None)
+        return next((c for c in self.road.good_releases() if c.startswith(ref)), None)
 
     async def _roll_back_to_kept(self, kept: Built, trigger: str, phases: Phases) -> Result:
-        """Start a kept release as it is (no checkout, no install), then bring the work tree back to it."""
+        """Start a kept release as it is (no checkout, no preparation), then bring the work tree back to it."""
         current = self.deployed
         if kept.commit != current:
-            self._mark_bad(current, "rolled back by hand")  # the webhook must not bring it back
-        with phases("start"):
-            result = await self._swap(kept, previous=None)
-        if not result.ok:
-            self._unmark_bad(current)
+            self.marks.mark(current, "rolled back by hand")  # the webhook must not bring it back
+        why = await self.road.go(Attempt("rollback", kept, self.current, prepare=False), phases)
+        if why is not None:
+            self.marks.unmark(current)
             return self._finish("failed", f"rollback to release {kept.id} ({kept.commit[:12]}) failed, "
-                                          f"{current[:12]} keeps serving: {result.reason}", kept.commit, trigger,
-                                phases, current, tail=result.reason)
-        await self._tree_to(kept.commit, phases)
+                                          f"{current[:12]} keeps serving: {why}", kept.commit, trigger,
+                                phases, current, tail=why, kind="rollback")
+        await self.moves.follow(kept.commit, phases)
         return self._finish("ok", f"roll back {current[:12]} to {kept.commit[:12]} (kept release {kept.id}) in "
-                                  f"{phases.total():.2f}s", kept.commit, trigger, phases, current)
-
-    async def _tree_to(self, commit: str, phases: Phases) -> None:
-        """After a kept release went live: the work tree follows it (the watcher ignores the move)."""
-        with phases("rollback"):
-            facts = await self.git.run(self.tree.facts, commit)
-            if facts.head == commit:
-                return
-            if facts.blocking:
-                log.warning("the work tree stays at %s: local edits would be overwritten (%s); the release "
-                            "runs from its own folder", facts.head[:12], ", ".join(facts.blocking))
-                return
-            try:
-                await self._move(facts, backup=False, reason=f"roll back to {commit[:12]}")
-            except GitFailure as exc:
-                log.warning("the work tree stays at %s: %s; the release runs from its own folder",
-                            facts.head[:12], exc)
+                                  f"{phases.total():.2f}s", kept.commit, trigger, phases, current, kind="rollback")
 
     async def handle_restart(self, trigger: str, arg: str | None = None) -> Result:
-        """New processes with the current config, the same health gates: of what the work tree holds when
-        watched files changed (a hand edit, a hand `git pull`), of the running release when a person
-        asked (e.g. to apply an [app] change reloaded with SIGHUP); ``arg``: only that process type."""
-        why = "after file changes" if trigger == "watch" else "by hand, with the current config"
+        """New processes with the current config, through the same gates: of what the work tree holds when
+        watched files changed (a hand edit, a hand `git pull`: a new release is prepared first), of the
+        running release when a person asked; ``arg``: only that process type."""
+        if self.current is None:  # nothing ever started (the first start failed): start-up again
+            return await self.handle_start(trigger)
         phases, before = Phases(), self.deployed
-        if arg is not None and self.current is not None:
+        if arg is not None:
             return await self._restart_one(arg, trigger, phases)
-        if trigger == "watch" or self.current is None:
-            result = await self._start_work_tree(phases)
+        if trigger == "watch":
+            try:
+                built = await self.builder.of_work_tree(phases, self.current)
+            except BuildFailed as exc:
+                return self._finish("failed", f"the work tree's release cannot be made, the running release keeps "
+                                              f"serving: {exc}", before, trigger, phases, before, kind="restart")
+            kind, why_text = ("deploy", f"{before[:12]}..{built.commit[:12]} pulled by hand") \
+                if built.commit != before else ("restart", "restarted after file changes")
+            attempt = Attempt(kind, built, self.current)
         else:
-            with phases("start"):
-                result = await self._swap(self.current, previous=None)
-        if result.ok:
-            return self._finish("ok", f"restarted {why}", self.deployed, trigger, phases, before)
-        return self._finish("failed", f"restart {why} failed, the running release keeps serving: "
-                                      f"{result.reason}", self.deployed, trigger, phases, before,
-                            tail=result.reason)
+            kind, why_text = "restart", "restarted by hand, with the current config"
+            attempt = Attempt(kind, self.current, self.current, prepare=False)
+        why = await self.road.go(attempt, phases)
+        if why is None:
+            return self._finish("ok", why_text, self.deployed, trigger, phases, before, kind=kind)
+        return self._finish("failed", f"{kind} failed, the running release keeps serving: {why}",
+                            attempt.target.commit, trigger, phases, before, tail=why, kind=kind)
+
+    async def _restart_one(self, name: str, trigger: str, phases: Phases) -> Result:
+        """`pushcd restart NAME`: one process type of the running release, with its gate."""
+        assert self.current is not None
+        types = self.road.types(self.current)
+        if name != "web" and name not in {t.name for t in types}:
+            return self._finish("refused", f"no process type {name}; the running release has: "
+                                           f"{', '.join(['web', *(t.name for t in types)])}", self.deployed, trigger,
+                                phases, self.deployed, kind="restart")
+        with phases("start"):
+            if name == "web":
+                result = await self.road.releases.start(self.current)
+                why = None if result.ok else result.reason
+            else:
+                why = await self.workers.replace(self.current, types, only=name)
+        if why is None:
+            return self._finish("ok", f"restarted {name} by hand", self.deployed, trigger, phases, self.deployed,
+                                kind="restart")
+        return self._finish("failed", f"restart of {name} failed, the running instances keep running: {why}",
+                            self.deployed, trigger, phases, self.deployed, tail=why, kind="restart")
 
     async def handle_recover(self, _trigger: str, arg: str | None = None) -> Result:
         """The live release died: look at why once, then restart it after a backoff (a timer, not a wait).
         ``arg``: a worker of the release exited within probation (why): the whole release goes back."""
+        releases = self.road.releases
         if arg is not None:
-            live = self.releases.live
+            live = releases.live
             if live is not None and live.previous is not None and live.built == self.current:
                 self.recorder.tell("crashed", live.commit, arg)
                 return await self._probation_failed(live.built, live.previous, live.live_since, arg)
@@ -429,29 +498,28 @@ class Deployer:
             return None
         if self._recovery_due is not None and time.monotonic() < self._recovery_due:
             return None  # the scheduled retry will come
-        dead = self.releases.live
+        dead = releases.live
         if self._recovery_due is None and dead is not None and dead is not self._judged:
             self._judged = dead
             self._crash_backoff.observe_uptime(dead.child.uptime)
             why = failure_report(describe_exit(dead.child.returncode), dead.child)
             self.recorder.tell("crashed", dead.commit, why, dead.child.telling)
-            if dead.previous and time.monotonic() - dead.live_since < self.probation:
+            if dead.previous and time.monotonic() - dead.live_since < self.road.probation:
                 # Went live, then crashed within probation: it was never good.
                 return await self._probation_failed(dead.built, dead.previous, dead.live_since, why)
             log.warning("app crashed (%s); restarting", why)
             self._schedule_recovery(self._crash_backoff.next())
             return None
         self._recovery_due = None
-        if self.current is None:  # nothing was ever built (the first build failed): try again
-            result = await self._start_work_tree(Phases())
-        else:
-            result = await self.releases.start(self.current)
+        if self.current is None:  # nothing ever started: start-up again, through the gates
+            await self.handle_start("crash")
+            return None
+        result = await releases.start(self.current)  # a kept release: no preparation, its own gate
         self.crash_restarts += result.ok
         if not result.ok:
             self._schedule_recovery(self._crash_backoff.next())
         return None
 
-    # -- the steps ----------------------------------------------------------
     def _schedule_recovery(self, delay: float) -> None:
         log.info("restarting %s in %.1fs", self.deployed[:12], delay)
         self._recovery_due = time.monotonic() + delay
@@ -459,165 +527,18 @@ class Deployer:
 
     async def _probation_failed(self, bad_release: Built, good_release: Built, live_since: float, why: str
                                 ) -> Result:
+        """A release crashed within probation: marked bad, the tree back, the release before it serves again."""
         phases = Phases()
         bad, good = bad_release.commit, good_release.commit
-        crash = f"crashed {time.monotonic() - live_since:.1f}s after going live: {why}"
-        in_place = self.builder.mode == "in-place"
-        if in_place:
-            await self._back_to(good, bad, crash, phases)  # the files first: the app runs from them
-        else:
-            self._mark_bad(bad, crash)
-        with phases("start"):  # a kept release needs nothing: it starts as it is
-            result = await self.releases.start(good_release)
-            await self._workers_to(good_release)
-        if not in_place:
-            await self._tree_to(good, phases)  # then the tree follows
-        self.deployed, self.current = good, good_release
-        outcome = self._finish("failed", f"probation: {bad[:12]} {self.bad[bad]}; back to {good[:12]}", bad,
-                               "rollback", phases, good, tail=why)
-        if not result.ok:
+        self.marks.mark(bad, f"crashed {time.monotonic() - live_since:.1f}s after going live: {why}")
+        await self.moves.follow(good, phases)  # in place, the files first: the app runs from them
+        failed = await self.road.go(Attempt("rollback", good_release, None, prepare=False), phases)
+        outcome = self._finish("failed", f"probation: {bad[:12]} {self.marks.why(bad)}; back to {good[:12]}", bad,
+                               "rollback", phases, good, tail=why, kind="rollback")
+        if failed is not None:
             self._schedule_recovery(self._crash_backoff.next())
         return outcome
 
     def _finish(self, result: str, reason: str, commit: str, trigger: str, phases: Phases,
-                from_commit: str, tail: str = "") -> LastDeploy:
-        return self.recorder.finish(result, reason, commit, trigger, phases, from_commit, tail)
-
-    def _mark_bad(self, sha: str, reason: str) -> None:
-        self.bad[sha] = reason
-        if self.history:
-            self.history.mark_bad(sha, reason)
-
-    def _unmark_bad(self, sha: str) -> None:
-        if self.bad.pop(sha, None) is not None and self.history:
-            self.history.unmark_bad(sha)
-
-    async def _go(self, facts: Facts, reason: str, trigger: str, phases: Phases, backup: bool = False) -> Result:
-        """Move the tree to ``facts.target``, make its release, swap; roll back if it does not come up."""
-        previous, target = self.deployed, facts.target
-        try:
-            with phases("checkout"):
-                await self._move(facts, backup=backup, reason=reason)
-        except GitFailure as exc:
-            # The tree was put back to the running commit (all or nothing); the next push tries again.
-            return self._finish("failed", f"{exc}; the tree is back at {previous[:12]}", target, trigger, phases,
-                                previous)
-        try:
-            built = await self._ready_release(target, phases)
-        except BuildFailed as exc:
-            why = str(exc)
-        else:
-            with phases("start"):
-                result = await self._swap(built, previous=self.current, web_back=False)
-            if result.ok:
-                return self._finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases, previous)
-            why = result.reason
-        await self._back_to(good=previous, bad=target, why=why, phases=phases)
-        live = self.releases.live
-        if live is not None and self.current is not None and live.built != self.current:
-            # A worker failed after the web process moved: it goes back too, now that its files are (in place).
-            await self.releases.start(self.current)
-        return self._finish("failed", f"{target[:12]} rolled back to {previous[:12]}: {why}", target, trigger,
-                            phases, previous, tail=why)
-
-    async def _ready_release(self, target: str, phases: Phases) -> Built:
-        """``target``'s release made (or found), before_restart run in it, sealed, the release task done;
-        BuildFailed says why not, and nothing of the live release changed."""
-        built = await self.builder.of_commit(target, phases, self.current)
-        if built.fresh or self.builder.mode == "in-place":  # a kept release has had its before_restart
-            with phases("before_restart"):
-                why = await self._before_restart(built)
-            if why is not None:
-                self.builder.discard(built)
-                raise BuildFailed(why)
-        self.builder.seal(built)
-        why = await self._release_task(built, phases)
-        if why is not None:
-            raise BuildFailed(why)
-        return built
-
-    async def _move(self, facts: Facts, backup: bool, reason: str) -> None:
-        def work() -> None:
-            if backup:
-                ref = self.tree.backup(facts.head)
-                log.warning("saved %s as %s before reset", facts.head[:12], ref)
-            self.tree.move_to(facts.target, reason, facts)
-
-        # The checkout's own writes (and a repair's) must not come back as a watched change.
-        self.expected.expect(facts.writes)
-        with self.expected.writing():  # the watcher judges nothing until this block ends
-            try:
-                await self.git.run(work)
-            except GitFailure:
-                self.expected.expect(facts.undo)  # the repair wrote the running commit's files back
-                raise
-
-    async def _before_restart(self, built: Built) -> str | None:
-        """Run [deploy] before_restart in the new release ([app] cwd in its folder, its environment);
-        None when all succeeded."""
-        for argv in self.before_restart:
-            why = await self._run_in(built, argv, "before_restart", "before_restart", self.before_restart_timeout)
-            if why is not None:
-                return why
-        return None
-
-    async def _run_in(self, built: Built, argv: list[str], label: str, what: str, timeout: float,
-                      env: dict[str, str] | None = None) -> str | None:
-        """One command run to its end in ``built`` (its folder, its environment); None when it exited 0,
-        else why, ``what`` first: its exit, or its timeout, with the telling line of its output."""
-        spec = self.releases.spec(built)
-        spec = Spec(argv, spec.cwd, {**spec.env, **(env or {})}, stop_timeout=5, unset=spec.unset)
-        try:
-            code, child = await run_to_end(spec, label, timeout, self.guard)
-        except OSError as exc:
-            return f"{what} {argv[0]}: {exc.strerror or exc}"
-        if code is None:
-            return failure_report(f"{what} {' '.join(argv)} timed out after {timeout:g}s", child)
-        return failure_report(f"{what} {' '.join(argv)} {describe_exit(code)}", child) if code else None
-
-    async def _swap(self, built: Built, previous: Built | None, web_back: bool = True) -> SwapResult:
-        """The web process, then every process type, to ``built``; all of them or none (``web_back``
-        False: the caller puts the web process back, after the files it runs from)."""
-        before = self.current
-        result = await self.releases.start(built, previous=previous)
-        if result.ok:
-            why = await self.workers.replace(built, self._types(built), probation=self.probation if previous else 0,
-                                             gate=before is not None)  # at start there is nothing to go back to
-            if why is not None:  # a worker of the new release is not ready: the web process goes back too
-                log.warning("release %s: %s; the web process goes back to %s", built.commit[:12], why,
-                            before.commit[:12] if before else "nothing")
-                if before is not None and web_back:
-                    await self.releases.start(before)
-                result = SwapResult(False, why)
-        if result.ok:
-            self.deployed, self.current = built.commit, built
-            self._went_live(built)
-        return result
-
-    async def _workers_to(self, built: Built) -> None:
-        why = await self.workers.replace(built, self._types(built))
-        if why is not None:
-            log.error("the workers of %s did not come back: %s", built.commit[:12], why)
-
-    async def _release_task(self, built: Built, phases: Phases) -> str | None:
-        """[deploy] release_command (or the Procfile's release: line): once per deploy, before anything of
-        the new release serves; None when it succeeded."""
-        argv = (built.procfile or {}).get("release") or self.release_command
-        if not argv:
-            return None
-        with phases("release"):
-            return await self._run_in(built, argv, "release", "release task", self.release_timeout,
-                                      {"SUPERVISOR_PROCESS": "release"})
-
-    def _went_live(self, built: Built) -> None:
-        if self.history and not built.dirty:  # a rollback goes to commits, never to a hand edit
-            self.history.record_release(built.commit)
-        self.builder.went_live(built, [self.previous_release()])
-
-    async def _back_to(self, good: str, bad: str, why: str, phases: Phases) -> None:
-        """Mark ``bad``, return the tree to ``good`` (the watcher ignores it) and call it deployed."""
-        self._mark_bad(bad, why)
-        with phases("rollback"):
-            facts = await self.git.run(self.tree.facts, good)
-            await self._move(facts, backup=False, reason=f"roll back to {good[:12]}")
-        self.deployed = good
+                from_commit: str, tail: str = "", kind: str = "deploy") -> LastDeploy:
+        return self.recorder.finish(result, reason, commit, trigger, phases, from_commit, tail, kind)

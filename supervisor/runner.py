@@ -32,6 +32,11 @@ from .build.pyenv import Environments
 from .build.store import Store
 from .config import ConfigError, Settings
 from .deploy import Deployer
+from .ledger import Ledger
+from .marks import Marks
+from .moves import Moves
+from .prepare import Preparation
+from .road import Road
 from .git.journal import Journal
 from .git.options import set_network_timeouts, use_known_hosts
 from .git.thread import GitThread
@@ -162,14 +167,16 @@ def build(settings: Settings) -> "Supervisor":
                         describe=lambda sha: git.run(describe_commit, tree.repo, sha))
     workers = Workers(guard, on_line=lambda name, pid, line: lines.append((time.time(), pid, line, name)),
                       env=lambda built, _spec: releases.spec(built).env, unset=settings.app.unset)
-    deployer = Deployer(tree, git, releases, expected, Recorder(history, metrics, notifier.send),
-                        builder=make_builder(settings, tree, git, guard), workers=workers,
-                        processes=settings.processes, release_command=raw.deploy.release_command,
-                        release_timeout=raw.deploy.release_timeout,
-                        on_diverge=raw.repo.on_diverge, probation=raw.deploy.probation,
-                        before_restart=raw.deploy.before_restart,
-                        before_restart_timeout=raw.deploy.before_restart_timeout, history=history, guard=guard,
-                        pause=Pause.load(settings.state_dir / "paused.json"), bad=history.bad_commits())
+    marks = Marks(history, history.bad_commits())
+    preparation = Preparation(releases, guard)
+    preparation.configure(raw.deploy.before_restart, raw.deploy.before_restart_timeout, raw.deploy.release_command,
+                          raw.deploy.release_timeout)
+    road = Road(releases, workers, make_builder(settings, tree, git, guard),
+                Ledger.load(settings.state_dir / "ledger.json"), preparation, marks=marks, history=history,
+                processes=settings.processes, probation=raw.deploy.probation)
+    deployer = Deployer(tree, git, road, Moves(tree, git, expected), Recorder(history, metrics, notifier.send),
+                        on_diverge=raw.repo.on_diverge, pause=Pause.load(settings.state_dir / "paused.json"),
+                        marks=marks)
     armed = settings.state_dir / "watch-armed"
     armed.mkdir(exist_ok=True)
     return Supervisor(settings, tree=tree, owner=owner, recovered=recovered, history=history, control_token=token,
@@ -254,6 +261,7 @@ class Supervisor:
     async def status(self) -> dict[str, Any]:
         d, live = self.deployer, self.releases.live
         alive = live is not None and live.alive
+        processes = self.processes()
         info = await self.describe(d.deployed)
         return {
             "deployed_commit": d.deployed,
@@ -263,11 +271,12 @@ class Supervisor:
             "state": d.state,
             "child_pid": live.child.pid if alive and live else None,
             "uptime": round(live.child.uptime, 3) if alive and live else 0.0,
-            "restarts": self.releases.restarts,
-            "processes": self.processes(),
+            "restarts": sum(int(p["restarts"]) for p in processes),  # crash restarts, as each process counts
+            "swaps": self.releases.restarts,  # web processes put live after the first: deploys, restarts
+            "processes": processes,
             "queue": d.queued,
             "last_deploy": d.last.as_dict() if d.last else None,
-            "bad_commits": dict(d.bad),
+            "bad_commits": d.marks.as_dict(),
             "app_port": self.releases.port,
             "webhook_url": self.webhook_url,
             "supervisor_uptime": round(time.time() - self.started, 3),
@@ -294,12 +303,12 @@ class Supervisor:
         """The kept releases, newest use first, each with its state (live, previous, failed, pruned soon)."""
         d = self.deployer
         live = d.current.id if d.current else ""
-        previous = d.previous_release()
+        previous = d.road.previous_release()
         doomed = d.builder.doomed([d.current, previous])
         out = []
         for kept in d.builder.listing():
             state = ("live" if kept.id == live else "previous" if previous and kept.id == previous.id
-                     else "failed" if kept.commit in d.bad and not kept.dirty
+                     else "failed" if kept.commit in d.marks and not kept.dirty
                      else "pruned soon" if kept.id in doomed else "kept")
             out.append({"id": kept.id, "commit": kept.commit, "dirty": kept.dirty, "env": kept.env,
                         "built_at": kept.built_at, "build_seconds": kept.build_seconds, "state": state})
@@ -315,12 +324,13 @@ class Supervisor:
         live = self.releases.live
         commit = self.deployer.deployed
         workers = self.deployer.workers
-        return LiveFacts(up=live is not None and live.alive, restarts=self.releases.restarts, commit=commit,
+        process_restarts = {"web": self.deployer.crash_restarts, **workers.restarts}
+        return LiveFacts(up=live is not None and live.alive, restarts=sum(process_restarts.values()), commit=commit,
                          message=self._described.get(commit, {}).get("message", ""),
                          paused=self.deployer.pause.reason is not None,
                          processes=tuple((str(p["name"]), int(p["index"]), p["state"] == "running")  # type: ignore
                                          for p in self.processes()),
-                         process_restarts={"web": self.deployer.crash_restarts, **workers.restarts})
+                         process_restarts=process_restarts)
 
     def ask(self, what: str, arg: str | None = None) -> "asyncio.Future[Any]":
         d = self.deployer
@@ -444,10 +454,9 @@ class Supervisor:
             self.intakes[path].configure(**_hook_policy(new, secret))
         self.releases.app = new.app  # whole, used from the next start on
         d = self.deployer
-        d.on_diverge, d.probation = raw.repo.on_diverge, raw.deploy.probation
-        d.before_restart, d.before_restart_timeout = raw.deploy.before_restart, raw.deploy.before_restart_timeout
-        d.processes, d.release_command, d.release_timeout = (new.processes, raw.deploy.release_command,
-                                                             raw.deploy.release_timeout)
+        d.on_diverge, d.road.probation, d.road.processes = raw.repo.on_diverge, raw.deploy.probation, new.processes
+        d.road.preparation.configure(raw.deploy.before_restart, raw.deploy.before_restart_timeout,
+                                     raw.deploy.release_command, raw.deploy.release_timeout)
         self.history.retention = raw.state.retention
         self.deployer.builder.configure(raw.release, raw.app.procfile)
         n = self.notifier
@@ -470,6 +479,7 @@ class Supervisor:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.deployer.road.close()
         await self.releases.stop()
         await self.deployer.workers.stop()
         await reaper.stop(reaper.adopted(), self.settings.raw.app.stop_timeout, "the app left behind, at shutdown")
@@ -486,6 +496,23 @@ class Supervisor:
         os.close(self.owner)
 
 
+async def _started(sup: Supervisor) -> bool:
+    """Start-up, unless SIGTERM comes first: a start (a release task, a readiness wait) is cancelled, and
+    what it started is stopped on the way out; the ledger lets the next start resolve it. False: stopped."""
+    starting = asyncio.ensure_future(sup.start())
+    stopping = asyncio.ensure_future(sup.stop_event.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if starting.done():
+        starting.result()  # its error, if it raised
+        return True
+    starting.cancel()
+    await asyncio.gather(starting, return_exceptions=True)
+    return False
+
+
 async def serve(settings: Settings, on_ready: Callable[[Supervisor], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT; the one place signals are handled."""
     loop = asyncio.get_running_loop()
@@ -495,7 +522,10 @@ async def serve(settings: Settings, on_ready: Callable[[Supervisor], None] | Non
         loop.add_signal_handler(sig, sup.stop_event.set)
     loop.add_signal_handler(signal.SIGHUP, sup.reload)
     try:
-        await sup.start()
+        if not await _started(sup):
+            log.info("stopping during start-up: app gets %s, SIGKILL after %gs", sup.settings.app.stop_signal.name,
+                     sup.settings.raw.app.stop_timeout)
+            return
         # What start-up made (modules, pygit2, aiohttp) lives for good: keep it out of
         # every later collection, so a GC pause under a webhook burst stays short.
         gc.collect()  # garbage from start-up first: a frozen object is never freed

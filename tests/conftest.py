@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -325,6 +326,28 @@ async def cli(cfg: Path, *args: str, env: dict[str, str] | None = None) -> tuple
         stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})})
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+# -- a pushcd in its own process, seen from outside ---------------------------------
+
+def try_status(cfg: Path) -> dict[str, Any] | None:
+    """GET /status of the pushcd running ``cfg`` (a config written by :func:`write_config`); None while down."""
+    port = cfg.read_text().split('[control]\nlisten = "127.0.0.1:')[1].split('"')[0]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as resp:
+            return json.load(resp)  # type: ignore[no-any-return]
+    except OSError:
+        return None
+
+
+def signed_push(cfg: Path, repos: Repos, sha: str) -> None:
+    """The webhook GitHub sends for a push of ``sha``, to the pushcd running ``cfg``."""
+    port = cfg.read_text().split('[webhook]\nlisten = "127.0.0.1:')[1].split('"')[0]
+    body = json.dumps({"ref": f"refs/heads/{repos.branch}", "after": sha}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/github", data=body, method="POST", headers={
+        "X-GitHub-Event": "push", "X-Hub-Signature-256": sign(body), "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 202
 
 
 def spawn_supervisor(config_path: Path, *args: str) -> subprocess.Popen[str]:

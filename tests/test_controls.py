@@ -12,9 +12,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .conftest import (PY, ROOT, Client, Repos, cli, deployed, eventually, gunicorn_app, running, sign,
+from .conftest import (PY, ROOT, Client, Repos, cli, deployed, eventually, gunicorn_app, running, sign, try_status,
                        spawn_supervisor, stop_process, wait_sync, write_config)
-from .test_faults import _try_status
 
 # Exits at start unless the environment has NEEDED (set in [app.env] by the "fix").
 NEEDS_ENV = "import os, sys\nif not os.environ.get('NEEDED'):\n    sys.exit('NEEDED is not set')\n"
@@ -72,13 +71,13 @@ def test_pause_survives_a_restart_of_pushcd_and_resume_deploys_the_tip(tmp_path:
 
     proc = spawn_supervisor(cfg)
     try:
-        wait_sync(lambda: (s := _try_status(cfg)) and s["child_pid"], 30, "pushcd")
+        wait_sync(lambda: (s := try_status(cfg)) and s["child_pid"], 30, "pushcd")
         assert "paused: maintenance window" in run_cli("pause", "--reason", "maintenance window").stdout
     finally:
         stop_process(proc)
     proc = spawn_supervisor(cfg)
     try:
-        st = wait_sync(lambda: (s := _try_status(cfg)) and s["child_pid"] and s, 30, "pushcd again")
+        st = wait_sync(lambda: (s := try_status(cfg)) and s["child_pid"] and s, 30, "pushcd again")
         assert st["paused"]["reason"] == "maintenance window"
         head = st["deployed_commit"]
         v2 = repos.commit({"message.txt": "v2\n"}, "v2")
@@ -86,11 +85,11 @@ def test_pause_survives_a_restart_of_pushcd_and_resume_deploys_the_tip(tmp_path:
         assert status == 200 and body["verdict"] == "paused", body  # verified, answered, recorded
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{_port(cfg, 'control')}/metrics", timeout=10).read()
         assert b"supervisor_paused 1.0" in metrics
-        assert _try_status(cfg)["deployed_commit"] == head
+        assert try_status(cfg)["deployed_commit"] == head
         assert "paused" in run_cli("history", "--deliveries").stdout
         result = run_cli("resume")
         assert result.returncode == 0, result
-        st = wait_sync(lambda: (s := _try_status(cfg)) and s["deployed_commit"] == v2 and s, 30, "the tip deployed")
+        st = wait_sync(lambda: (s := try_status(cfg)) and s["deployed_commit"] == v2 and s, 30, "the tip deployed")
         assert st["paused"] is None
     finally:
         stop_process(proc)
@@ -105,8 +104,8 @@ async def test_retry_a_marked_bad_tip_after_the_fix(repos: Repos, tmp_path: Path
         app = (repos.dev / "app.py").read_text()
         bad = repos.commit({"app.py": NEEDS_ENV + app}, "needs an env var")
         await c.push(repos, bad)
-        await eventually(lambda: bad in sup.deployer.bad, 30, "the commit to be marked bad")
-        sup.deployer._mark_bad(old_bad, "an older mark")  # forgotten once a newer commit deploys well
+        await eventually(lambda: bad in sup.deployer.marks, 30, "the commit to be marked bad")
+        sup.deployer.marks.mark(old_bad, "an older mark")  # forgotten once a newer commit deploys well
         code, out, _ = await cli(cfg, "deploy")
         assert code == 0 and "is marked bad" in out and "--retry" in out, out
         # The fix: the variable, in the config; SIGHUP.

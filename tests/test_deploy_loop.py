@@ -94,12 +94,14 @@ async def test_push_that_changes_nothing_restarts_nothing(repos: Repos, tmp_path
 
 async def test_pushes_during_a_deploy_coalesce(repos: Repos, tmp_path: Path, session) -> None:
     # A slow before_restart keeps the first deploy busy while more pushes arrive.
-    gate = tmp_path / "gate"
-    script = f"import os,time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
+    gate, hold = tmp_path / "gate", tmp_path / "hold"  # held only once started: the first start prepares too
+    script = (f"import os,time\nwhile os.path.exists({str(hold)!r}) and not os.path.exists({str(gate)!r}): "
+              f"time.sleep(0.01)\n")
     cfg = write_config(tmp_path / "c.toml", repos,
                        deploy=f"before_restart = [[{_q(os.sys.executable)}, \"-c\", {_q(script)}]]")
     async with running(cfg) as sup:
         c = Client(sup, session)
+        hold.write_text("")
         first = repos.commit({"message.txt": "v2\n"}, "v2")
         await c.push(repos, first)
         await eventually(lambda: sup.deployer.state == "deploying", what="first deploy to start")
@@ -109,8 +111,10 @@ async def test_pushes_during_a_deploy_coalesce(repos: Repos, tmp_path: Path, ses
             assert (await c.push(repos, last))[0] == 202
         gate.write_text("go")
         await deployed(c, last)
-        assert sup.deployer.deploys == 2  # the first, then one for all five
-        assert (await c.status())["restarts"] == 2
+        # The first start prepared its release (a row of its own); then the first deploy, and one for all five.
+        assert [d["kind"] for d in sup.history.deploys(10)] == ["deploy", "deploy", "start"]
+        st = await c.status()
+        assert st["swaps"] == 2 and st["restarts"] == 0  # two new releases; no crash restarts
 
 
 def _q(s: str) -> str:
@@ -236,7 +240,8 @@ async def test_file_change_restarts_and_ignored_files_do_not(repos: Repos, tmp_p
         await eventually(restarted, what="a restart from the watcher")
         assert "edited in place" in await c.app_get()
         assert sup.expected.batches == batches + 1  # the ignored files made no batch of their own
-        assert (await c.status())["restarts"] == 1
+        st = await c.status()
+        assert st["swaps"] == 1 and st["restarts"] == 0  # a new release, not a crash restart
 
 
 async def test_one_deploy_is_exactly_one_restart(repos: Repos, tmp_path: Path, session) -> None:
@@ -250,7 +255,7 @@ async def test_one_deploy_is_exactly_one_restart(repos: Repos, tmp_path: Path, s
         await eventually(lambda: sup.expected.dropped >= 1, what=f"the watcher to see the checkout {sup.expected.__dict__}")
         pid = st["child_pid"]
         after = await c.status()
-        assert after["restarts"] == 1 and after["child_pid"] == pid
+        assert after["swaps"] == 1 and after["child_pid"] == pid
         assert sup.expected.batches == sup.expected.dropped
 
 

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from hypothesis import strategies as st
 from supervisor.webhook import intake as intake_mod
 from supervisor.webhook.intake import Intake, make_app
 
-from .conftest import (SECRET, Client, Repos, deployed, eventually, git, last_is, pid_alive, raw_request, running,
+from .conftest import (SECRET, signed_push, try_status, Client, Repos, deployed, eventually, git, last_is, pid_alive, raw_request, running,
                        spawn_supervisor, stop_process, wait_sync, write_config)
 from .load import Load
 
@@ -144,29 +143,6 @@ def test_slow_sender_gets_408_and_does_not_hold_the_server(intake_server, monkey
 
 # -- SIGKILL in the middle of git work ------------------------------------------------
 
-def _status(cfg: Path) -> dict:
-    port = cfg.read_text().split('[control]\nlisten = "127.0.0.1:')[1].split('"')[0]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as resp:
-        return json.load(resp)
-
-
-def _try_status(cfg: Path) -> dict | None:
-    try:
-        return _status(cfg)
-    except OSError:
-        return None
-
-
-def _signed_push(cfg: Path, repos: Repos, sha: str) -> None:
-    from .conftest import sign
-    port = cfg.read_text().split('[webhook]\nlisten = "127.0.0.1:')[1].split('"')[0]
-    body = json.dumps({"ref": f"refs/heads/{repos.branch}", "after": sha}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/github", data=body, method="POST", headers={
-        "X-GitHub-Event": "push", "X-Hub-Signature-256": sign(body), "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 202
-
-
 def _consistent(repos: Repos, allowed: set[str]) -> None:
     git_dir = repos.work / ".git"
     assert not (git_dir / "index.lock").exists()
@@ -176,7 +152,7 @@ def _consistent(repos: Repos, allowed: set[str]) -> None:
 
 
 def _app_pids(cfg: Path) -> list[int]:
-    st = _try_status(cfg)
+    st = try_status(cfg)
     return [st["child_pid"]] if st and st["child_pid"] else []
 
 
@@ -192,9 +168,9 @@ def test_sigkill_mid_checkout_then_restart(tmp_path: Path, repos: Repos) -> None
     journal = tmp_path / "state" / "git-journal.json"
     proc = spawn_supervisor(cfg)
     try:
-        wait_sync(lambda: _try_status(cfg), 30, "the supervisor")
+        wait_sync(lambda: try_status(cfg), 30, "the supervisor")
         app = _app_pids(cfg)
-        _signed_push(cfg, repos, second)
+        signed_push(cfg, repos, second)
         saw = wait_sync(lambda: journal.exists() and "move" in journal.read_text() or repos.head() == second,
                         60, "the move to start")
         proc.kill()
@@ -206,7 +182,7 @@ def test_sigkill_mid_checkout_then_restart(tmp_path: Path, repos: Repos) -> None
     proc = spawn_supervisor(cfg)
     out = ""
     try:
-        wait_sync(lambda: (s := _try_status(cfg)) and s["deployed_commit"] == second and s["child_pid"] and s,
+        wait_sync(lambda: (s := try_status(cfg)) and s["deployed_commit"] == second and s["child_pid"] and s,
                   60, "the interrupted deploy to be redone")
         _consistent(repos, {second})
         assert len(list((repos.work / "big").glob("*"))) == 20_000
@@ -234,7 +210,7 @@ def test_recovery_from_a_half_checked_out_tree(tmp_path: Path, repos: Repos) -> 
     cfg = write_config(tmp_path / "c.toml", repos, watch="enabled = false")
     proc = spawn_supervisor(cfg)
     try:
-        wait_sync(lambda: (s := _try_status(cfg)) and s["deployed_commit"] == second and s["state"] == "running",
+        wait_sync(lambda: (s := try_status(cfg)) and s["deployed_commit"] == second and s["state"] == "running",
                   60, "recovery, then the interrupted deploy")
         _consistent(repos, {second})
     finally:
@@ -253,8 +229,8 @@ def test_sigkill_mid_fetch_then_restart(tmp_path: Path, repos: Repos) -> None:
     sha = repos.commit({"message.txt": "v2\n"}, "v2")
     proc = spawn_supervisor(cfg)
     try:
-        wait_sync(lambda: _try_status(cfg), 30, "the supervisor")
-        _signed_push(cfg, repos, sha)
+        wait_sync(lambda: try_status(cfg), 30, "the supervisor")
+        signed_push(cfg, repos, sha)
         conn, _ = hang.accept()  # the fetch is connected and waiting: kill now
         proc.kill()
         proc.wait(10)
@@ -265,7 +241,7 @@ def test_sigkill_mid_fetch_then_restart(tmp_path: Path, repos: Repos) -> None:
     git("remote", "set-url", "origin", origin, cwd=repos.work)  # the origin is back
     proc = spawn_supervisor(cfg)
     try:
-        wait_sync(lambda: (s := _try_status(cfg)) and s["deployed_commit"] == sha and s["state"] == "running",
+        wait_sync(lambda: (s := try_status(cfg)) and s["deployed_commit"] == sha and s["state"] == "running",
                   60, "the interrupted deploy to be redone")
         _consistent(repos, {sha})
     finally:

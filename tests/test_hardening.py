@@ -30,6 +30,7 @@ from supervisor.git.tree import WorkTree
 from supervisor.ops.page import page_token
 
 from .conftest import (PY, SECRET, Client, Repos, deployed, eventually, git, pid_alive, raw_request, running,
+                       signed_push, try_status,
                        spawn_supervisor, stop_process, wait_sync, write_config)
 
 # -- the control API: other origins, other hosts, no token --------------------------------------------
@@ -461,14 +462,13 @@ def test_connections_cannot_use_up_file_descriptors(tmp_path: Path, repos: Repos
                                 preexec_fn=_limited(128))
     socks: list[socket.socket] = []
     try:
-        from .test_faults import _signed_push, _try_status
-        first = wait_sync(lambda: (s := _try_status(cfg)) and s["child_pid"] and s, 30, "pushcd")
+        first = wait_sync(lambda: (s := try_status(cfg)) and s["child_pid"] and s, 30, "pushcd")
         assert "max_connections lowered" in log.read_text()
         port = int(cfg.read_text().split('[webhook]\nlisten = "127.0.0.1:')[1].split('"')[0])
         for _ in range(200):
             socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
         os.kill(first["child_pid"], signal.SIGKILL)
-        back = wait_sync(lambda: (s := _try_status(cfg)) and s["child_pid"] and s["child_pid"] != first["child_pid"]
+        back = wait_sync(lambda: (s := try_status(cfg)) and s["child_pid"] and s["child_pid"] != first["child_pid"]
                          and s["state"] == "running" and s, 30, "the app to come back while the connections are held")
         assert back["deployed_commit"] == first["deployed_commit"]
         for s in socks:
@@ -478,13 +478,13 @@ def test_connections_cannot_use_up_file_descriptors(tmp_path: Path, repos: Repos
 
         def delivered() -> bool:  # until the server has seen the closes, the cap still refuses at once
             try:
-                _signed_push(cfg, repos, v2)
+                signed_push(cfg, repos, v2)
             except OSError:
                 return False
             return True
 
         wait_sync(delivered, 30, "a delivery to be accepted once the connections are gone")
-        wait_sync(lambda: (s := _try_status(cfg)) and s["deployed_commit"] == v2, 30, "a deploy afterwards")
+        wait_sync(lambda: (s := try_status(cfg)) and s["deployed_commit"] == v2, 30, "a deploy afterwards")
     finally:
         for s in socks:
             s.close()
@@ -529,15 +529,14 @@ def test_a_setsid_grandchild_does_not_outlive_its_release_or_pushcd(tmp_path: Pa
     def pids() -> list[int]:
         return [int(p) for p in record.read_text().split()]
 
-    from .test_faults import _signed_push, _try_status
     proc = spawn_supervisor(cfg)
     try:
-        wait_sync(lambda: (s := _try_status(cfg)) and s["child_pid"], 30, "pushcd")
+        wait_sync(lambda: (s := try_status(cfg)) and s["child_pid"], 30, "pushcd")
         wait_sync(lambda: len(pids()) == 2, 10, "the first release's two daemons")
         first = pids()
         v2 = repos.commit({"message.txt": "v2\n"}, "v2")
-        _signed_push(tmp_path / "c.toml", repos, v2)
-        wait_sync(lambda: (s := _try_status(cfg)) and s["deployed_commit"] == v2, 30, "the deploy")
+        signed_push(tmp_path / "c.toml", repos, v2)
+        wait_sync(lambda: (s := try_status(cfg)) and s["deployed_commit"] == v2, 30, "the deploy")
         wait_sync(lambda: not any(pid_alive(p) for p in first), 15, "the old release's daemons to be stopped")
         assert all(pid_alive(p) for p in pids()[2:])  # the live release's are left alone
     finally:
@@ -546,7 +545,7 @@ def test_a_setsid_grandchild_does_not_outlive_its_release_or_pushcd(tmp_path: Pa
     assert "left behind" in out
     proc = spawn_supervisor(cfg)  # the address is free again
     try:
-        wait_sync(lambda: (s := _try_status(cfg)) and s["child_pid"], 30, "pushcd to start again")
+        wait_sync(lambda: (s := try_status(cfg)) and s["child_pid"], 30, "pushcd to start again")
     finally:
         stop_process(proc)
     wait_sync(lambda: not any(pid_alive(p) for p in pids()), 10, "no daemon left")
@@ -558,12 +557,11 @@ def test_sigterm_during_a_hung_fetch_exits_within_the_stop_timeout(tmp_path: Pat
     hung.listen(8)  # accepts (the kernel does) and never answers
     git("remote", "set-url", "origin", f"http://127.0.0.1:{hung.getsockname()[1]}/app.git", cwd=repos.work)
     cfg = write_config(tmp_path / "c.toml", repos, repo_extra="fetch_timeout = 60")
-    from .test_faults import _signed_push, _try_status
     proc = spawn_supervisor(cfg)
     try:
-        wait_sync(lambda: (s := _try_status(cfg)) and s["child_pid"], 30, "pushcd")
-        _signed_push(cfg, repos, repos.commit({"message.txt": "v2\n"}, "v2"))
-        wait_sync(lambda: (s := _try_status(cfg)) and s["state"] == "deploying", 10, "the fetch to hang")
+        wait_sync(lambda: (s := try_status(cfg)) and s["child_pid"], 30, "pushcd")
+        signed_push(cfg, repos, repos.commit({"message.txt": "v2\n"}, "v2"))
+        wait_sync(lambda: (s := try_status(cfg)) and s["state"] == "deploying", 10, "the fetch to hang")
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(5 + 5 + 3)  # stop_timeout + 5 s, and a little: raises TimeoutExpired otherwise

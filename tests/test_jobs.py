@@ -10,11 +10,16 @@ from typing import Any
 
 import pytest
 
-from supervisor.build.builder import Built
+from supervisor.build.builder import Built, InPlace
 from supervisor.deploy import Deployer, State
 from supervisor.jobs import Kind, Mailbox
+from supervisor.ledger import Ledger
+from supervisor.marks import Marks
 from supervisor.ops.record import LastDeploy, Recorder
+from supervisor.prepare import Preparation
 from supervisor.process.release import SwapResult
+from supervisor.process.workers import Workers
+from supervisor.road import Road
 
 from .conftest import eventually
 
@@ -93,8 +98,10 @@ def worker(events: list[str]) -> tuple[Deployer, FakeReleases]:
     releases = FakeReleases(events)
     tree = SimpleNamespace(forget_caches=lambda: None, check_branch=lambda: None, head=lambda: "c" * 40,
                            path=Path("."))
-    d = Deployer(tree, FakeGit(), releases, SimpleNamespace(), Recorder(),  # type: ignore[arg-type]
-                 on_diverge="refuse", probation=0, before_restart=[], before_restart_timeout=1)
+    git = FakeGit()
+    road = Road(releases, Workers(), InPlace(tree, git), Ledger(None), Preparation(releases),  # type: ignore[arg-type]
+                marks=Marks(), probation=0)
+    d = Deployer(tree, git, road, SimpleNamespace(), Recorder(), on_diverge="refuse")  # type: ignore[arg-type]
     return d, releases
 
 

@@ -134,11 +134,11 @@ async def test_metrics(repos: Repos, tmp_path: Path, session) -> None:
     assert samples[("supervisor_deliveries_total", (("verdict", "queued"),))] == 1
     assert samples[("supervisor_deliveries_total", (("verdict", "ping"),))] == 1
     assert samples[("supervisor_deliveries_total", (("verdict", "unauthorized"),))] == 1
-    assert samples[("supervisor_deploys_total", (("result", "ok"),))] == 1
+    assert samples[("supervisor_deploys_total", (("kind", "deploy"), ("result", "ok")))] == 1
     assert samples[("supervisor_deploy_duration_seconds_count", ())] == 1
     assert samples[("supervisor_webhook_latency_seconds_count", ())] == 3
     assert samples[("supervisor_child_up", ())] == 1
-    assert samples[("supervisor_child_restarts_total", ())] == 1
+    assert samples[("supervisor_child_restarts_total", ())] == 0  # a deploy is no crash restart
     info = [k for k in samples if k[0] == "supervisor_deployed_commit_info"]
     assert info and ("commit", sha) in info[0][1] and ("message", "v2") in info[0][1]
 
@@ -192,8 +192,9 @@ async def test_status_page_in_headless_chromium(repos: Repos, tmp_path: Path, se
             pytest.fail("chromium is not installed; .ci/run installs Debian's chromium")
         pytest.skip("chromium not installed (apt-get install chromium)")
     cfg = write_config(tmp_path / "c.toml", repos)
-    gate = tmp_path / "gate"
-    script = f"import os,time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
+    gate, hold = tmp_path / "gate", tmp_path / "hold"  # held only once started: the first start prepares too
+    script = (f"import os,time\nwhile os.path.exists({str(hold)!r}) and not os.path.exists({str(gate)!r}): "
+              f"time.sleep(0.01)\n")
     cfg.write_text(cfg.read_text().replace("[deploy]", f"[deploy]\nbefore_restart = [[{json.dumps(PY)}, "
                                                        f"\"-c\", {json.dumps(script)}]]"))
 
@@ -208,6 +209,7 @@ async def test_status_page_in_headless_chromium(repos: Repos, tmp_path: Path, se
 
     async with running(cfg) as sup:
         c = Client(sup, session)
+        hold.write_text("")
         v2 = repos.commit({"message.txt": "v2\n"}, "Second <b>release</b>")
         await c.push(repos, v2)
         gate.write_text("go")

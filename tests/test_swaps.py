@@ -119,7 +119,8 @@ async def test_broken_commit_keeps_the_old_release_serving(kind: str, repos: Rep
         with Load(sup.releases.port, clients=4, max_seconds=60) as load:
             bad = repos.commit(files, f"broken: {kind}")
             await c.push(repos, bad)
-            last = await eventually(lambda: sup.deployer.last, timeout=30, what="the failed deploy")
+            last = await eventually(lambda: (d := sup.deployer.last) and d.commit == bad and d, timeout=30,
+                                    what="the failed deploy")
         r = load.stop()
         assert last.result == "failed" and last.commit == bad and reason in last.reason, last
         st = await c.status()

@@ -163,7 +163,7 @@ class Snapshots:
         self._pending: dict[str, Kept] = {}  # built, not sealed yet
 
     async def of_commit(self, commit: str, phases: Phases, base: Built | None) -> Built:
-        content = await self.git.run(snapshot.of_commit, self.tree.repo, commit)
+        content = await self.git.run(snapshot.of_commit, self.tree.repo, commit, self.links)
         return await self._make(content, phases, base)
 
     async def of_work_tree(self, phases: Phases, base: Built | None) -> Built:

@@ -42,21 +42,27 @@ class Content:
     commit: str
     tree: str  # the commit's tree id
     overlay: dict[str, str | None] = field(default_factory=dict)  # path -> blob id in the work tree (None: deleted)
+    links: tuple[str, ...] = ()  # [release] link: work-tree paths the folder holds as symlinks
 
     @property
     def id(self) -> str:
-        """The tree id's first 16 digits; with an overlay, a digest of the tree and the overlay.
+        """The tree id's first 16 digits; with an overlay or links, a digest of everything that shapes the
+        folder, so a changed input never reuses a folder made without it.
 
         >>> Content("c" * 40, "ab" * 20).id
         'abababababababab'
         >>> Content("c" * 40, "ab" * 20, {"app.py": "12" * 20}).id != Content("c" * 40, "ab" * 20).id
         True
+        >>> Content("c" * 40, "ab" * 20, links=("data/",)).id != Content("c" * 40, "ab" * 20).id
+        True
         """
-        if not self.overlay:
+        if not self.overlay and not self.links:
             return self.tree[:16]
         digest = hashlib.sha1(self.tree.encode())
         for path, blob in sorted(self.overlay.items()):
             digest.update(f"\0{path}\0{blob or '-'}".encode())
+        for link in sorted(self.links):
+            digest.update(f"\0link\0{link}".encode())
         return digest.hexdigest()[:16]
 
     @property
@@ -64,8 +70,8 @@ class Content:
         return bool(self.overlay)
 
 
-def of_commit(repo: pygit2.Repository, commit: str) -> Content:
-    return Content(commit, str(repo[commit].peel(pygit2.Commit).tree_id))
+def of_commit(repo: pygit2.Repository, commit: str, links: Sequence[str] = ()) -> Content:
+    return Content(commit, str(repo[commit].peel(pygit2.Commit).tree_id), links=tuple(links))
 
 
 def of_work_tree(repo: pygit2.Repository, workdir: Path, skip: Sequence[str] = ()) -> Content:
@@ -85,7 +91,7 @@ def of_work_tree(repo: pygit2.Repository, workdir: Path, skip: Sequence[str] = (
         except KeyError:
             pass
         overlay[path] = blob
-    return Content(head, str(tree.id), overlay)
+    return Content(head, str(tree.id), overlay, tuple(skip))
 
 
 def _covered(path: str, prefixes: Iterable[str]) -> bool:

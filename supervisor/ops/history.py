@@ -51,6 +51,10 @@ MIGRATIONS: list[str] = [
     INSERT OR IGNORE INTO releases (sha, live_at)
         SELECT to_commit, MAX(ended_at) FROM deploys WHERE result = 'ok' GROUP BY to_commit;
     """,
+    # 3: what a row records: a deploy, a restart, a rollback, a recovery or a start (all were "deploys" before).
+    """
+    ALTER TABLE deploys ADD COLUMN kind TEXT NOT NULL DEFAULT 'deploy';
+    """,
 ]
 
 
@@ -65,6 +69,7 @@ class DeployRecord:
     reason: str
     output_tail: str = ""
     phases: dict[str, float] | None = None
+    kind: str = "deploy"  # deploy, restart, rollback, recover, start
 
 
 class History:
@@ -168,10 +173,10 @@ class History:
     def record_deploy(self, rec: DeployRecord) -> None:
         self._write(
             "INSERT INTO deploys (from_commit, to_commit, trigger, started_at, ended_at, duration, result, reason,"
-            " output_tail, phases) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " output_tail, phases, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (rec.from_commit, rec.to_commit, rec.trigger, rec.started_at, rec.ended_at,
              round(rec.ended_at - rec.started_at, 4), rec.result, rec.reason, rec.output_tail,
-             json.dumps(rec.phases or {})))
+             json.dumps(rec.phases or {}), rec.kind))
 
     def mark_bad(self, sha: str, reason: str) -> None:
         self._write("INSERT OR REPLACE INTO bad_commits (sha, reason, marked_at) VALUES (?,?,?)",

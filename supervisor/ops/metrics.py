@@ -37,7 +37,8 @@ class _Live:
         up = GaugeMetricFamily("supervisor_child_up", "1 when the app child is running")
         up.add_metric([], 1.0 if now.up else 0.0)
         yield up
-        restarts = CounterMetricFamily("supervisor_child_restarts", "children put live after the first one")
+        restarts = CounterMetricFamily("supervisor_child_restarts", "crash restarts of every process, the web process "
+                                       "included (the sum of supervisor_process_restarts)")
         restarts.add_metric([], float(now.restarts))
         yield restarts
         info = InfoMetricFamily("supervisor_deployed_commit", "the commit the live release runs")
@@ -63,7 +64,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.deliveries = Counter("supervisor_deliveries", "webhook deliveries by verdict", ["verdict"],
                                   registry=self.registry)
-        self.deploys = Counter("supervisor_deploys", "deploys by result", ["result"], registry=self.registry)
+        self.deploys = Counter("supervisor_deploys", "recorded results by result and kind (deploy, restart, rollback, "
+                               "recover, start)", ["result", "kind"], registry=self.registry)
         self.notifications = Counter("supervisor_notifications", "notifications by receiver kind and result",
                                      ["kind", "result"], registry=self.registry)
         self.deploy_duration = Histogram(

@@ -59,7 +59,8 @@ def payload(event: Event, message: str, link: str | None) -> dict[str, Any]:
 
 
 def _slack_text(body: dict[str, Any]) -> str:
-    mark = {"deploy_ok": ":white_check_mark:", "resumed": ":arrow_forward:", "paused": ":pause_button:"}.get(
+    mark = {"deploy_ok": ":white_check_mark:", "restarted": ":arrows_counterclockwise:", "resumed": ":arrow_forward:",
+            "paused": ":pause_button:"}.get(
         body["event"], ":x:")
     text = f"{mark} pushcd {body['event']}: `{body['commit'][:12]}` {body['message']}\n{body['reason']}"
     if body["failing_line"]:
@@ -71,7 +72,8 @@ def request_for(target: Target, body: dict[str, Any], full_name: str | None) -> 
     """(url, body, headers) of one delivery to ``target``."""
     headers = {"Content-Type": "application/json", "User-Agent": "pushcd"}
     if target.kind == "github":
-        state = {"deploy_ok": "success", "resumed": "success", "paused": "pending"}.get(body["event"], "failure")
+        state = {"deploy_ok": "success", "restarted": "success", "resumed": "success", "paused": "pending"}.get(
+            body["event"], "failure")
         description = f"{body['event']}: {body['reason']}"[:140]  # GitHub's limit
         data = json.dumps({"state": state, "context": "pushcd", "description": description,
                            **({"target_url": body["link"]} if body["link"] else {})}).encode()

@@ -42,6 +42,22 @@ class Phases:
         return time.monotonic() - self.started
 
 
+KINDS = ("deploy", "restart", "rollback", "recover", "start")  # what a recorded result was
+
+
+def event_of(kind: str, result: str) -> str:
+    """The notification a result sends: each kind names itself.
+
+    >>> event_of("deploy", "ok"), event_of("restart", "ok"), event_of("restart", "failed"), event_of("rollback", "ok")
+    ('deploy_ok', 'restarted', 'restart_failed', 'rolled_back')
+    """
+    if kind == "rollback":
+        return "rolled_back"
+    if kind == "restart":
+        return "restarted" if result == "ok" else "restart_failed"
+    return "deploy_ok" if result == "ok" else "deploy_failed"
+
+
 @dataclass
 class LastDeploy:
     result: str
@@ -50,9 +66,10 @@ class LastDeploy:
     trigger: str = ""
     at: float = field(default_factory=time.time)
     phases: dict[str, float] = field(default_factory=dict)
+    kind: str = "deploy"  # one of KINDS
 
     def as_dict(self) -> dict[str, object]:
-        return {"result": self.result, "reason": self.reason, "commit": self.commit,
+        return {"kind": self.kind, "result": self.result, "reason": self.reason, "commit": self.commit,
                 "trigger": self.trigger, "at": self.at, "phases": self.phases}
 
 
@@ -68,22 +85,21 @@ class Recorder:
         self.count = 0  # results recorded (ok, refused, failed)
 
     def finish(self, result: str, reason: str, commit: str, trigger: str, phases: Phases,
-               from_commit: str, tail: str = "") -> LastDeploy:
+               from_commit: str, tail: str = "", kind: str = "deploy") -> LastDeploy:
         reason, tail = redact(reason), redact(tail)
-        self.last = LastDeploy(result, reason, commit, trigger, phases=phases.done)
+        self.last = LastDeploy(result, reason, commit, trigger, phases=phases.done, kind=kind)
         self.count += 1
         level = logging.INFO if result == "ok" else logging.WARNING
         duration = phases.total()
-        log.log(level, "deploy %s: %s (%s, trigger %s)", result, reason, commit[:12], trigger,
+        log.log(level, "%s %s: %s (%s, trigger %s)", kind, result, reason, commit[:12], trigger,
                 extra={"commit": commit, "duration": round(duration, 4), "result": result, "trigger": trigger})
         if self.metrics:
-            self.metrics.deploys.labels(result).inc()
+            self.metrics.deploys.labels(result, kind).inc()
             self.metrics.deploy_duration.observe(duration)
         if self.history:
             self.history.record_deploy(DeployRecord(from_commit, commit, trigger, phases.started_wall,
-                                                    time.time(), result, reason, tail, phases.done))
-        event = "rolled_back" if trigger == "rollback" else "deploy_ok" if result == "ok" else "deploy_failed"
-        self.tell(event, commit, reason, failing_line(tail), round(duration, 3))
+                                                    time.time(), result, reason, tail, phases.done, kind))
+        self.tell(event_of(kind, result), commit, reason, failing_line(tail), round(duration, 3))
         return self.last
 
     def tell(self, event: str, commit: str, reason: str, failing: str | None = None,

@@ -36,7 +36,7 @@ def build(repos: Repos, dest: Path, base: snapshot.Base | None = None, overlay: 
           links: tuple[str, ...] = (), spare: Path | None = None) -> snapshot.Base:
     repo = pygit2.Repository(str(repos.work))
     content = (snapshot.of_work_tree(repo, repos.work, links) if overlay
-               else snapshot.of_commit(repo, str(repo.head.target)))
+               else snapshot.of_commit(repo, str(repo.head.target), links))  # as Snapshots builds them
     snapshot.write(repo, content, dest / content.id, workdir=repos.work, base=base, links=links, spare=spare)
     snapshot.seal(dest / content.id)
     return snapshot.Base(dest / content.id, content)

@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from supervisor.deploy import Backoff, plan
+from supervisor.backoff import Backoff
+from supervisor.plan import plan
 from supervisor.git.tree import Facts, FetchError, GitFailure, WorkTree
 
 from .conftest import Repos, git

@@ -1,0 +1,156 @@
+"""Deploys and rollbacks: the work tree moves to a commit, its release takes the road.
+
+A deploy fetches, lets :func:`~supervisor.plan.plan` decide, moves the tree,
+makes the commit's release and takes the road with the running release as its
+fallback; a rollback to a kept release starts it as it is (no checkout, no
+preparation) and the tree follows.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from .backoff import Backoff
+from .build.builder import BuildFailed, Built
+from .git.tree import Facts, FetchError, GitFailure
+from .jobs import Kind, Mailbox
+from .ops.record import LastDeploy, Phases
+from .pause import Pause
+from .plan import plan
+from .road import Attempt
+from .work import Result, Work
+
+log = logging.getLogger("supervisor.deploy")
+
+AUTOMATIC = frozenset({"webhook", "poll"})  # triggers a pause holds back
+
+
+class Deploys:
+    def __init__(self, work: Work, mailbox: Mailbox, pause: Pause, hold: Callable[[str], None], *,
+                 on_diverge: str) -> None:
+        self.work = work
+        self.mailbox = mailbox  # a failed fetch is retried later through it
+        self.pause = pause
+        self.hold = hold
+        self.on_diverge = on_diverge  # replaced on SIGHUP
+        self._fetch_backoff = Backoff(first=1.0, cap=60.0)
+
+    async def deploy(self, trigger: str, arg: str | None = None) -> Result:
+        """The branch tip; or ``arg``: a commit of the branch's history chosen by hand, or "retry"."""
+        w = self.work
+        if trigger in AUTOMATIC and self.pause.reason is not None:
+            log.info("deploys are paused (%s): %s does not deploy", self.pause.reason, trigger)
+            return None
+        phases = Phases()
+        try:
+            with phases("fetch"):
+                tip = await w.git.run(w.tree.fetch)
+        except FetchError as exc:
+            delay = self._fetch_backoff.next()
+            self.mailbox.put_later(delay, Kind.DEPLOY, trigger)
+            return w.finish("failed", f"{exc}; retrying in {delay:g}s", w.deployed, trigger, phases, w.deployed)
+        self._fetch_backoff.failures = 0
+        target, pinned = tip, arg not in (None, "retry")
+        if arg == "retry":
+            w.marks.unmark(tip)  # a person says: try it again (the cause was fixed elsewhere)
+        elif pinned:
+            try:
+                target = await w.git.run(w.tree.commit_on_branch, arg, tip)
+            except GitFailure as exc:
+                return w.finish("refused", str(exc), w.deployed, trigger, phases, w.deployed)
+        facts = await w.git.run(w.tree.facts, target)
+        decision = plan(facts, self.on_diverge, w.marks.as_dict(), pinned=pinned)
+        if decision.action == "none":
+            log.info("nothing to deploy: %s", decision.reason)
+            return LastDeploy("none", decision.reason, target, trigger)  # told to who asked; not recorded
+        if decision.action == "refuse":
+            return w.finish("refused", decision.reason, target, trigger, phases, w.deployed)
+        result = await self.go(facts, decision.reason, trigger, phases, backup=decision.action == "reset")
+        if w.deployed == target:
+            if target != tip:
+                self.hold(f"pinned to {target[:12]}")  # so the next push does not undo it
+            await self._forget_older_marks(target)
+        return result
+
+    async def _forget_older_marks(self, good: str) -> None:
+        """Marks of commits older than one that deployed well are moot: forget them, so the list does not only grow."""
+        w = self.work
+        for sha in w.marks:
+            if sha != good and await w.git.run(w.tree.is_ancestor, sha, good):
+                w.marks.unmark(sha)
+
+    async def go(self, facts: Facts, reason: str, trigger: str, phases: Phases, backup: bool = False,
+                 kind: str = "deploy") -> Result:
+        """Move the tree to ``facts.target``, make its release, take the road; back if it does not come up."""
+        w = self.work
+        previous, target, fallback = w.deployed, facts.target, w.road.current
+        try:
+            with phases("checkout"):
+                await w.moves.move(facts, backup=backup, reason=reason)
+        except GitFailure as exc:
+            # The tree was put back to the running commit (all or nothing); the next push tries again.
+            return w.finish("failed", f"{exc}; the tree is back at {previous[:12]}", target, trigger, phases,
+                            previous, kind=kind)
+        undo = w.undo(Built(target, w.tree.path), fallback or Built(previous, w.tree.path))
+        try:
+            built = await w.road.builder.of_commit(target, phases, fallback)
+        except BuildFailed as exc:
+            why: str | None = str(exc)
+            await undo(str(why))
+        else:
+            why = await w.road.go(Attempt(kind, built, fallback, probation=kind == "deploy"), phases, undo)
+        if why is None:
+            return w.finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases, previous, kind=kind)
+        return w.finish("failed", f"{target[:12]} rolled back to {previous[:12]}: {why}", target, trigger, phases,
+                        previous, tail=why, kind=kind)
+
+    async def rollback(self, trigger: str, arg: str | None = None) -> Result:
+        """Back to the newest good release that is not the running one (or to ``arg``, a kept release's id or
+        commit)."""
+        w, phases = self.work, Phases()
+        current, builder = w.deployed, w.road.builder
+        kept = builder.kept(arg) if arg else None
+        target = kept.commit if kept else self._commit_of(arg) if arg else w.road.rollback_target()
+        if target is None:
+            why = (f"{arg}: no kept release or earlier good release has that id or commit (`pushcd releases` "
+                   f"lists them)" if arg else "no earlier good release to roll back to")
+            return w.finish("refused", why, current, trigger, phases, current, kind="rollback")
+        if target == current and (kept is None or kept == w.road.current):
+            return w.finish("refused", f"{target[:12]} is the running release already", current, trigger, phases,
+                            current, kind="rollback")
+        kept = kept or builder.kept(target)
+        if kept is not None:
+            return await self._to_kept(kept, trigger, phases)
+        facts = await w.git.run(w.tree.facts, target)
+        if facts.blocking:
+            return w.finish("refused", "local edits would be overwritten: " + ", ".join(facts.blocking), target,
+                            trigger, phases, current, kind="rollback")
+        # Until a newer commit arrives, the webhook must not bring the rolled-back one back.
+        w.marks.mark(current, "rolled back by hand")
+        result = await self.go(facts, f"roll back {current[:12]} to {target[:12]}", trigger, phases, kind="rollback")
+        if w.deployed != target:
+            w.marks.unmark(current)  # the rollback itself failed: current still runs (and is not bad)
+        return result
+
+    def _commit_of(self, ref: str) -> str | None:
+        """A good release's full commit id from an abbreviation (7 digits or more)."""
+        if len(ref) < 7:
+            return None
+        return next((c for c in self.work.road.good_releases() if c.startswith(ref)), None)
+
+    async def _to_kept(self, kept: Built, trigger: str, phases: Phases) -> Result:
+        """Start a kept release as it is (no checkout, no preparation), then bring the work tree back to it."""
+        w = self.work
+        current = w.deployed
+        if kept.commit != current:
+            w.marks.mark(current, "rolled back by hand")  # the webhook must not bring it back
+        why = await w.road.go(Attempt("rollback", kept, w.road.current, prepare=False), phases)
+        if why is not None:
+            w.marks.unmark(current)
+            return w.finish("failed", f"rollback to release {kept.id} ({kept.commit[:12]}) failed, {current[:12]} "
+                                      f"keeps serving: {why}", kept.commit, trigger, phases, current, tail=why,
+                            kind="rollback")
+        await w.moves.follow(kept.commit, phases)
+        return w.finish("ok", f"roll back {current[:12]} to {kept.commit[:12]} (kept release {kept.id}) in "
+                              f"{phases.total():.2f}s", kept.commit, trigger, phases, current, kind="rollback")

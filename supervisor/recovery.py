@@ -1,0 +1,92 @@
+"""Recovery: the live release died. Looked at once; within probation the whole release goes back to the
+one before it, otherwise it starts again after a backoff (a timer that puts a job, never a wait inside one,
+so a rollback asked for meanwhile is taken at once)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable
+
+from .backoff import Backoff
+from .build.builder import Built
+from .jobs import Kind, Mailbox
+from .ops.record import Phases
+from .process.child import describe_exit
+from .process.release import failure_report
+from .road import Attempt
+from .work import Result, Work
+
+log = logging.getLogger("supervisor.deploy")
+
+
+class Recovery:
+    def __init__(self, work: Work, mailbox: Mailbox, start_up: Callable[[str], Awaitable[Result]]) -> None:
+        self.work = work
+        self.mailbox = mailbox
+        self.start_up = start_up  # nothing ever started: start-up again, through the gates
+        self.crash_restarts = 0  # the web process started again after it died (not deploys)
+        self.due: float | None = None  # a restart is scheduled for this monotonic time
+        self._backoff = Backoff()
+        self._judged: object = None  # the dead release whose crash was already looked at
+
+    def needed(self) -> bool:
+        live = self.work.road.releases.live
+        return live is None or not live.alive
+
+    def retry(self) -> None:
+        """Try again after the next backoff step."""
+        delay = self._backoff.next()
+        log.info("restarting %s in %.1fs", self.work.deployed[:12], delay)
+        self.due = time.monotonic() + delay
+        self.mailbox.put_later(delay, Kind.RECOVER, "crash")
+
+    async def recover(self, _trigger: str, arg: str | None = None) -> Result:
+        """``arg``: a worker of the release exited within probation (why): the whole release goes back."""
+        w, releases = self.work, self.work.road.releases
+        if arg is not None:
+            live = releases.live
+            if live is not None and live.previous is not None and live.built == w.road.current:
+                w.recorder.tell("crashed", live.commit, arg)
+                return await self._probation_failed(live.built, live.previous, live.live_since, arg)
+            return None
+        if not self.needed():
+            self.due = None  # a deploy or restart brought one up meanwhile
+            return None
+        if self.due is not None and time.monotonic() < self.due:
+            return None  # the scheduled retry will come
+        dead = releases.live
+        if self.due is None and dead is not None and dead is not self._judged:
+            self._judged = dead
+            self._backoff.observe_uptime(dead.child.uptime)
+            why = failure_report(describe_exit(dead.child.returncode), dead.child)
+            w.recorder.tell("crashed", dead.commit, why, dead.child.telling)
+            if dead.previous and time.monotonic() - dead.live_since < w.road.probation:
+                # Went live, then crashed within probation: it was never good.
+                return await self._probation_failed(dead.built, dead.previous, dead.live_since, why)
+            log.warning("app crashed (%s); restarting", why)
+            self.retry()
+            return None
+        self.due = None
+        if w.road.current is None:
+            await self.start_up("crash")
+            return None
+        result = await releases.start(w.road.current)  # a kept release: no preparation, its own gate
+        self.crash_restarts += result.ok
+        if not result.ok:
+            self.retry()
+        return None
+
+    async def _probation_failed(self, bad_release: Built, good_release: Built, live_since: float, why: str
+                                ) -> Result:
+        """Marked bad, the tree back, the release before it serves again."""
+        w, phases = self.work, Phases()
+        bad, good = bad_release.commit, good_release.commit
+        w.marks.mark(bad, f"crashed {time.monotonic() - live_since:.1f}s after going live: {why}")
+        await w.moves.follow(good, phases)  # in place, the files first: the app runs from them
+        failed = await w.road.go(Attempt("rollback", good_release, None, prepare=False), phases)
+        outcome = w.finish("failed", f"probation: {bad[:12]} {w.marks.why(bad)}; back to {good[:12]}", bad,
+                           "rollback", phases, good, tail=why, kind="rollback")
+        if failed is not None:
+            self.retry()
+        return outcome

@@ -1,0 +1,49 @@
+"""What every job handler works with: the work tree, the road, the marks, and where results are written.
+
+The handlers (:mod:`.startup`, :mod:`.deploys`, :mod:`.restarts`, :mod:`.recovery`) each choose a target
+and a fallback for one kind of job and take the road; this is the little they share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .build.builder import Built
+from .git.thread import GitThread
+from .git.tree import WorkTree
+from .marks import Marks
+from .moves import Moves
+from .ops.record import LastDeploy, Phases, Recorder
+from .road import Road, Undo
+
+Result = LastDeploy | None  # what a job's waiters hear: the recorded result, or None (nothing done)
+
+
+@dataclass
+class Work:
+    tree: WorkTree
+    git: GitThread
+    road: Road
+    moves: Moves
+    recorder: Recorder
+    marks: Marks  # commits not to deploy again; the road reads them too
+    head: str = ""  # the work tree's HEAD at start-up, until a release serves
+
+    @property
+    def deployed(self) -> str:
+        """The commit of the release that serves (or, crashed, is to be started again)."""
+        return self.road.current.commit if self.road.current else self.head
+
+    def finish(self, result: str, reason: str, commit: str, trigger: str, phases: Phases,
+               from_commit: str, tail: str = "", kind: str = "deploy") -> LastDeploy:
+        return self.recorder.finish(result, reason, commit, trigger, phases, from_commit, tail, kind)
+
+    def undo(self, target: Built, fallback: Built | None) -> Undo:
+        """After a failed attempt: the target is marked bad (unless it holds hand edits), the tree goes back."""
+        async def undo(why: str) -> None:
+            if fallback is None or fallback.commit == target.commit:
+                return
+            if not target.dirty:
+                self.marks.mark(target.commit, why)
+            await self.moves.follow(fallback.commit, Phases())
+        return undo

@@ -13,6 +13,7 @@ from typing import Callable
 
 from .backoff import Backoff
 from .build.builder import BuildFailed, Built
+from .failure import Failure
 from .git.tree import Facts, FetchError, GitFailure
 from .jobs import Kind, Mailbox
 from .ops.record import LastDeploy, Phases
@@ -96,14 +97,14 @@ class Deploys:
         try:
             built = await w.road.builder.of_commit(target, phases, fallback)
         except BuildFailed as exc:
-            why: str | None = str(exc)
-            await undo(str(why))
+            why: Failure | None = Failure(str(exc))
+            await undo(why)
         else:
             why = await w.road.go(Attempt(kind, built, fallback, probation=kind == "deploy"), phases, undo)
         if why is None:
             return w.finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases, previous, kind=kind)
         return w.finish("failed", f"{target[:12]} rolled back to {previous[:12]}: {why}", target, trigger, phases,
-                        previous, tail=why, kind=kind)
+                        previous, failure=why, kind=kind)
 
     async def rollback(self, trigger: str, arg: str | None = None) -> Result:
         """Back to the newest good release that is not the running one (or to ``arg``, a kept release's id or
@@ -149,7 +150,7 @@ class Deploys:
         if why is not None:
             w.marks.unmark(current)
             return w.finish("failed", f"rollback to release {kept.id} ({kept.commit[:12]}) failed, {current[:12]} "
-                                      f"keeps serving: {why}", kept.commit, trigger, phases, current, tail=why,
+                                      f"keeps serving: {why}", kept.commit, trigger, phases, current, failure=why,
                             kind="rollback")
         await w.moves.follow(kept.commit, phases)
         return w.finish("ok", f"roll back {current[:12]} to {kept.commit[:12]} (kept release {kept.id}) in "

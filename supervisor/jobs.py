@@ -52,7 +52,7 @@ class Kind(enum.Enum):
 class Job:
     kind: Kind
     trigger: str
-    arg: str | None = None  # what exactly: a commit to deploy, "retry"; None = the usual (the branch tip)
+    arg: Any = None  # what exactly: a commit to deploy, "retry", a Failure to recover from; None = the usual
     waiters: list["asyncio.Future[Any]"] = field(default_factory=list)
 
     def answer(self, result: Any) -> None:
@@ -66,12 +66,12 @@ class Mailbox:
     """Single-consumer queue of jobs with coalescing and precedence (see module doc)."""
 
     def __init__(self) -> None:
-        self._jobs: dict[tuple[Kind, str | None], Job] = {}  # in arrival order
+        self._jobs: dict[tuple[Kind, Any], Job] = {}  # in arrival order
         self._ready = asyncio.Event()  # set while _jobs is not empty: a put can never be missed
         self._timers: set[asyncio.TimerHandle] = set()
         self.closed = False
 
-    def put(self, kind: Kind, trigger: str, *, wait: bool = False, arg: str | None = None
+    def put(self, kind: Kind, trigger: str, *, wait: bool = False, arg: Any = None
             ) -> "asyncio.Future[Any] | None":
         """Queue a job (or join the queued one); with ``wait``, a future for its result."""
         future: asyncio.Future[Any] | None = None

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .failure import Failure
 from .process.child import Spec, describe_exit, run_to_end
 from .process.guard import Guard
-from .process.release import failure_report
 
 if TYPE_CHECKING:
     from .build.builder import Built
@@ -40,7 +40,7 @@ class Preparation:
         """The Procfile's release: line, else [deploy] release_command ([] for none)."""
         return (built.procfile or {}).get("release") or self.release_command
 
-    async def run_before_restart(self, built: "Built") -> str | None:
+    async def run_before_restart(self, built: "Built") -> Failure | None:
         """Each before_restart command in turn; None when all succeeded, else why the first failing one failed."""
         for argv in self.before_restart:
             why = await self.run_in(built, argv, "before_restart", "before_restart", self.before_restart_timeout)
@@ -48,7 +48,7 @@ class Preparation:
                 return why
         return None
 
-    async def run_release_task(self, built: "Built") -> str | None:
+    async def run_release_task(self, built: "Built") -> Failure | None:
         argv = self.release_task(built)
         if not argv:
             return None
@@ -56,7 +56,7 @@ class Preparation:
                                  {"SUPERVISOR_PROCESS": "release"})
 
     async def run_in(self, built: "Built", argv: list[str], label: str, what: str, timeout: float,
-                     env: dict[str, str] | None = None) -> str | None:
+                     env: dict[str, str] | None = None) -> Failure | None:
         """One command run to its end in ``built`` (its folder, its environment); None when it exited 0,
         else why, ``what`` first: its exit, or its timeout, with the telling line of its output.
         A cancel (pushcd stopping) stops and reaps it before it propagates."""
@@ -65,7 +65,7 @@ class Preparation:
         try:
             code, child = await run_to_end(spec, label, timeout, self.guard)
         except OSError as exc:
-            return f"{what} {argv[0]}: {exc.strerror or exc}"
+            return Failure(f"{what} {argv[0]}: {exc.strerror or exc}")
         if code is None:
-            return failure_report(f"{what} {' '.join(argv)} timed out after {timeout:g}s", child)
-        return failure_report(f"{what} {' '.join(argv)} {describe_exit(code)}", child) if code else None
+            return Failure.of(f"{what} {' '.join(argv)} timed out after {timeout:g}s", child)
+        return Failure.of(f"{what} {' '.join(argv)} {describe_exit(code)}", child) if code else None

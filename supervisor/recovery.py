@@ -12,8 +12,8 @@ from .backoff import Backoff
 from .build.builder import Built
 from .jobs import Kind, Mailbox
 from .ops.record import Phases
+from .failure import Failure
 from .process.child import describe_exit
-from .process.release import failure_report
 from .road import Attempt
 from .work import Result, Work
 
@@ -41,13 +41,13 @@ class Recovery:
         self.due = time.monotonic() + delay
         self.mailbox.put_later(delay, Kind.RECOVER, "crash")
 
-    async def recover(self, _trigger: str, arg: str | None = None) -> Result:
+    async def recover(self, _trigger: str, arg: Failure | None = None) -> Result:
         """``arg``: a worker of the release exited within probation (why): the whole release goes back."""
         w, releases = self.work, self.work.road.releases
         if arg is not None:
             live = releases.live
             if live is not None and live.previous is not None and live.built == w.road.current:
-                w.recorder.tell("crashed", live.commit, arg)
+                w.recorder.tell("crashed", live.commit, str(arg), arg.failing_line)
                 return await self._probation_failed(live.built, live.previous, live.live_since, arg)
             return None
         if not self.needed():
@@ -59,8 +59,8 @@ class Recovery:
         if self.due is None and dead is not None and dead is not self._judged:
             self._judged = dead
             self._backoff.observe_uptime(dead.child.uptime)
-            why = failure_report(describe_exit(dead.child.returncode), dead.child)
-            w.recorder.tell("crashed", dead.commit, why, dead.child.telling)
+            why = Failure.of(describe_exit(dead.child.returncode), dead.child)
+            w.recorder.tell("crashed", dead.commit, str(why), why.failing_line)
             if dead.previous and time.monotonic() - dead.live_since < w.road.probation:
                 # Went live, then crashed within probation: it was never good.
                 return await self._probation_failed(dead.built, dead.previous, dead.live_since, why)
@@ -71,13 +71,13 @@ class Recovery:
         if w.road.current is None:
             await self.start_up("crash")
             return None
-        result = await releases.start(w.road.current)  # a kept release: no preparation, its own gate
-        self.crash_restarts += result.ok
-        if not result.ok:
+        failed = await releases.start(w.road.current)  # a kept release: no preparation, its own gate
+        self.crash_restarts += failed is None
+        if failed is not None:
             self.retry()
         return None
 
-    async def _probation_failed(self, bad_release: Built, good_release: Built, live_since: float, why: str
+    async def _probation_failed(self, bad_release: Built, good_release: Built, live_since: float, why: Failure
                                 ) -> Result:
         """Marked bad, the tree back, the release before it serves again."""
         w, phases = self.work, Phases()
@@ -86,7 +86,7 @@ class Recovery:
         await w.moves.follow(good, phases)  # in place, the files first: the app runs from them
         failed = await w.road.go(Attempt("rollback", good_release, None, prepare=False), phases)
         outcome = w.finish("failed", f"probation: {bad[:12]} {w.marks.why(bad)}; back to {good[:12]}", bad,
-                           "rollback", phases, good, tail=why, kind="rollback")
+                           "rollback", phases, good, failure=why, kind="rollback")
         if failed is not None:
             self.retry()
         return outcome

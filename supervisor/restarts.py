@@ -41,7 +41,7 @@ class Restarts:
         if why is None:
             return w.finish("ok", done, w.deployed, trigger, phases, before, kind=kind)
         return w.finish("failed", f"{kind} failed, the running release keeps serving: {why}", attempt.target.commit,
-                        trigger, phases, before, tail=why, kind=kind)
+                        trigger, phases, before, failure=why, kind=kind)
 
     async def _one(self, name: str, trigger: str, phases: Phases) -> Result:
         """`pushcd restart NAME`: one process type of the running release, with its gate."""
@@ -54,12 +54,11 @@ class Restarts:
                             w.deployed, kind="restart")
         with phases("start"):
             if name == "web":
-                result = await w.road.releases.start(current)
-                why = None if result.ok else result.reason
+                why = await w.road.releases.start(current)
             else:
                 why = await w.road.workers.replace(current, types, only=name)
         if why is None:
             return w.finish("ok", f"restarted {name} by hand", w.deployed, trigger, phases, w.deployed,
                             kind="restart")
         return w.finish("failed", f"restart of {name} failed, the running instances keep running: {why}",
-                        w.deployed, trigger, phases, w.deployed, tail=why, kind="restart")
+                        w.deployed, trigger, phases, w.deployed, failure=why, kind="restart")

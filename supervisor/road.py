@@ -24,6 +24,7 @@ from typing import Awaitable, Callable, Iterator
 
 from .build.builder import Builder, Built
 from .config import ProcSpec, procfile_types
+from .failure import Failure
 from .ledger import Ledger, Ref
 from .marks import Marks
 from .ops.history import History
@@ -34,12 +35,12 @@ from .process.workers import Workers
 
 log = logging.getLogger("supervisor.deploy")
 
-Undo = Callable[[str], Awaitable[None]]  # called with why the attempt failed, before the fallback starts
+Undo = Callable[[Failure], Awaitable[None]]  # called with why the attempt failed, before the fallback starts
 
 
 @dataclass(frozen=True)
 class Attempt:
-    kind: str  # deploy, restart, rollback, recover, start (what history and notifications call it)
+    kind: str  # deploy, restart, rollback, start (what history and notifications call it)
     target: Built
     fallback: Built | None  # what serves if the target does not (None: nothing to go back to)
     prepare: bool = True  # a release serving for the first time runs its preparation; a kept one never
@@ -62,7 +63,7 @@ class Road:
         self.current: Built | None = None
         self._promotion: asyncio.TimerHandle | None = None
 
-    async def go(self, attempt: Attempt, phases: Phases, undo: Undo | None = None) -> str | None:
+    async def go(self, attempt: Attempt, phases: Phases, undo: Undo | None = None) -> Failure | None:
         """Put ``attempt.target`` live through every gate; None when it serves, else why not (and the
         fallback serves again)."""
         target, fallback = attempt.target, attempt.fallback
@@ -82,7 +83,7 @@ class Road:
         self.ledger.end()
         return why
 
-    async def _prepare(self, attempt: Attempt, phases: Phases) -> str | None:
+    async def _prepare(self, attempt: Attempt, phases: Phases) -> Failure | None:
         """before_restart in a fresh folder (in place: in a new release), then sealed; the release task once."""
         built, ref = attempt.target, Ref.of(attempt.target)
         new = attempt.prepare and not self.ledger.is_prepared(ref)
@@ -104,12 +105,12 @@ class Road:
         self.ledger.prepared_ok(ref)
         return None
 
-    async def _gate(self, built: Built, fallback: Built | None, probation: bool) -> str | None:
+    async def _gate(self, built: Built, fallback: Built | None, probation: bool) -> Failure | None:
         """The web process, then every process type, to ``built``; None when all are ready. Process types
         are gated only when something can go back (at start they are retried with backoff instead)."""
-        result = await self.releases.start(built, previous=fallback if probation else None)
-        if not result.ok:
-            return result.reason
+        why = await self.releases.start(built, previous=fallback if probation else None)
+        if why is not None:
+            return why
         why = await self.workers.replace(built, self.types(built), probation=self.probation if probation else 0,
                                          gate=fallback is not None)
         if why is not None:
@@ -123,9 +124,9 @@ class Road:
         live = self.releases.live
         if live is None or not live.alive or live.built != fallback:
             with phases("fallback"):
-                result = await self.releases.start(fallback)
-            if not result.ok:
-                log.error("the fallback release %s did not come back: %s", fallback.commit[:12], result.reason)
+                why = await self.releases.start(fallback)
+            if why is not None:
+                log.error("the fallback release %s did not come back: %s", fallback.commit[:12], why)
                 return  # nothing live: the worker schedules a recovery
         self.current = fallback
         if self.types(fallback) and not self.workers.instances:  # nothing ran before (start-up)

@@ -15,6 +15,7 @@ import logging
 from typing import Callable
 
 from .build.builder import BuildFailed, Built
+from .failure import Failure
 from .ledger import Ref
 from .ops.record import Phases
 from .road import Attempt
@@ -40,13 +41,13 @@ class Startup:
         good = self._last_good()
         try:
             target: Built | None = await w.road.builder.of_work_tree(phases, good)
-            why = ""
+            why = Failure("")
         except BuildFailed as exc:
-            target, why = None, str(exc)
+            target, why = None, Failure(str(exc))
         if target is not None and good is not None and Ref.of(target) == Ref.of(good):
             return await self._start(Attempt("start", good, None, prepare=False), trigger, phases)
         if target is not None and good is not None and not target.dirty and target.commit in w.marks:
-            target, why = None, f"{target.commit[:12]} is marked bad ({w.marks.why(target.commit)})"
+            target, why = None, Failure(f"{target.commit[:12]} is marked bad ({w.marks.why(target.commit)})")
         if target is None and good is not None:  # the work tree holds nothing startable: the good release
             log.warning("the work tree's release cannot start (%s); starting the last good release %s", why,
                         good.commit[:12])
@@ -75,7 +76,7 @@ class Startup:
             if fallback is not None and w.road.current == fallback:
                 return w.finish("failed", f"{target.commit[:12]} did not come up, the last good release "
                                           f"{fallback.commit[:12]} serves: {why}", target.commit, trigger, phases,
-                                fallback.commit, tail=why, kind="start")
+                                fallback.commit, failure=why, kind="start")
             return self._failed(why, trigger, phases, target.commit)
         self._told = False
         if not {"before_restart", "release"} & phases.done.keys():
@@ -84,7 +85,7 @@ class Startup:
             f" (the last good release {fallback.commit[:12]} stood by)" if fallback else ""), target.commit,
             trigger, phases, fallback.commit if fallback else target.commit, kind="start")
 
-    def _failed(self, why: str, trigger: str, phases: Phases, commit: str = "") -> Result:
+    def _failed(self, why: Failure, trigger: str, phases: Phases, commit: str = "") -> Result:
         commit = commit or self.work.deployed
         log.error("app failed to start at %s: %s", commit[:12], why)
         self.retry()
@@ -92,4 +93,4 @@ class Startup:
             return None
         self._told = True
         return self.work.finish("failed", f"start of {commit[:12]} failed, retrying with backoff: {why}", commit,
-                                trigger, phases, commit, tail=why, kind="start")
+                                trigger, phases, commit, failure=why, kind="start")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .build.builder import Built
+from .failure import Failure
 from .git.thread import GitThread
 from .git.tree import WorkTree
 from .marks import Marks
@@ -35,15 +36,15 @@ class Work:
         return self.road.current.commit if self.road.current else self.head
 
     def finish(self, result: str, reason: str, commit: str, trigger: str, phases: Phases,
-               from_commit: str, tail: str = "", kind: str = "deploy") -> LastDeploy:
-        return self.recorder.finish(result, reason, commit, trigger, phases, from_commit, tail, kind)
+               from_commit: str, failure: Failure | None = None, kind: str = "deploy") -> LastDeploy:
+        return self.recorder.finish(result, reason, commit, trigger, phases, from_commit, failure, kind)
 
     def undo(self, target: Built, fallback: Built | None) -> Undo:
         """After a failed attempt: the target is marked bad (unless it holds hand edits), the tree goes back."""
-        async def undo(why: str) -> None:
+        async def undo(why: Failure) -> None:
             if fallback is None or fallback.commit == target.commit:
                 return
             if not target.dirty:
-                self.marks.mark(target.commit, why)
+                self.marks.mark(target.commit, str(why))
             await self.moves.follow(fallback.commit, Phases())
         return undo

@@ -17,7 +17,7 @@ from supervisor.ledger import Ledger
 from supervisor.marks import Marks
 from supervisor.ops.record import LastDeploy, Recorder
 from supervisor.prepare import Preparation
-from supervisor.process.release import SwapResult
+from supervisor.failure import Failure
 from supervisor.process.workers import Workers
 from supervisor.road import Road
 
@@ -82,11 +82,11 @@ class FakeReleases:
                                          live_since=0.0)
         self.on_exit: Any = None
 
-    async def start(self, built: Built, previous: Built | None = None) -> SwapResult:
+    async def start(self, built: Built, previous: Built | None = None) -> Failure | None:
         self.events.append(f"start {built.commit[:1]}")
         self.live = SimpleNamespace(alive=True, child=fake_child(True), previous=previous, commit=built.commit,
                                     built=built, live_since=0.0)
-        return SwapResult(True, "ready")
+        return None
 
     def die(self) -> None:
         self.live.alive = False

@@ -162,6 +162,18 @@ def children_running(parent: int, script: str) -> list[int]:
     return found
 
 
+def running_in(folder: Path) -> list[int]:
+    """Pids of live processes whose working directory is inside ``folder`` (the apps of a test)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(str(folder)) and pid_alive(int(pid)):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
 @pytest.mark.skipif(RELEASE_MODE == "in-place", reason="release folders exist in snapshot mode only")
 async def test_a_changed_release_link_makes_a_new_release_folder(tmp_path: Path, repos: Repos,
                                                                  session: aiohttp.ClientSession) -> None:
@@ -176,3 +188,65 @@ async def test_a_changed_release_link_makes_a_new_release_folder(tmp_path: Path,
         after = sup.deployer.current
         assert after is not None and after.id != before.id
         assert (after.root / "data").is_symlink() and (repos.work / "data").is_dir()
+
+
+# -- SIGTERM and SIGKILL at each phase of an attempt ---------------------------------------------------------
+
+# The web process notes when it starts and waits (unready) while HOLD_READY exists; the release task notes
+# its begin and end and waits while HOLD_RELEASE exists. JOURNAL then tells whether anything ran ungated.
+JOURNALED_APP = NEEDS_MIGRATION.replace(
+    "class Handler(", "open(os.environ['JOURNAL'], 'a').write(f'web {COMMIT}\\n')\n"
+    "import time as _t\nwhile os.path.exists(os.environ['HOLD_READY']):\n    _t.sleep(0.01)\n\n\nclass Handler(", 1)
+JOURNALED_TASK = ("import os, time\nj = os.environ['JOURNAL']\nc = os.environ['SUPERVISOR_COMMIT']\n"
+                  "open(j, 'a').write(f'begin {c}\\n')\n"
+                  "while os.path.exists(os.environ['HOLD_RELEASE']):\n    time.sleep(0.01)\n" + MIGRATE +
+                  "open(j, 'a').write(f'release {c}\\n')\n")
+
+
+def journal(path: Path) -> list[tuple[str, str]]:
+    return [tuple(line.split()) for line in path.read_text().splitlines()] if path.exists() else []  # type: ignore
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("phase", ["release task", "readiness", "probation"])
+def test_a_stop_at_each_phase_is_resolved_through_the_gates(tmp_path: Path, repos: Repos, phase: str, sig: int,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    log, hold_ready, hold_release = tmp_path / "journal", tmp_path / "hold-ready", tmp_path / "hold-release"
+    for name, path in [("JOURNAL", log), ("HOLD_READY", hold_ready), ("HOLD_RELEASE", hold_release),
+                       ("MIGRATED", tmp_path / "migrated")]:
+        monkeypatch.setenv(name, str(path))
+    assert JOURNALED_APP.count("HOLD_READY") == 1
+    repos.commit({"app.py": JOURNALED_APP, "migrate.py": JOURNALED_TASK}, "journaled")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    cfg = write_config(tmp_path / "c.toml", repos, watch="enabled = false", ready={"timeout": 30},
+                       deploy=f'probation = 30\nrelease_command = ["{PY}", "migrate.py"]')
+    proc = spawn_supervisor(cfg)
+    try:
+        first = wait_sync(lambda: (s := try_status(cfg)) and s["child_pid"] and s, 30, "pushcd")
+        {"release task": hold_release, "readiness": hold_ready, "probation": tmp_path / "none"}[phase].write_text("")
+        new = repos.commit({"message.txt": "v2\n"}, "v2")
+        signed_push(cfg, repos, new)
+        reached = {"release task": lambda: ("begin", new) in journal(log),
+                   "readiness": lambda: ("web", new) in journal(log),
+                   "probation": lambda: (s := try_status(cfg)) and s["deployed_commit"] == new}[phase]
+        wait_sync(reached, 30, f"the {phase} phase of the deploy")
+        stopped_at = time.monotonic()
+        proc.send_signal(sig)
+        proc.wait(20)
+        assert time.monotonic() - stopped_at < 5 + 5  # [app] stop_timeout + 5 s
+    finally:
+        stop_process(proc)
+    wait_sync(lambda: not pid_alive(first["child_pid"]) and not running_in(tmp_path), 10, "no process left behind")
+    hold_ready.unlink(missing_ok=True)
+    hold_release.unlink(missing_ok=True)
+    proc = spawn_supervisor(cfg)
+    try:
+        wait_sync(lambda: (s := try_status(cfg)) and s["deployed_commit"] == new and s["state"] == "running"
+                  and s["child_pid"], 60, "the new commit to serve after the restart")
+    finally:
+        out = stop_process(proc)
+    events = journal(log)
+    done = [i for i, e in enumerate(events) if e == ("release", new)]
+    assert len(done) == 1, events  # prepared exactly once, whatever stopped it
+    assert all(i > done[0] for i, e in enumerate(events) if e == ("web", new)), events  # nothing ungated ran
+    assert repos.head() == new, out[-2000:]

@@ -51,7 +51,7 @@ MIGRATIONS: list[str] = [
     INSERT OR IGNORE INTO releases (sha, live_at)
         SELECT to_commit, MAX(ended_at) FROM deploys WHERE result = 'ok' GROUP BY to_commit;
     """,
-    # 3: what a row records: a deploy, a restart, a rollback, a recovery or a start (all were "deploys" before).
+    # 3: what a row records: a deploy, a restart, a rollback or a start (all were "deploys" before).
     """
     ALTER TABLE deploys ADD COLUMN kind TEXT NOT NULL DEFAULT 'deploy';
     """,
@@ -69,7 +69,7 @@ class DeployRecord:
     reason: str
     output_tail: str = ""
     phases: dict[str, float] | None = None
-    kind: str = "deploy"  # deploy, restart, rollback, recover, start
+    kind: str = "deploy"  # deploy, restart, rollback, start
 
 
 class History:

@@ -65,7 +65,7 @@ class Metrics:
         self.deliveries = Counter("supervisor_deliveries", "webhook deliveries by verdict", ["verdict"],
                                   registry=self.registry)
         self.deploys = Counter("supervisor_deploys", "recorded results by result and kind (deploy, restart, rollback, "
-                               "recover, start)", ["result", "kind"], registry=self.registry)
+                               "start)", ["result", "kind"], registry=self.registry)
         self.notifications = Counter("supervisor_notifications", "notifications by receiver kind and result",
                                      ["kind", "result"], registry=self.registry)
         self.deploy_duration = Histogram(

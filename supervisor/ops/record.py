@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from ..process.child import TELLING
+from ..failure import Failure
 from .history import DeployRecord, History
 from .metrics import Metrics
 from .notify import Event
@@ -42,9 +42,6 @@ class Phases:
         return time.monotonic() - self.started
 
 
-KINDS = ("deploy", "restart", "rollback", "recover", "start")  # what a recorded result was
-
-
 def event_of(kind: str, result: str) -> str:
     """The notification a result sends: each kind names itself.
 
@@ -66,7 +63,7 @@ class LastDeploy:
     trigger: str = ""
     at: float = field(default_factory=time.time)
     phases: dict[str, float] = field(default_factory=dict)
-    kind: str = "deploy"  # one of KINDS
+    kind: str = "deploy"  # deploy, restart, rollback or start (a crash restart is counted, not recorded)
 
     def as_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "result": self.result, "reason": self.reason, "commit": self.commit,
@@ -85,8 +82,9 @@ class Recorder:
         self.count = 0  # results recorded (ok, refused, failed)
 
     def finish(self, result: str, reason: str, commit: str, trigger: str, phases: Phases,
-               from_commit: str, tail: str = "", kind: str = "deploy") -> LastDeploy:
-        reason, tail = redact(reason), redact(tail)
+               from_commit: str, failure: Failure | None = None, kind: str = "deploy") -> LastDeploy:
+        reason, tail = redact(reason), redact(str(failure) if failure else "")
+        failing = redact(failure.failing_line) if failure and failure.failing_line else None
         self.last = LastDeploy(result, reason, commit, trigger, phases=phases.done, kind=kind)
         self.count += 1
         level = logging.INFO if result == "ok" else logging.WARNING
@@ -99,7 +97,7 @@ class Recorder:
         if self.history:
             self.history.record_deploy(DeployRecord(from_commit, commit, trigger, phases.started_wall,
                                                     time.time(), result, reason, tail, phases.done, kind))
-        self.tell(event_of(kind, result), commit, reason, failing_line(tail), round(duration, 3))
+        self.tell(event_of(kind, result), commit, reason, failing, round(duration, 3))
         return self.last
 
     def tell(self, event: str, commit: str, reason: str, failing: str | None = None,
@@ -108,12 +106,3 @@ class Recorder:
         if self.notify is not None:
             self.notify(Event(event, commit, redact(reason), failing, duration))
 
-
-def failing_line(report: str) -> str | None:
-    """The telling line a failure report leads with (see ``release.failure_report``), if any.
-
-    >>> failing_line("SyntaxError: bad (exited with status 3); last output: x"), failing_line("timed out")
-    ('SyntaxError: bad', None)
-    """
-    head = report.split(" (", 1)[0]
-    return head if head and TELLING.match(head) else None

@@ -27,9 +27,13 @@ import socket
 import time
 from dataclasses import dataclass
 
+from typing import Callable, Mapping, Sequence
+
 import aiohttp
 
-from .child import Child, describe_exit
+from ..failure import Failure
+from .child import Child, Spec, describe_exit
+from .guard import Guard
 
 
 class Notify:
@@ -63,6 +67,50 @@ class Notify:
 @dataclass(frozen=True)
 class Probe:
     url: str
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What ready means for one process: [app.ready] or [processes.NAME.ready]."""
+
+    min_uptime: float
+    timeout: float
+    notify: bool = False  # wait for READY=1 on a private NOTIFY_SOCKET
+    probe: Probe | None = None  # wait for a 2xx from this URL (the web process's private probe socket)
+
+
+async def start_ready(spec: Spec, gate: Gate | None, *, where: str = "", fds: Sequence[int] = (),
+                      extra_env: Mapping[str, str] | None = None, listen_pid: bool = True, label: str = "app",
+                      guard: Guard | None = None, on_line: Callable[[int, str], None] | None = None
+                      ) -> Child | Failure:
+    """Start one process and, with a ``gate``, wait until it is ready: the web process and every instance of a
+    process type start so. The child, or why it is not ready (then it is stopped and reaped; a cancel stops
+    it too). OSError when it cannot even start."""
+    notify = Notify() if gate is not None and gate.notify else None
+    env = {**(extra_env or {}), "NOTIFY_SOCKET": notify.name if notify else ""}
+    try:
+        child = await Child.start(spec, fds=fds, extra_env=env, listen_pid=listen_pid, label=label, guard=guard,
+                                  on_line=on_line)
+    except BaseException:
+        if notify is not None:
+            notify.close()
+        raise
+    if gate is None:
+        return child
+    try:
+        why = await wait_ready(child, min_uptime=gate.min_uptime, timeout=gate.timeout, notify=notify,
+                               probe=gate.probe)
+    except asyncio.CancelledError:
+        await child.stop()  # shutting down mid-start: never leave it behind
+        raise
+    finally:
+        if notify is not None:
+            notify.close()
+    if why is None:
+        return child
+    failure = Failure.of(why, child, where)
+    await child.stop()
+    return failure
 
 
 @dataclass

@@ -25,10 +25,11 @@ from typing import Callable
 
 from ..build.builder import Built
 from ..config import AppSpec, probe_problem
+from ..failure import Failure
 from .child import Child, Spec, describe_exit
 from .guard import Guard
 from .listener import Listeners
-from .readiness import Notify, Probe, wait_ready
+from .readiness import Gate, Probe, start_ready
 
 log = logging.getLogger("supervisor.release")
 BYTECODE_SET = frozenset({"PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"})  # the operator decided already
@@ -52,12 +53,6 @@ class Release:
         return self.child.returncode is None
 
 
-@dataclass(frozen=True)
-class SwapResult:
-    ok: bool
-    reason: str
-
-
 def _probe_socket() -> socket.socket:
     # Private to one child and to this machine: loopback, a fresh port each time.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -75,18 +70,6 @@ def _format(argv: list[str], values: dict[str, str]) -> list[str]:
     return out
 
 
-def failure_report(reason: str, child: Child) -> str:
-    """Why a child failed, the most telling line of its output first, then its last lines.
-
-    >>> from types import SimpleNamespace
-    >>> failure_report("exited with status 3", SimpleNamespace(telling="SyntaxError: bad", tail=["x", "y"]))
-    'SyntaxError: bad (exited with status 3); last output: x | y'
-    """
-    head = f"{child.telling} ({reason})" if child.telling else reason
-    tail = " | ".join(list(child.tail)[-5:])
-    return f"{head}; last output: {tail}" if tail else head
-
-
 class Releases:
     """Owns the public sockets and the live release; one swap at a time."""
 
@@ -101,6 +84,7 @@ class Releases:
         self._lock = asyncio.Lock()
         self.on_exit: Callable[[Release], None] | None = None
         self.children: set[Child] = set()  # every child we started and have not reaped
+        self._watches: set[asyncio.Task[None]] = set()  # kept, so none is collected while it waits
 
     @property
     def restarts(self) -> int:
@@ -127,7 +111,7 @@ class Releases:
         return Spec(argv=app.command, cwd=built.root / app.subdir, env=env, stop_signal=app.stop_signal,
                     stop_timeout=app.stop_timeout, unset=app.unset)
 
-    async def _spawn(self, built: Built, sock: socket.socket | None) -> tuple[Child, str | None]:
+    async def _spawn(self, built: Built, sock: socket.socket | None) -> Child | Failure:
         """Start a child for ``built`` and wait until it is ready; SpawnError if it cannot even start."""
         app, spec = self.app_for(built), self.spec(built)
         if not app.command:
@@ -137,7 +121,7 @@ class Releases:
             raise SpawnError(f"{problem} (the Procfile's web: line)")
         values = {"port": str(self.port or "")}
         fds: list[int] = []
-        probe_sock = notify = None
+        probe_sock = None
         extra: dict[str, str] = {}
         try:
             if sock is not None:
@@ -150,42 +134,26 @@ class Releases:
                     values["probe_fd"] = "4"
                     names.append("probe")
                 extra["LISTEN_FDNAMES"] = ":".join(names)
-            notify = Notify() if app.ready.notify else None
-            extra["NOTIFY_SOCKET"] = notify.name if notify else ""
+            probe = None
+            if app.ready.http and app.ready.http.startswith(("http://", "https://")):
+                probe = Probe(app.ready.http)
+            elif app.ready.http and probe_sock is not None:
+                probe = Probe(f"http://127.0.0.1:{probe_sock.getsockname()[1]}{app.ready.http}")
             spec = dataclasses.replace(spec, argv=_format(list(spec.argv), values))
-            child = await Child.start(spec, fds=fds, extra_env=extra, listen_pid=not app.names_fds, label="web",
-                                      guard=self.guard, on_line=self._on_line)
+            return await start_ready(spec, Gate(app.ready.min_uptime, app.ready.timeout, app.ready.notify, probe),
+                                     fds=fds, extra_env=extra, listen_pid=not app.names_fds, label="web",
+                                     guard=self.guard, on_line=self._on_line)
         except OSError as exc:
             # Not on PATH, or out of file descriptors (EMFILE) for the probe socket: a failed start,
             # which the worker retries with backoff like any other.
-            if notify:
-                notify.close()
             raise SpawnError(f"cannot start {spec.argv[0]}: {exc.strerror or exc}") from None
         finally:
             if probe_sock is not None:
-                probe_port = probe_sock.getsockname()[1]
                 probe_sock.close()  # the child holds its own copy
-        probe = None
-        if app.ready.http:
-            if app.ready.http.startswith(("http://", "https://")):
-                probe = Probe(app.ready.http)
-            elif probe_sock is not None:
-                probe = Probe(f"http://127.0.0.1:{probe_port}{app.ready.http}")
-        ready = app.ready
-        self.children.add(child)
-        try:
-            why = await wait_ready(child, min_uptime=ready.min_uptime, timeout=ready.timeout,
-                                   notify=notify, probe=probe)
-        except asyncio.CancelledError:
-            await child.stop()  # shutting down mid-swap: never leave it behind
-            raise
-        finally:
-            if notify:
-                notify.close()
-        return child, why
 
-    async def start(self, built: Built, previous: Built | None = None) -> SwapResult:
-        """Put ``built`` live. With ``[app] listen`` the old child serves until the new one is ready."""
+    async def start(self, built: Built, previous: Built | None = None) -> Failure | None:
+        """Put ``built`` live (None), or say why not. With ``[app] listen`` the old child serves until the new
+        one is ready."""
         async with self._lock:
             old = self.live
             if old is not None and self.public is None:
@@ -198,25 +166,26 @@ class Releases:
                 sock = self.public.fresh() if old is not None and old.alive else self.public.current
             app = self.app  # what _spawn starts it with (a SIGHUP may replace self.app meanwhile)
             try:
-                child, why = await self._spawn(built, sock)
+                started = await self._spawn(built, sock)
             except SpawnError as exc:
                 self._drop_unused(sock)
-                return SwapResult(False, str(exc))
-            if why is not None:
-                report = failure_report(why, child)
-                await child.stop()
-                self.children.discard(child)
+                return Failure(str(exc))
+            if isinstance(started, Failure):
                 self._drop_unused(sock)
-                log.warning("release %s failed: %s", built.commit[:12], report)
-                return SwapResult(False, report)
+                log.warning("release %s failed: %s", built.commit[:12], started)
+                return started
+            child = started
+            self.children.add(child)
             self.live = Release(built, child, time.monotonic(), previous, sock, app)
             self.starts += 1
-            asyncio.create_task(self._watch(self.live), name=f"watch-{child.pid}")
+            watch = asyncio.create_task(self._watch(self.live), name=f"watch-{child.pid}")
+            self._watches.add(watch)
+            watch.add_done_callback(self._watches.discard)
             if old is not None:
                 await self._hand_over(old, sock)
             log.info("release %s live: pid %d%s", built.commit[:12], child.pid,
                      f" (release {built.id}{', with hand edits' if built.dirty else ''})" if built.id else "")
-            return SwapResult(True, f"pid {child.pid} ready")
+            return None
 
     def _drop_unused(self, sock: socket.socket | None) -> None:
         if self.public is not None and sock is not None and sock is not self.public.current:

@@ -28,10 +28,10 @@ from typing import Callable, Mapping
 from ..backoff import Backoff
 from ..build.builder import Built
 from ..config import ProcSpec
+from ..failure import Failure
 from .child import Child, Spec, describe_exit
 from .guard import Guard
-from .readiness import Notify, wait_ready
-from .release import failure_report
+from .readiness import Gate, start_ready
 
 log = logging.getLogger("supervisor.workers")
 
@@ -74,48 +74,34 @@ class Workers:
         self.instances: dict[tuple[str, int], Instance] = {}
         self.restarts: dict[str, int] = {}  # crash restarts per process type (a metric)
         self.probation_until = 0.0  # a release went live: an exit before this is the release's fault
-        self.on_early_exit: Callable[[str], None] | None = None
+        self.on_early_exit: Callable[[Failure], None] | None = None
         self._lock = asyncio.Lock()
         self._timers: set[asyncio.TimerHandle] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # watches and restarts, kept so none is collected mid-way
 
     def listing(self) -> list[dict[str, object]]:
         return [i.facts() for _, i in sorted(self.instances.items())]
 
     # -- starting one instance ------------------------------------------------------------
-    async def _start(self, spec: ProcSpec, index: int, built: Built, gate: bool) -> tuple[Instance | None, str | None]:
+    async def _start(self, spec: ProcSpec, index: int, built: Built, gate: bool
+                     ) -> tuple[Instance | None, Failure | None]:
         """Start one instance; with ``gate``, wait for its readiness. (instance, None) or (None, why)."""
         env = {**self.env(built, spec), **spec.env, "SUPERVISOR_PROCESS": spec.name,
                "SUPERVISOR_PROCESS_INDEX": str(index)}
-        notify = Notify() if gate and spec.ready.notify else None
-        if notify is not None:
-            env["NOTIFY_SOCKET"] = notify.name
         child_spec = Spec(spec.command, built.root / spec.subdir, env, spec.stop_signal, spec.stop_timeout,
                           unset=self.unset)
-        label = spec.name
+        label, ready = spec.name, spec.ready
         try:
-            child = await Child.start(child_spec, label=label, guard=self.guard,
-                                      on_line=(lambda pid, line: self.on_line(label, pid, line)) if self.on_line
-                                      else None)
+            started = await start_ready(
+                child_spec, Gate(ready.min_uptime, ready.timeout, ready.notify) if gate else None,
+                where=f"{spec.name}[{index}] of {built.commit[:12]}", label=label, guard=self.guard,
+                on_line=(lambda pid, line: self.on_line(label, pid, line)) if self.on_line else None)
         except OSError as exc:
-            if notify:
-                notify.close()
-            return None, f"{spec.name}: cannot start {spec.command[0]}: {exc.strerror or exc}"
-        instance = Instance(spec, index, built, child)
-        if gate:
-            try:
-                why = await wait_ready(child, min_uptime=spec.ready.min_uptime, timeout=spec.ready.timeout,
-                                       notify=notify)
-            except asyncio.CancelledError:
-                await child.stop()
-                raise
-            finally:
-                if notify:
-                    notify.close()
-            if why is not None:
-                report = failure_report(why, child)
-                await child.stop()
-                return None, f"{spec.name}[{index}] of {built.commit[:12]}: {report}"
-        asyncio.create_task(self._watch(instance), name=f"watch-{spec.name}-{index}")
+            return None, Failure(f"cannot start {spec.command[0]}: {exc.strerror or exc}", where=spec.name)
+        if isinstance(started, Failure):
+            return None, started
+        instance = Instance(spec, index, built, started)
+        self._keep(asyncio.create_task(self._watch(instance), name=f"watch-{spec.name}-{index}"))
         return instance, None
 
     async def _stop(self, instances: list[Instance]) -> None:
@@ -127,7 +113,7 @@ class Workers:
 
     # -- moving every type to one release ---------------------------------------------------
     async def replace(self, built: Built, types: list[ProcSpec], only: str | None = None,
-                      probation: float = 0.0, gate: bool = True) -> str | None:
+                      probation: float = 0.0, gate: bool = True) -> Failure | None:
         """Every process type (or ``only`` that one) to ``built``; None when all are ready, else why
         (and everything as it was). Without ``gate`` (nothing ran before, so nothing to go back to),
         instances are not waited for: one that fails is restarted with backoff like any crash."""
@@ -138,7 +124,7 @@ class Workers:
             old = {k: i for k, i in self.instances.items() if only is None or k[0] == only}
             started: list[Instance] = []
             restored: list[tuple[ProcSpec, int, Built]] = []  # stop-first instances stopped, to start on failure
-            why: str | None = None
+            why: Failure | None = None
             for spec in (t for t in types if t.overlap):  # new beside old: each must be ready
                 why = await self._start_all(spec, built, started, gate)
                 if why:
@@ -167,7 +153,8 @@ class Workers:
                 self.probation_until = time.monotonic() + probation
             return None
 
-    async def _start_all(self, spec: ProcSpec, built: Built, started: list[Instance], gate: bool) -> str | None:
+    async def _start_all(self, spec: ProcSpec, built: Built, started: list[Instance], gate: bool
+                         ) -> Failure | None:
         for index in range(spec.count):
             instance, why = await self._start(spec, index, built, gate=gate)
             if why is not None and not gate:
@@ -186,10 +173,10 @@ class Workers:
         code = await instance.child.wait()
         if instance.child.stopping or self.instances.get((instance.spec.name, instance.index)) is not instance:
             return
-        why = failure_report(describe_exit(code), instance.child)
+        why = Failure.of(describe_exit(code), instance.child, where=f"{instance.spec.name}[{instance.index}]")
         if time.monotonic() < self.probation_until and self.on_early_exit is not None:
-            log.warning("%s[%d] %s within probation", instance.spec.name, instance.child.pid, why)
-            self.on_early_exit(f"{instance.spec.name}[{instance.index}] {why}")
+            log.warning("%s within probation", why)
+            self.on_early_exit(why)
             return
         instance.backoff.observe_uptime(instance.child.uptime)
         delay = instance.backoff.next()
@@ -197,10 +184,14 @@ class Workers:
                     delay)
         self._later(delay, instance)
 
+    def _keep(self, task: "asyncio.Future[None]") -> None:
+        self._tasks.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+
     def _later(self, delay: float, dead: Instance) -> None:
         def fire() -> None:
             self._timers.discard(handle)
-            asyncio.ensure_future(self._restart(dead))
+            self._keep(asyncio.ensure_future(self._restart(dead)))
 
         handle = asyncio.get_running_loop().call_later(delay, fire)
         self._timers.add(handle)

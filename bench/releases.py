@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import start_pushcd  # noqa: E402
-from supervisor.build.pyenv import uv_binary  # noqa: E402
+from supervisor.releases.pyenv import uv_binary  # noqa: E402
 from tests.gitrepos import Repos, git  # noqa: E402
 from tests.wheels import make_wheel  # noqa: E402
 

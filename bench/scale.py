@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import rss_mb, start_pushcd  # noqa: E402
-from supervisor.build import snapshot  # noqa: E402
+from supervisor.releases import snapshot  # noqa: E402
 from supervisor.git.tree import WorkTree  # noqa: E402
 from tests.gitrepos import EXAMPLE_APP, git  # noqa: E402
 

@@ -294,7 +294,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     def on_ready(sup: "Supervisor") -> None:
         if settings.raw.demo.bootstrap:
-            print(demo.banner(settings, sup.releases.port, sup.control_port), flush=True)
+            print(demo.banner(settings, sup.web.port, sup.control_port), flush=True)
 
     try:
         asyncio.run(serve(settings, on_ready))

@@ -21,7 +21,7 @@ import enum
 import logging
 
 from . import memory
-from .build.builder import Built
+from .built import Built
 from .deploys import Deploys
 from .git.thread import GitThread
 from .git.tree import WorkTree
@@ -62,7 +62,7 @@ class Deployer:
         self.runs = 0  # jobs the worker finished, including ones that found nothing to do
         self._started = False
         self._busy: Kind | None = None
-        road.releases.on_exit = lambda _release: self.mailbox.put(Kind.RECOVER, "crash")
+        road.web.on_exit = lambda _release: self.mailbox.put(Kind.RECOVER, "crash")
         road.workers.on_early_exit = lambda why: self.mailbox.put(Kind.RECOVER, "crash", arg=why)
 
     # -- handlers: one per job kind -------------------------------------------
@@ -165,7 +165,7 @@ class Deployer:
 
     def resume(self) -> "asyncio.Future[Result]":
         """Automatic deploys again; the tip is deployed if it moved meanwhile."""
-        self.pause.release()
+        self.pause.lift()
         log.info("automatic deploys resumed")
         self.work.recorder.tell("resumed", self.deployed, "automatic deploys resumed")
         return self.request_deploy("resume")
@@ -222,4 +222,4 @@ class Deployer:
         except OSError as exc:
             log.warning("could not prepare the next release's files ahead (%s); it is built in full", exc)
         await w.git.run(w.tree.forget_caches)
-        memory.release()
+        memory.give_back()

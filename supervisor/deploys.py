@@ -12,7 +12,8 @@ import logging
 from typing import Callable
 
 from .backoff import Backoff
-from .build.builder import BuildFailed, Built
+from .built import Built
+from .releases.builder import BuildFailed
 from .failure import Failure
 from .git.tree import Facts, FetchError, GitFailure
 from .jobs import Kind, Mailbox

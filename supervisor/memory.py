@@ -11,7 +11,7 @@ measurable.
 
 >>> one_arena()  # glibc took the setting
 True
->>> release() in (True, False)  # True when some memory went back
+>>> give_back() in (True, False)  # True when some memory went back
 True
 """
 
@@ -34,6 +34,6 @@ def one_arena() -> bool:
     return bool(_mallopt is not None and _mallopt(_M_ARENA_MAX, 1))
 
 
-def release() -> bool:
+def give_back() -> bool:
     """Return freed heap to the operating system (glibc's ``malloc_trim``)."""
     return bool(_malloc_trim is not None and _malloc_trim(0))

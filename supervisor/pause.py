@@ -11,7 +11,7 @@ True
 >>> p.hold("pinned to abc123")
 >>> Pause.load(path).reason
 'pinned to abc123'
->>> p.release()
+>>> p.lift()
 >>> Pause.load(path).reason is None
 True
 """
@@ -56,7 +56,7 @@ class Pause:
         except OSError as exc:
             log.error("pause: cannot write %s (%s); paused until pushcd restarts", self.path, exc)
 
-    def release(self) -> None:
+    def lift(self) -> None:
         self.reason = self.since = None
         if self.path is None:
             return

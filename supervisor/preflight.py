@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pygit2
 
-from .build.pyenv import BuildFailed, dependencies
+from .releases.pyenv import BuildFailed, dependencies
 from .config import Address, Settings
 from .git.credentials import Credentials
 from .git.options import set_network_timeouts
@@ -90,7 +90,7 @@ def _commands(settings: Settings) -> list[str]:
 
 
 def _has_environment(settings: Settings) -> bool:
-    """Releases get a Python environment (snapshot mode, and the work tree holds a dependency file)."""
+    """Web get a Python environment (snapshot mode, and the work tree holds a dependency file)."""
     release = settings.raw.release
     if release.mode != "snapshot" or not settings.repo_path.is_dir():
         return False

@@ -17,15 +17,15 @@ from .process.child import Spec, describe_exit, run_to_end
 from .process.guard import Guard
 
 if TYPE_CHECKING:
-    from .build.builder import Built
-    from .process.release import Releases
+    from .built import Built
+    from .process.web import Web
 
 
 class Preparation:
     """The commands; replaced on SIGHUP through :meth:`configure`."""
 
-    def __init__(self, releases: "Releases", guard: Guard | None = None) -> None:
-        self.releases = releases  # how a process of a release starts (folder, environment)
+    def __init__(self, web: "Web", guard: Guard | None = None) -> None:
+        self.web = web  # how a process of a release starts (folder, environment)
         self.guard = guard
         self.configure([], 300.0, [], 300.0)
 
@@ -60,7 +60,7 @@ class Preparation:
         """One command run to its end in ``built`` (its folder, its environment); None when it exited 0,
         else why, ``what`` first: its exit, or its timeout, with the telling line of its output.
         A cancel (pushcd stopping) stops and reaps it before it propagates."""
-        spec = self.releases.spec(built)
+        spec = self.web.spec(built)
         spec = Spec(argv, spec.cwd, {**spec.env, **(env or {})}, stop_timeout=5, unset=spec.unset)
         try:
             code, child = await run_to_end(spec, label, timeout, self.guard)

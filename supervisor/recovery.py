@@ -9,7 +9,7 @@ import time
 from typing import Awaitable, Callable
 
 from .backoff import Backoff
-from .build.builder import Built
+from .built import Built
 from .jobs import Kind, Mailbox
 from .ops.record import Phases
 from .failure import Failure
@@ -31,7 +31,7 @@ class Recovery:
         self._judged: object = None  # the dead release whose crash was already looked at
 
     def needed(self) -> bool:
-        live = self.work.road.releases.live
+        live = self.work.road.web.live
         return live is None or not live.alive
 
     def retry(self) -> None:
@@ -43,9 +43,9 @@ class Recovery:
 
     async def recover(self, _trigger: str, arg: Failure | None = None) -> Result:
         """``arg``: a worker of the release exited within probation (why): the whole release goes back."""
-        w, releases = self.work, self.work.road.releases
+        w, web = self.work, self.work.road.web
         if arg is not None:
-            live = releases.live
+            live = web.live
             if live is not None and live.previous is not None and live.built == w.road.current:
                 w.recorder.tell("crashed", live.commit, str(arg), arg.failing_line)
                 return await self._probation_failed(live.built, live.previous, live.live_since, arg)
@@ -55,7 +55,7 @@ class Recovery:
             return None
         if self.due is not None and time.monotonic() < self.due:
             return None  # the scheduled retry will come
-        dead = releases.live
+        dead = web.live
         if self.due is None and dead is not None and dead is not self._judged:
             self._judged = dead
             self._backoff.observe_uptime(dead.child.uptime)
@@ -71,7 +71,7 @@ class Recovery:
         if w.road.current is None:
             await self.start_up("crash")
             return None
-        failed = await releases.start(w.road.current)  # a kept release: no preparation, its own gate
+        failed = await web.start(w.road.current)  # a kept release: no preparation, its own gate
         self.crash_restarts += failed is None
         if failed is not None:
             self.retry()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
-from .build.builder import BuildFailed
+from .releases.builder import BuildFailed
 from .ops.record import Phases
 from .road import Attempt
 from .work import Result, Work
@@ -54,7 +54,7 @@ class Restarts:
                             w.deployed, kind="restart")
         with phases("start"):
             if name == "web":
-                why = await w.road.releases.start(current)
+                why = await w.road.web.start(current)
             else:
                 why = await w.road.workers.replace(current, types, only=name)
         if why is None:

@@ -22,7 +22,8 @@ import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterator
 
-from .build.builder import Builder, Built
+from .built import Built
+from .releases.builder import Builder
 from .config import ProcSpec, procfile_types
 from .failure import Failure
 from .ledger import Ledger, Ref
@@ -30,7 +31,7 @@ from .marks import Marks
 from .ops.history import History
 from .ops.record import Phases
 from .prepare import Preparation
-from .process.release import Releases
+from .process.web import Web
 from .process.workers import Workers
 
 log = logging.getLogger("supervisor.deploy")
@@ -48,10 +49,10 @@ class Attempt:
 
 
 class Road:
-    def __init__(self, releases: Releases, workers: Workers, builder: Builder, ledger: Ledger,
+    def __init__(self, web: Web, workers: Workers, builder: Builder, ledger: Ledger,
                  preparation: Preparation, *, marks: Marks, history: History | None = None,
                  processes: dict[str, ProcSpec] | None = None, probation: float = 30.0) -> None:
-        self.releases = releases
+        self.web = web
         self.workers = workers
         self.builder = builder
         self.ledger = ledger
@@ -108,7 +109,7 @@ class Road:
     async def _gate(self, built: Built, fallback: Built | None, probation: bool) -> Failure | None:
         """The web process, then every process type, to ``built``; None when all are ready. Process types
         are gated only when something can go back (at start they are retried with backoff instead)."""
-        why = await self.releases.start(built, previous=fallback if probation else None)
+        why = await self.web.start(built, previous=fallback if probation else None)
         if why is not None:
             return why
         why = await self.workers.replace(built, self.types(built), probation=self.probation if probation else 0,
@@ -121,10 +122,10 @@ class Road:
         """After a failed attempt (and its undo): the fallback serves, web process and process types."""
         if self.builder.mode == "in-place":  # its Procfile as the tree holds it now that it is back
             fallback = await self.builder.of_commit(fallback.commit, phases, None)
-        live = self.releases.live
+        live = self.web.live
         if live is None or not live.alive or live.built != fallback:
             with phases("fallback"):
-                why = await self.releases.start(fallback)
+                why = await self.web.start(fallback)
             if why is not None:
                 log.error("the fallback release %s did not come back: %s", fallback.commit[:12], why)
                 return  # nothing live: the worker schedules a recovery
@@ -153,7 +154,7 @@ class Road:
     def _promote(self, built: Built) -> None:
         """Probation passed: ``built`` is the last good release, the fallback from now on."""
         self._promotion = None
-        live = self.releases.live
+        live = self.web.live
         if self.current == built and live is not None and live.alive:
             self.ledger.went_live(Ref.of(built), good=True)
 

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import config
-from .build.builder import Builder, InPlace, Snapshots
-from .build.pyenv import Environments
-from .build.store import Store
+from .releases.builder import Builder, InPlace, Snapshots
+from .releases.pyenv import Environments
+from .releases.store import Store
 from .config import ConfigError, Settings
 from .deploy import Deployer
 from .ledger import Ledger
@@ -51,7 +51,7 @@ from .ops.site import Site, StartupError, connection_caps, listen, quiet_excepti
 from .process import reaper
 from .process.guard import Guard
 from .process.listener import ListenError, Listeners
-from .process.release import Releases
+from .process.web import Web
 from .process.workers import Workers, process_facts
 from .watch import Armed, Expected, watch_tree
 from .webhook import intake
@@ -153,7 +153,7 @@ def build(settings: Settings) -> "Supervisor":
     lines: deque[tuple[float, int, str, str]] = deque(maxlen=LOG_LINES)
     guard = Guard()
     try:
-        releases = Releases(settings.app, guard,
+        web = Web(settings.app, guard,
                             on_line=lambda pid, line: lines.append((time.time(), pid, line, "web")),
                             public=Listeners(settings.app.listen) if settings.app.listen else None)
     except ListenError as exc:
@@ -166,12 +166,12 @@ def build(settings: Settings) -> "Supervisor":
     notifier = Notifier(raw.notify, metrics, full_name=raw.repo.full_name, link=raw.control.public_url,
                         describe=lambda sha: git.run(describe_commit, tree.repo, sha))
     workers = Workers(guard, on_line=lambda name, pid, line: lines.append((time.time(), pid, line, name)),
-                      env=lambda built, _spec: releases.spec(built).env, unset=settings.app.unset)
+                      env=lambda built, _spec: web.spec(built).env, unset=settings.app.unset)
     marks = Marks(history, history.bad_commits())
-    preparation = Preparation(releases, guard)
+    preparation = Preparation(web, guard)
     preparation.configure(raw.deploy.before_restart, raw.deploy.before_restart_timeout, raw.deploy.release_command,
                           raw.deploy.release_timeout)
-    road = Road(releases, workers, make_builder(settings, tree, git, guard),
+    road = Road(web, workers, make_builder(settings, tree, git, guard),
                 Ledger.load(settings.state_dir / "ledger.json"), preparation, marks=marks, history=history,
                 processes=settings.processes, probation=raw.deploy.probation)
     deployer = Deployer(tree, git, road, Moves(tree, git, expected), Recorder(history, metrics, notifier.send),
@@ -181,7 +181,7 @@ def build(settings: Settings) -> "Supervisor":
     armed.mkdir(exist_ok=True)
     return Supervisor(settings, tree=tree, owner=owner, recovered=recovered, history=history, control_token=token,
                       tls=tls,
-                      lines=lines, guard=guard, releases=releases, git=git, expected=expected, metrics=metrics,
+                      lines=lines, guard=guard, web=web, git=git, expected=expected, metrics=metrics,
                       deployer=deployer, notifier=notifier, armed=Armed(armed))
 
 
@@ -200,7 +200,7 @@ class Supervisor:
 
     def __init__(self, settings: Settings, *, tree: WorkTree, owner: int, recovered: str | None, history: History,
                  control_token: bytes, tls: ssl.SSLContext | None, lines: deque[tuple[float, int, str, str]],
-                 guard: Guard, releases: Releases, git: GitThread, expected: Expected, metrics: Metrics,
+                 guard: Guard, web: Web, git: GitThread, expected: Expected, metrics: Metrics,
                  deployer: Deployer, notifier: Notifier, armed: Armed) -> None:
         self.settings = settings
         self.tree = tree
@@ -211,7 +211,7 @@ class Supervisor:
         self.tls = tls
         self.lines = lines
         self.guard = guard
-        self.releases = releases
+        self.web = web
         self.git = git
         self.expected = expected
         self.metrics = metrics
@@ -259,7 +259,7 @@ class Supervisor:
         return self._described[sha]
 
     async def status(self) -> dict[str, Any]:
-        d, live = self.deployer, self.releases.live
+        d, live = self.deployer, self.web.live
         alive = live is not None and live.alive
         processes = self.processes()
         info = await self.describe(d.deployed)
@@ -272,12 +272,12 @@ class Supervisor:
             "child_pid": live.child.pid if alive and live else None,
             "uptime": round(live.child.uptime, 3) if alive and live else 0.0,
             "restarts": sum(int(p["restarts"]) for p in processes),  # crash restarts, as each process counts
-            "swaps": self.releases.restarts,  # web processes put live after the first: deploys, restarts
+            "swaps": self.web.restarts,  # web processes put live after the first: deploys, restarts
             "processes": processes,
             "queue": d.queued,
             "last_deploy": d.last.as_dict() if d.last else None,
             "bad_commits": d.marks.as_dict(),
-            "app_port": self.releases.port,
+            "app_port": self.web.port,
             "webhook_url": self.webhook_url,
             "supervisor_uptime": round(time.time() - self.started, 3),
             "last_reload": self.last_reload and {**self.last_reload, "waiting_for_restart": self.waiting()},
@@ -287,7 +287,7 @@ class Supervisor:
 
     def processes(self) -> list[dict[str, Any]]:
         """Every process of the running release: the web process, then each instance of each type."""
-        live = self.releases.live
+        live = self.web.live
         web = [process_facts("web", 0, live.child, live.built, self.deployer.crash_restarts)] if live else []
         return web + self.deployer.workers.listing()
 
@@ -316,12 +316,12 @@ class Supervisor:
 
     def waiting(self) -> list[str]:
         """[app] settings reloaded (SIGHUP) that the live release does not run with yet: `pushcd restart`."""
-        live = self.releases.live
-        return live.app.changes(self.releases.app) if live is not None and live.app is not None else []
+        live = self.web.live
+        return live.app.changes(self.web.app) if live is not None and live.app is not None else []
 
     def live_facts(self) -> LiveFacts:
         """For a metrics scrape: no git read here (the message is the one status last read)."""
-        live = self.releases.live
+        live = self.web.live
         commit = self.deployer.deployed
         workers = self.deployer.workers
         process_restarts = {"web": self.deployer.crash_restarts, **workers.restarts}
@@ -452,7 +452,7 @@ class Supervisor:
         raw = new.raw
         for _kind, path, secret in new.hooks:
             self.intakes[path].configure(**_hook_policy(new, secret))
-        self.releases.app = new.app  # whole, used from the next start on
+        self.web.app = new.app  # whole, used from the next start on
         d = self.deployer
         d.on_diverge, d.road.probation, d.road.processes = raw.repo.on_diverge, raw.deploy.probation, new.processes
         d.road.preparation.configure(raw.deploy.before_restart, raw.deploy.before_restart_timeout,
@@ -480,12 +480,12 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.deployer.road.close()
-        await self.releases.stop()
+        await self.web.stop()
         await self.deployer.workers.stop()
         await reaper.stop(reaper.adopted(), self.settings.raw.app.stop_timeout, "the app left behind, at shutdown")
         for site in self._sites:
             await site.close()
-        self.releases.close()
+        self.web.close()
         self.guard.close()
         # A git operation in flight (a fetch hanging on a dead remote) may delay the exit a little, not for
         # its whole timeout: what it leaves half-done, the journal repairs at the next start.

@@ -14,7 +14,8 @@ import dataclasses
 import logging
 from typing import Callable
 
-from .build.builder import BuildFailed, Built
+from .built import Built
+from .releases.builder import BuildFailed
 from .failure import Failure
 from .ledger import Ref
 from .ops.record import Phases

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .build.builder import Built
+from .built import Built
 from .failure import Failure
 from .git.thread import GitThread
 from .git.tree import WorkTree

@@ -277,7 +277,7 @@ class Client:
         return sha
 
     async def app_get(self, path: str = "/") -> str:
-        port = self.sup.releases.port
+        port = self.sup.web.port
         async with self.session.get(f"http://127.0.0.1:{port}{path}") as resp:
             assert resp.status == 200, resp.status
             return await resp.text()

@@ -121,7 +121,7 @@ async def test_restart_applies_a_reloaded_command_and_env(repos: Repos, tmp_path
     cfg = write_config(tmp_path / "c.toml", repos)
     async with running(cfg) as sup:
         c = Client(sup, session)
-        first = sup.releases.live.child.pid
+        first = sup.web.live.child.pid
         # A new command (the interpreter in UTF-8 mode) and a new variable, reloaded with SIGHUP.
         cfg.write_text(cfg.read_text().replace(f'command = ["{PY}", "app.py"', f'command = ["{PY}", "-X", "utf8", "app.py"')
                        .replace("[app.env]\n", '[app.env]\nFEATURE = "on"\n'))
@@ -132,7 +132,7 @@ async def test_restart_applies_a_reloaded_command_and_env(repos: Repos, tmp_path
         assert "apply at `pushcd restart`" in out
         code, out, _ = await cli(cfg, "restart")
         assert code == 0 and "ok: restarted by hand" in out, out
-        pid = sup.releases.live.child.pid
+        pid = sup.web.live.child.pid
         assert pid != first and Path(f"/proc/{pid}/environ").read_bytes().split(b"\0").count(b"FEATURE=on") == 1
         assert b"-X\0utf8\0app.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
         assert (await c.status())["last_reload"]["waiting_for_restart"] == []
@@ -278,10 +278,10 @@ async def test_the_page_buttons_in_headless_chromium(repos: Repos, tmp_path: Pat
         await eventually(lambda: sup.deployer.pause.reason == "paused from the page", 30, "the pause")
         await click("#resume")
         await eventually(lambda: sup.deployer.pause.reason is None, 30, "the resume")
-        first = sup.releases.live.child.pid
+        first = sup.web.live.child.pid
         await click("#restart")
         await result_says("ok: restarted by hand")
-        assert sup.releases.live.child.pid != first
+        assert sup.web.live.child.pid != first
         await click(f"button[data-act*='commit={v2}']")  # "roll back to this" on the earlier release
         await deployed(c, v2)
         assert sup.deployer.pause.reason == f"pinned to {v2[:12]}"

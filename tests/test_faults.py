@@ -259,13 +259,13 @@ async def test_crash_looping_app_backs_off_and_a_fix_deploys(repos: Repos, tmp_p
     async with running(cfg) as sup:
         c = Client(sup, session)
         starts: list[float] = []
-        original = sup.releases.start
+        original = sup.web.start
 
         async def counting(*a, **kw):
             starts.append(time.monotonic())
             return await original(*a, **kw)
 
-        sup.releases.start = counting  # type: ignore[method-assign]
+        sup.web.start = counting  # type: ignore[method-assign]
         await eventually(lambda: len(starts) >= 4, timeout=30, what="a few restarts")
         gaps = [b - a for a, b in zip(starts, starts[1:])]
         assert gaps[-1] > gaps[0]  # backing off
@@ -280,7 +280,7 @@ async def test_crash_looping_app_backs_off_and_a_fix_deploys(repos: Repos, tmp_p
 
 @pytest.mark.parametrize("mode", ["in-place", "snapshot"])
 async def test_full_state_disk_keeps_deploying(repos: Repos, tmp_path: Path, session, caplog, mode: str) -> None:
-    """In place, a full state disk costs history, not deploys. Releases live on that disk: there a deploy
+    """In place, a full state disk costs history, not deploys. Web live on that disk: there a deploy
     fails, saying so, and the running release serves on."""
     state = tmp_path / "state"
     state.mkdir()
@@ -344,7 +344,7 @@ async def test_many_deploys_under_load_keep_fds_and_memory_flat(repos: Repos, tm
         c = Client(sup, session)
         me = os.getpid()
         samples = []
-        with Load(sup.releases.port, clients=4, max_requests=10**6, max_seconds=count * 3 + 60) as load:
+        with Load(sup.web.port, clients=4, max_requests=10**6, max_seconds=count * 3 + 60) as load:
             for i in range(count):
                 await c.ship(repos, {"message.txt": f"soak {i}\n"}, f"soak {i}")
                 # after a warm-up (libgit2 keeps up to PACK_FILES_OPEN packs open per handle)
@@ -356,4 +356,4 @@ async def test_many_deploys_under_load_keep_fds_and_memory_flat(repos: Repos, tm
         assert fds_b <= fds_a + 5, (fds_a, fds_b)
         # The test process holds the load's results too; the supervisor's own share is far smaller.
         assert rss_b <= rss_a * 1.25 + 20_000, (rss_a, rss_b)
-        assert len(sup.releases.children) == 1  # every old child reaped
+        assert len(sup.web.children) == 1  # every old child reaped

@@ -164,14 +164,14 @@ async def test_the_app_does_not_inherit_our_secrets_unless_named(repos: Repos, t
     cfg = write_config(tmp_path / "c.toml", repos, repo_extra="[repo.auth]\ntoken_env = \"PUSHCD_GIT_TOKEN\"")
     cfg.write_text(cfg.read_text().replace("[control]\n", '[control]\ntoken_env = "PUSHCD_TEST_TOKEN"\n'))
     async with running(cfg) as sup:
-        env = environ(sup.releases.live.child.pid)
+        env = environ(sup.web.live.child.pid)
         assert "PUSHCD_TEST_SECRET" not in env and "PUSHCD_TEST_TOKEN" not in env and "PUSHCD_GIT_TOKEN" not in env
         assert SECRET not in "\n".join(env.values())
         assert env["UNRELATED"] == "kept" and env["SUPERVISOR_COMMIT"] == repos.head()
     # Named in [app.env], the app gets it (the operator chose to).
     cfg.write_text(cfg.read_text().replace('[app.env]\n', '[app.env]\nPUSHCD_GIT_TOKEN = "for-the-app"\n'))
     async with running(cfg) as sup:
-        assert environ(sup.releases.live.child.pid)["PUSHCD_GIT_TOKEN"] == "for-the-app"
+        assert environ(sup.web.live.child.pid)["PUSHCD_GIT_TOKEN"] == "for-the-app"
 
 
 async def test_url_credentials_never_reach_log_status_page_or_history(repos: Repos, tmp_path: Path, session,
@@ -228,12 +228,12 @@ def test_a_probe_url_on_the_public_address_is_refused(repos: Repos, tmp_path: Pa
 async def test_a_file_written_right_after_start_restarts_the_app(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
     async with running(cfg) as sup:
-        first = sup.releases.live.child.pid
+        first = sup.web.live.child.pid
         (repos.work / "message.txt").write_text("edited the instant pushcd said it was ready\n")
         c = Client(sup, session)
         await eventually(lambda: sup.deployer.last and sup.deployer.last.reason == "restarted after file changes",
                          20, "the restart for the edit")
-        assert sup.releases.live.child.pid != first
+        assert sup.web.live.child.pid != first
         assert "edited the instant" in await c.app_get()
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.build.builder import Built, InPlace
+from supervisor.releases.builder import Built, InPlace
 from supervisor.deploy import Deployer, State
 from supervisor.jobs import Kind, Mailbox
 from supervisor.ledger import Ledger
@@ -75,7 +75,7 @@ def fake_child(alive: bool) -> SimpleNamespace:
     return SimpleNamespace(returncode=None if alive else 1, uptime=0.1, tail=["boom"], telling=None, pid=1)
 
 
-class FakeReleases:
+class FakeWeb:
     def __init__(self, events: list[str]) -> None:
         self.events = events
         self.live: Any = SimpleNamespace(alive=True, child=fake_child(True), previous=None, commit="c" * 40,
@@ -94,21 +94,21 @@ class FakeReleases:
         self.on_exit(self.live)
 
 
-def worker(events: list[str]) -> tuple[Deployer, FakeReleases]:
-    releases = FakeReleases(events)
+def worker(events: list[str]) -> tuple[Deployer, FakeWeb]:
+    web = FakeWeb(events)
     tree = SimpleNamespace(forget_caches=lambda: None, check_branch=lambda: None, head=lambda: "c" * 40,
                            path=Path("."))
     git = FakeGit()
-    road = Road(releases, Workers(), InPlace(tree, git), Ledger(None), Preparation(releases),  # type: ignore[arg-type]
+    road = Road(web, Workers(), InPlace(tree, git), Ledger(None), Preparation(web),  # type: ignore[arg-type]
                 marks=Marks(), probation=0)
     d = Deployer(tree, git, road, SimpleNamespace(), Recorder(), on_diverge="refuse")  # type: ignore[arg-type]
-    return d, releases
+    return d, web
 
 
 async def test_a_rollback_asked_during_a_crash_backoff_is_taken_at_once() -> None:
     """The lost wake-up: a recovery waiting out its backoff used to swallow the wake of a rollback."""
     events: list[str] = []
-    d, releases = worker(events)
+    d, web = worker(events)
     await d.start()
 
     async def rollback(trigger: str, _arg: object = None) -> LastDeploy:
@@ -119,7 +119,7 @@ async def test_a_rollback_asked_during_a_crash_backoff_is_taken_at_once() -> Non
     loop = asyncio.create_task(d.run())
     try:
         events.clear()
-        releases.die()
+        web.die()
         await eventually(lambda: d._recovery_due is not None, 5, "the crash restart to be scheduled")
         assert d.state is State.CRASHED
         result = await asyncio.wait_for(d.request_rollback(), 5)
@@ -178,7 +178,7 @@ async def test_shutdown_answers_queued_waiters() -> None:
 
 async def test_a_recovery_that_keeps_failing_backs_off_instead_of_spinning() -> None:
     events: list[str] = []
-    d, releases = worker(events)
+    d, web = worker(events)
     await d.start()
     calls = 0
 
@@ -190,7 +190,7 @@ async def test_a_recovery_that_keeps_failing_backs_off_instead_of_spinning() -> 
     d.handle_recover = broken  # type: ignore[method-assign]
     loop = asyncio.create_task(d.run())
     try:
-        releases.die()
+        web.die()
         # Before: the failed recovery queued the next one at once, thousands a second; now a backoff timer.
         await eventually(lambda: calls >= 1 and d._recovery_due is not None, 5, "a retry scheduled after the error")
         assert calls == 1 and d._recovery_due > time.monotonic() and d.queued == []

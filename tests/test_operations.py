@@ -110,7 +110,7 @@ async def test_cli_status_history_logs_and_nothing_to_deploy(repos: Repos, tmp_p
         code, out, _ = await cli(cfg, "deploy")
         assert code == 0 and "nothing to deploy" in out
         code, out, _ = await cli(cfg, "logs")
-        assert code == 0 and f"web[{sup.releases.live.child.pid}] serving commit" in out
+        assert code == 0 and f"web[{sup.web.live.child.pid}] serving commit" in out
         code, out, _ = await cli(cfg, "history")
         assert code == 0 and "(no deploys yet)" in out
     code, out, err = await cli(cfg, "status")

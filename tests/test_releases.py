@@ -1,4 +1,4 @@
-"""Releases: each runs from its own read-only folder and its own Python environment ([release] mode =
+"""Web: each runs from its own read-only folder and its own Python environment ([release] mode =
 "snapshot", the default). Real git, real children, a real installer (uv) installing tiny wheels made here
 with --no-index --find-links: no network."""
 
@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from supervisor.build.pyenv import uv_binary
+from supervisor.releases.pyenv import uv_binary
 
 from .conftest import Client, Repos, cli, deployed, eventually, git, last_is, running, write_config
 from .wheels import make_wheel
@@ -102,7 +102,7 @@ async def get(session: aiohttp.ClientSession, port: int, path: str = "/") -> tup
 
 
 async def info(client: Client) -> dict[str, Any]:
-    return json.loads((await get(client.session, client.sup.releases.port, "/info"))[1])
+    return json.loads((await get(client.session, client.sup.web.port, "/info"))[1])
 
 
 async def test_the_old_release_serves_its_own_template_and_static_file_while_a_slow_new_one_starts(
@@ -113,14 +113,14 @@ async def test_the_old_release_serves_its_own_template_and_static_file_while_a_s
     cfg = setup(tmp_path, repos, first_files())
     async with running(cfg) as sup:
         client = Client(sup, session)
-        port = sup.releases.port
+        port = sup.web.port
         assert await get(session, port) == (200, "Title: old")
         new = repos.commit({"relapp.py": app_source({"title": "new", "user": "ann"}, slow=True),
                             "template.txt": "Title: {title} User: {user}",
                             "static/style.css": "body { color: blue }"}, "new template")
         await client.push(repos, new)
         await eventually(lambda: repos.head() == new, what="the work tree moved to the new commit")
-        await eventually(lambda: sup.releases.starts == 1 and len(sup.releases.children) == 2,
+        await eventually(lambda: sup.web.starts == 1 and len(sup.web.children) == 2,
                          what="the new release is starting")
         for _ in range(5):  # all of it while the new one is still starting
             assert await get(session, port) == (200, "Title: old")
@@ -234,21 +234,21 @@ async def test_linked_env_file_and_data_folder_are_shared_by_two_releases(
         warning = next(r.getMessage() for r in caplog.records if "no [release] link covers" in r.getMessage())
         assert "db.sqlite3" in warning and ".env" not in warning
         client = Client(sup, session)
-        port = sup.releases.port
+        port = sup.web.port
         assert await get(session, port, "/data") == (200, "SECRET=one hits=1")
         first = (await client.status())["release"]["id"]
         await client.ship(repos, {"template.txt": "Title: {title}!"}, "another release")
         assert (await client.status())["release"]["id"] != first
         assert await get(session, port, "/data") == (200, "SECRET=one hits=2")
         assert (repos.work / "media" / "hits").read_text() == "xx"  # the data lives in the work tree
-        restarts = sup.releases.restarts
+        restarts = sup.web.restarts
         for _ in range(3):
             assert (await get(session, port, "/data"))[0] == 200
         # Writes through a link are data, not code: the watcher does not restart the app for them.
         (repos.work / "media" / "canary.txt").write_text("")
         (repos.work / "template.txt").write_text("Title: {title}?")
-        await eventually(lambda: sup.releases.restarts > restarts, what="a restart for the code edit")
-        assert sup.releases.restarts == restarts + 1
+        await eventually(lambda: sup.web.restarts > restarts, what="a restart for the code edit")
+        assert sup.web.restarts == restarts + 1
 
 
 async def test_a_hand_git_pull_and_a_hand_edit_are_reported_truthfully(
@@ -256,7 +256,7 @@ async def test_a_hand_git_pull_and_a_hand_edit_are_reported_truthfully(
     cfg = setup(tmp_path, repos, first_files())
     async with running(cfg) as sup:
         client = Client(sup, session)
-        port = sup.releases.port
+        port = sup.web.port
         new = repos.commit({"template.txt": "Title: {title} pulled"}, "pulled by hand")
         git("pull", "-q", "--ff-only", cwd=repos.work)
         status = await deployed(client, new)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from supervisor.build import snapshot
-from supervisor.build.pyenv import BuildFailed, dependencies, installer_error
+from supervisor.releases import snapshot
+from supervisor.releases.pyenv import BuildFailed, dependencies, installer_error
 
 from .conftest import Repos, git
 

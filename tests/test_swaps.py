@@ -32,7 +32,7 @@ async def test_deploys_and_file_changes_under_load_fail_no_request(repos: Repos,
     async with running(cfg) as sup:
         c = Client(sup, session)
         commits = {repos.head()}
-        with Load(sup.releases.port, clients=8, max_seconds=60) as load:
+        with Load(sup.web.port, clients=8, max_seconds=60) as load:
             for i in range(3):
                 sha = repos.commit({"message.txt": f"release {i}\n"}, f"release {i}")
                 commits.add(sha)
@@ -70,7 +70,7 @@ async def test_without_steering_a_shared_socket_still_swaps_gunicorn(monkeypatch
     # A kernel or sandbox without reuseport BPF (an option number no kernel knows): the fallback.
     monkeypatch.setattr(listener, "SO_ATTACH_REUSEPORT_CBPF", 0x7FFF)
     sup = await _swaps_under_load("gunicorn", repos, tmp_path, session)
-    assert not sup.releases.public.steering
+    assert not sup.web.public.steering
 
 
 async def _swaps_under_load(server: str, repos: Repos, tmp_path: Path, session) -> Any:
@@ -78,7 +78,7 @@ async def _swaps_under_load(server: str, repos: Repos, tmp_path: Path, session) 
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": make_command(repos)}, ready=ready)
     async with running(cfg) as sup:
         c = Client(sup, session)
-        with Load(sup.releases.port, clients=8, max_requests=10**6, max_seconds=90) as load:
+        with Load(sup.web.port, clients=8, max_requests=10**6, max_seconds=90) as load:
             for i in range(ROUNDS):
                 sha = await c.ship(repos, {"message.txt": f"g{i}\n"}, f"g{i}")
             await eventually(lambda: load.results.commits[sha] > 20, what="the last release serving")
@@ -89,7 +89,7 @@ async def _swaps_under_load(server: str, repos: Repos, tmp_path: Path, session) 
             await eventually(lambda: load.results.ok > served + 50, what="load served after the restart")
         r = load.stop()
         assert r.failed == 0, (r.failures, r.examples)
-        assert sup.releases.restarts == ROUNDS + 1
+        assert sup.web.restarts == ROUNDS + 1
     return sup
 
 
@@ -116,7 +116,7 @@ async def test_broken_commit_keeps_the_old_release_serving(kind: str, repos: Rep
         c = Client(sup, session)
         good = repos.head()
         before = await c.status()
-        with Load(sup.releases.port, clients=4, max_seconds=60) as load:
+        with Load(sup.web.port, clients=4, max_seconds=60) as load:
             bad = repos.commit(files, f"broken: {kind}")
             await c.push(repos, bad)
             last = await eventually(lambda: (d := sup.deployer.last) and d.commit == bad and d, timeout=30,
@@ -206,7 +206,7 @@ async def test_without_a_held_socket_swaps_are_stop_then_start(repos: Repos, tmp
     async with running(cfg) as sup:
         c = Client(sup, session)
         good = repos.head()
-        assert sup.releases.port is None
+        assert sup.web.port is None
         sha = await c.ship(repos, {"message.txt": "v2\n"}, "v2")
         async with session.get(f"http://127.0.0.1:{port}/") as resp:
             assert f"commit {sha}" in await resp.text()
@@ -253,7 +253,7 @@ async def test_socket_activation_environment(command, fds, names, pid_set, repos
     git("pull", "-q", "--ff-only", cwd=repos.work)
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": command}, ready={"http": None, "min_uptime": 0.1})
     async with running(cfg) as sup:
-        child = sup.releases.live.child
+        child = sup.web.live.child
         line = await eventually(lambda: next((l for l in child.tail if l.startswith("{")), None), what="env line")
         info = json.loads(line)
         assert info["fds"] == fds and info["names"] == names

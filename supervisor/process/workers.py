@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from ..backoff import Backoff
-from ..build.builder import Built
+from ..built import Built
 from ..config import ProcSpec
 from ..failure import Failure
 from .child import Child, Spec, describe_exit

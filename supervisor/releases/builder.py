@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
@@ -22,34 +22,13 @@ from ..git.tree import WorkTree
 from ..ops.record import Phases
 from ..process import procfile
 from . import snapshot
-from .pyenv import BuildFailed, Environments, dependencies, environ
+from ..built import Built
+from .pyenv import BuildFailed, Environments, dependencies
 from .store import Kept, Store
 
 log = logging.getLogger("supervisor.release")
 
 __all__ = ["Built", "BuildFailed", "Builder", "InPlace", "Snapshots"]
-
-
-@dataclass(frozen=True)
-class Built:
-    """A release ready to start: where its files are and which environment it runs with."""
-
-    commit: str
-    root: Path  # its directory (in place: the work tree)
-    id: str = ""  # "" in place
-    env: Path | None = None
-    env_key: str = ""
-    dirty: bool = False  # holds hand edits not committed
-    fresh: bool = field(default=False, compare=False)  # built just now: before_restart runs in it, then seal()
-    procfile: dict[str, list[str]] | None = field(default=None, compare=False)  # its Procfile ([app] procfile)
-    pycache: Path | None = None  # where Python may keep its bytecode: the release's own folders are read-only
-
-    def environ(self, base_path: str) -> dict[str, str]:
-        """Variables every process of this release gets."""
-        out = {"SUPERVISOR_COMMIT": self.commit, **environ(self.env, base_path)}
-        if self.id:
-            out.update(SUPERVISOR_RELEASE=self.id, SUPERVISOR_RELEASE_DIR=str(self.root))
-        return out
 
 
 @contextlib.contextmanager

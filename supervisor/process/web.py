@@ -1,4 +1,4 @@
-"""Releases: which child serves traffic, and how a new one replaces it.
+"""The web process: which child serves traffic, and how a new one replaces it.
 
 With ``[app] listen`` the supervisor owns the public address for its whole
 life (see ``listener``), so a swap is *start new on a fresh socket, wait until
@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..build.builder import Built
+from ..built import Built
 from ..config import AppSpec, probe_problem
 from ..failure import Failure
 from .child import Child, Spec, describe_exit
@@ -36,7 +36,7 @@ BYTECODE_SET = frozenset({"PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"})  # 
 
 
 @dataclass
-class Release:
+class WebProcess:
     built: Built  # what it runs: commit, folder, environment
     child: Child
     live_since: float
@@ -70,19 +70,19 @@ def _format(argv: list[str], values: dict[str, str]) -> list[str]:
     return out
 
 
-class Releases:
+class Web:
     """Owns the public sockets and the live release; one swap at a time."""
 
     def __init__(self, app: AppSpec, guard: Guard | None = None,
                  on_line: Callable[[int, str], None] | None = None, public: Listeners | None = None) -> None:
         self.app = app  # replaced whole on SIGHUP; read at each start
         self.public = public  # the sockets of [app] listen (bound by the caller), or None
-        self.live: Release | None = None
+        self.live: WebProcess | None = None
         self.starts = 0
         self._on_line = on_line
         self.guard = guard
         self._lock = asyncio.Lock()
-        self.on_exit: Callable[[Release], None] | None = None
+        self.on_exit: Callable[[WebProcess], None] | None = None
         self.children: set[Child] = set()  # every child we started and have not reaped
         self._watches: set[asyncio.Task[None]] = set()  # kept, so none is collected while it waits
 
@@ -176,7 +176,7 @@ class Releases:
                 return started
             child = started
             self.children.add(child)
-            self.live = Release(built, child, time.monotonic(), previous, sock, app)
+            self.live = WebProcess(built, child, time.monotonic(), previous, sock, app)
             self.starts += 1
             watch = asyncio.create_task(self._watch(self.live), name=f"watch-{child.pid}")
             self._watches.add(watch)
@@ -191,7 +191,7 @@ class Releases:
         if self.public is not None and sock is not None and sock is not self.public.current:
             self.public.retire(sock)  # never steered to: nothing waits in it
 
-    async def _hand_over(self, old: Release, sock: socket.socket | None) -> None:
+    async def _hand_over(self, old: WebProcess, sock: socket.socket | None) -> None:
         """The new release is ready: give it the traffic, then stop the old one with nothing left to accept."""
         if self.public is None or sock is None or old.sock is None or sock is old.sock:
             await self._retire(old)  # graceful if alive; reaps stragglers if it had crashed
@@ -203,15 +203,15 @@ class Releases:
         await self._retire(old)
         self.public.retire(old.sock)
 
-    async def _retire(self, release: Release) -> None:
-        code = await release.child.stop()
-        self.children.discard(release.child)
-        log.info("release %s pid %d stopped: %s", release.commit[:12], release.child.pid, describe_exit(code))
+    async def _retire(self, process: WebProcess) -> None:
+        code = await process.child.stop()
+        self.children.discard(process.child)
+        log.info("release %s pid %d stopped: %s", process.commit[:12], process.child.pid, describe_exit(code))
 
-    async def _watch(self, release: Release) -> None:
-        await release.child.wait()
-        if not release.child.stopping and self.live is release and self.on_exit:
-            self.on_exit(release)
+    async def _watch(self, process: WebProcess) -> None:
+        await process.child.wait()
+        if not process.child.stopping and self.live is process and self.on_exit:
+            self.on_exit(process)
 
     async def stop(self) -> None:
         """Stop every child (live or mid-swap) gracefully; used at shutdown."""

@@ -228,16 +228,3 @@ class Environments:
                 remove(env)
                 gone.append(env.name)
         return gone
-
-
-def environ(env: Path | None, base_path: str) -> dict[str, str]:
-    """What a process of a release with environment ``env`` needs: VIRTUAL_ENV and its bin/ first on PATH.
-
-    >>> environ(Path("/s/envs/k"), "/usr/bin")["PATH"]
-    '/s/envs/k/bin:/usr/bin'
-    >>> environ(None, "/usr/bin")
-    {}
-    """
-    if env is None:
-        return {}
-    return {"VIRTUAL_ENV": str(env), "PATH": f"{env / 'bin'}{os.pathsep}{base_path}"}

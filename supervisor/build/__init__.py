@@ -1,1 +1,0 @@
-"""Releases: their directories, their Python environments, and the strategy that makes them."""

@@ -218,7 +218,7 @@ class Deployer:
         """Nothing waits: ready the next release's files, give back what git work took."""
         w = self.work
         try:
-            await w.road.builder.idle()
+            await w.road.builder.idle(w.road.current)
         except OSError as exc:
             log.warning("could not prepare the next release's files ahead (%s); it is built in full", exc)
         await w.git.run(w.tree.forget_caches)

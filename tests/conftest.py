@@ -32,6 +32,7 @@ PAYLOADS = Path(os.environ.get("PUSHCD_PAYLOADS") or (_SHARED if _SHARED.is_dir(
 SECRET = "test-secret-不要"  # non-ASCII on purpose: the secret is bytes, not text
 PY = sys.executable
 RELEASE_MODE = os.environ.get("PUSHCD_TEST_RELEASE_MODE", "snapshot")  # the whole suite runs in either mode
+DEMO_APP = (ROOT / "examples" / "app" / "app.py").read_text()  # the demo app's source, for commits that vary it
 
 
 def payload(name: str) -> bytes:
@@ -238,6 +239,13 @@ async def running(config_path: Path) -> AsyncIterator[Any]:
         yield sup
     finally:
         await sup.close()
+
+
+@contextlib.asynccontextmanager
+async def supervised(config_path: Path, session: aiohttp.ClientSession) -> AsyncIterator[tuple[Any, "Client"]]:
+    """A running supervisor (see :func:`running`) and a :class:`Client` of it: the setup most tests share."""
+    async with running(config_path) as sup:
+        yield sup, Client(sup, session)
 
 
 class Client:

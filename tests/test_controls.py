@@ -12,8 +12,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .conftest import (PY, ROOT, Client, Repos, cli, deployed, eventually, gunicorn_app, running, sign, try_status,
-                       spawn_supervisor, stop_process, wait_sync, write_config)
+from .conftest import (PY, ROOT, Client, Repos, cli, deployed, eventually, gunicorn_app, running, sign,
+                       spawn_supervisor, stop_process, supervised, try_status, wait_sync, write_config)
 
 # Exits at start unless the environment has NEEDED (set in [app.env] by the "fix").
 NEEDS_ENV = "import os, sys\nif not os.environ.get('NEEDED'):\n    sys.exit('NEEDED is not set')\n"
@@ -21,8 +21,7 @@ NEEDS_ENV = "import os, sys\nif not os.environ.get('NEEDED'):\n    sys.exit('NEE
 
 async def test_deploy_an_older_commit_pins_it_until_resume(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         v2 = await c.ship(repos, {"message.txt": "v2\n"}, "v2")
         v3 = await c.ship(repos, {"message.txt": "v3\n"}, "v3")
         code, out, err = await cli(cfg, "deploy", "--commit", v2[:10])
@@ -97,8 +96,7 @@ def test_pause_survives_a_restart_of_pushcd_and_resume_deploys_the_tip(tmp_path:
 
 async def test_retry_a_marked_bad_tip_after_the_fix(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         old_bad = repos.commit({"message.txt": "an old broken one\n", "app.py.needs": "x"}, "old")
         # v2's app refuses to start without NEEDED: it fails, is rolled back, and marked bad.
         app = (repos.dev / "app.py").read_text()
@@ -119,8 +117,7 @@ async def test_retry_a_marked_bad_tip_after_the_fix(repos: Repos, tmp_path: Path
 
 async def test_restart_applies_a_reloaded_command_and_env(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         first = sup.web.live.child.pid
         # A new command (the interpreter in UTF-8 mode) and a new variable, reloaded with SIGHUP.
         cfg.write_text(cfg.read_text().replace(f'command = ["{PY}", "app.py"', f'command = ["{PY}", "-X", "utf8", "app.py"')
@@ -141,8 +138,7 @@ async def test_restart_applies_a_reloaded_command_and_env(repos: Repos, tmp_path
 async def test_a_failed_gunicorn_boot_leads_with_the_syntax_error(repos: Repos, tmp_path: Path, session) -> None:
     command = gunicorn_app(repos)
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": command})
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         bad = repos.commit({"wsgi.py": "def app(environ, start_response:\n    pass\n"}, "a syntax error")
         await c.push(repos, bad)
         last = await eventually(lambda: sup.deployer.last if sup.deployer.last and sup.deployer.last.commit == bad
@@ -219,8 +215,7 @@ events = ["deploy_ok", "deploy_failed", "rolled_back"]
     cfg = write_config(tmp_path / "c.toml", repos, repo_extra='full_name = "test/app"', extra=notify)
     cfg.write_text(cfg.read_text().replace("[control]\n", '[control]\npublic_url = "https://ops.example/pushcd/"\n'))
     try:
-        async with running(cfg) as sup:
-            c = Client(sup, session)
+        async with supervised(cfg, session) as (sup, c):
             v2 = await c.ship(repos, {"message.txt": "v2\n"}, "v2")
             bad = repos.commit({"app.py": "import no_such_module_here\n"}, "imports what is not there")
             await c.push(repos, bad)

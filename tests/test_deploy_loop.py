@@ -11,14 +11,13 @@ import threading
 import time
 from pathlib import Path
 
-from .conftest import Client, Repos, deployed, eventually, git, gunicorn_app, payload, running, sign, write_config
+from .conftest import Repos, deployed, eventually, git, gunicorn_app, payload, sign, supervised, write_config
 
 
 async def test_real_push_payload_deploys_the_branch_tip(tmp_path: Path, session) -> None:
     repos = Repos(tmp_path / "r", branch="master")
     cfg = write_config(tmp_path / "c.toml", repos, repo_extra='full_name = "binkkatal/sample_app"')
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         first = repos.head()
         assert (await c.status())["deployed_commit"] == first
         assert f"commit {first}" in await c.app_get()
@@ -36,8 +35,7 @@ async def test_real_push_payload_deploys_the_branch_tip(tmp_path: Path, session)
 
 async def test_ignored_events_deploy_nothing(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, repo_extra='full_name = "Codertocat/Hello-World"')
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         pid = (await c.status())["child_pid"]
         repos.commit({"message.txt": "not to be deployed\n"}, "v2")
         for name, event in [("github/push-tag.json", "push"), ("github/push-tag-deleted.json", "push"),
@@ -57,8 +55,7 @@ async def test_ignored_events_deploy_nothing(repos: Repos, tmp_path: Path, sessi
 
 async def test_body_over_25_mb_is_413(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         big = b"x" * (25 * 1024 * 1024 + 1)
         status, _ = await c.deliver(big, signature="sha256=" + "0" * 64)
         assert status == 413
@@ -68,8 +65,7 @@ async def test_body_over_25_mb_is_413(repos: Repos, tmp_path: Path, session) -> 
 
 async def test_redelivery_is_a_duplicate_and_deploys_once(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         sha = repos.commit({"message.txt": "v2\n"}, "v2")
         status, body = await c.push(repos, sha, delivery="same-id")
         assert status == 202
@@ -81,8 +77,7 @@ async def test_redelivery_is_a_duplicate_and_deploys_once(repos: Repos, tmp_path
 
 async def test_push_that_changes_nothing_restarts_nothing(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         before = await c.status()
         runs = sup.deployer.runs
         status, _ = await c.push(repos, repos.head())
@@ -99,8 +94,7 @@ async def test_pushes_during_a_deploy_coalesce(repos: Repos, tmp_path: Path, ses
               f"time.sleep(0.01)\n")
     cfg = write_config(tmp_path / "c.toml", repos,
                        deploy=f"before_restart = [[{_q(os.sys.executable)}, \"-c\", {_q(script)}]]")
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         hold.write_text("")
         first = repos.commit({"message.txt": "v2\n"}, "v2")
         await c.push(repos, first)
@@ -133,8 +127,7 @@ async def test_slow_git_remote_does_not_delay_the_answer(repos: Repos, tmp_path:
     git("remote", "set-url", "origin", f"http://127.0.0.1:{hang.getsockname()[1]}/repo.git", cwd=repos.work)
     cfg = write_config(tmp_path / "c.toml", repos, repo_extra="fetch_timeout = 30")
     try:
-        async with running(cfg) as sup:
-            c = Client(sup, session)
+        async with supervised(cfg, session) as (sup, c):
             await c.push(repos, "a" * 40)
             await eventually(lambda: accepted, what="the fetch to connect to the hung remote")
             worst = 0.0
@@ -157,8 +150,7 @@ async def test_unreachable_origin_is_retried_until_it_returns(repos: Repos, tmp_
     origin = str(repos.origin)
     git("remote", "set-url", "origin", str(repos.root / "moved.git"), cwd=repos.work)
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         pid = (await c.status())["child_pid"]
         sha = repos.commit({"message.txt": "v2\n"}, "v2")
         await c.push(repos, sha)
@@ -175,8 +167,7 @@ async def test_diverged_branch_is_refused_then_reset_keeps_a_backup(repos: Repos
     git("-c", "user.name=x", "-c", "user.email=x@y", "commit", "-qm", "local", cwd=repos.work)
     local = repos.head()
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         sha = repos.commit({"message.txt": "upstream\n"}, "upstream")
         await c.push(repos, sha)
         st = await eventually(lambda: sup.deployer.last, what="the refusal")
@@ -186,8 +177,7 @@ async def test_diverged_branch_is_refused_then_reset_keeps_a_backup(repos: Repos
         assert status["deployed_commit"] == local == repos.head()
 
     cfg = write_config(tmp_path / "c2.toml", repos, repo_extra='on_diverge = "reset"')
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         await c.push(repos, sha)
         await deployed(c, sha)
         refs = git("for-each-ref", "--format=%(objectname) %(refname)", "refs/supervisor/backup/", cwd=repos.work)
@@ -196,8 +186,7 @@ async def test_diverged_branch_is_refused_then_reset_keeps_a_backup(repos: Repos
 
 async def test_dirty_tree_is_refused_naming_the_files(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, watch="enabled = false")
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         (repos.work / "message.txt").write_text("edited on the server\n")
         sha = repos.commit({"message.txt": "v2\n", "README.md": "changed\n"}, "v2")
         await c.push(repos, sha)
@@ -208,8 +197,7 @@ async def test_dirty_tree_is_refused_naming_the_files(repos: Repos, tmp_path: Pa
 
 async def test_crash_is_restarted_with_backoff(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         pid = (await c.status())["child_pid"]
         os.kill(pid, signal.SIGKILL)
 
@@ -223,8 +211,7 @@ async def test_crash_is_restarted_with_backoff(repos: Repos, tmp_path: Path, ses
 
 async def test_file_change_restarts_and_ignored_files_do_not(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, watch='debounce_ms = 50\nignore = ["*.log", "tmp/*"]')
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         pid = (await c.status())["child_pid"]
         batches = sup.expected.batches
         (repos.work / "server.log").write_text("noise\n")
@@ -246,8 +233,7 @@ async def test_file_change_restarts_and_ignored_files_do_not(repos: Repos, tmp_p
 
 async def test_one_deploy_is_exactly_one_restart(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, watch="debounce_ms = 50")
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         sha = repos.commit({"message.txt": "v2\n", "static/site.css": "body {}\n"}, "v2")
         await c.push(repos, sha)
         st = await deployed(c, sha)
@@ -262,8 +248,7 @@ async def test_one_deploy_is_exactly_one_restart(repos: Repos, tmp_path: Path, s
 async def test_gunicorn_app_is_deployed(repos: Repos, tmp_path: Path, session) -> None:
     cmd = gunicorn_app(repos)
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": cmd}, ready={"http": "/", "min_uptime": 0.3})
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         assert f"commit {repos.head()}" in await c.app_get()
         sha = await c.ship(repos, {"message.txt": "gunicorn v2\n"}, "v2")
         text = await c.app_get()
@@ -273,8 +258,7 @@ async def test_gunicorn_app_is_deployed(repos: Repos, tmp_path: Path, session) -
 async def test_a_job_that_raises_still_answers_who_asked_and_the_worker_goes_on(repos: Repos, tmp_path: Path,
                                                                              session, monkeypatch) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         real = sup.deployer.handle_deploy
 
         async def broken(trigger: str, _arg: object = None) -> None:

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from supervisor.webhook import intake as intake_mod
 from supervisor.webhook.intake import Intake, make_app
 
-from .conftest import (SECRET, signed_push, try_status, Client, Repos, deployed, eventually, git, last_is, pid_alive, raw_request, running,
-                       spawn_supervisor, stop_process, wait_sync, write_config)
+from .conftest import (DEMO_APP, SECRET, Repos, deployed, eventually, git, last_is, pid_alive, raw_request, signed_push,
+                       spawn_supervisor, stop_process, supervised, try_status, wait_sync, write_config)
 from .load import Load
 
 # -- fuzzed webhook requests --------------------------------------------------------
@@ -256,8 +256,7 @@ async def test_crash_looping_app_backs_off_and_a_fix_deploys(repos: Repos, tmp_p
     repos.commit({"app.py": crashy}, "crashes")
     git("pull", "-q", "--ff-only", cwd=repos.work)
     cfg = write_config(tmp_path / "c.toml", repos, ready={"http": None, "min_uptime": 0.1})
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         starts: list[float] = []
         original = sup.web.start
 
@@ -270,8 +269,7 @@ async def test_crash_looping_app_backs_off_and_a_fix_deploys(repos: Repos, tmp_p
         gaps = [b - a for a, b in zip(starts, starts[1:])]
         assert gaps[-1] > gaps[0]  # backing off
         assert (await c.status())["state"] in ("crashed", "running", "deploying")
-        from .test_swaps import APP
-        fixed = repos.commit({"app.py": APP}, "fixed")
+        fixed = repos.commit({"app.py": DEMO_APP}, "fixed")
         await c.push(repos, fixed)
         await deployed(c, fixed, timeout=60)  # does not wait out the whole backoff
 
@@ -292,8 +290,7 @@ async def test_full_state_disk_keeps_deploying(repos: Repos, tmp_path: Path, ses
         pytest.skip("mounting a tmpfs needs root")
     try:
         cfg = write_config(tmp_path / "c.toml", repos, release=f'mode = "{mode}"')
-        async with running(cfg) as sup:
-            c = Client(sup, session)
+        async with supervised(cfg, session) as (sup, c):
             first = repos.head()
             filler = state / "filler"
             fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
@@ -340,8 +337,7 @@ def _rss_kb(pid: int) -> int:
 async def test_many_deploys_under_load_keep_fds_and_memory_flat(repos: Repos, tmp_path: Path, session) -> None:
     count = int(os.environ.get("PUSHCD_SOAK_DEPLOYS", "30"))
     cfg = write_config(tmp_path / "c.toml", repos, ready={"min_uptime": 0.0})
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         me = os.getpid()
         samples = []
         with Load(sup.web.port, clients=4, max_requests=10**6, max_seconds=count * 3 + 60) as load:

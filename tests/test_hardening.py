@@ -30,8 +30,7 @@ from supervisor.git.tree import WorkTree
 from supervisor.ops.page import page_token
 
 from .conftest import (PY, SECRET, Client, Repos, deployed, eventually, git, pid_alive, raw_request, running,
-                       signed_push, try_status,
-                       spawn_supervisor, stop_process, wait_sync, write_config)
+                       signed_push, spawn_supervisor, stop_process, supervised, try_status, wait_sync, write_config)
 
 # -- the control API: other origins, other hosts, no token --------------------------------------------
 
@@ -39,8 +38,7 @@ from .conftest import (PY, SECRET, Client, Repos, deployed, eventually, git, pid
 async def test_posts_need_the_token_and_a_foreign_origin_or_host_is_refused(repos: Repos, tmp_path: Path,
                                                                            session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         base = f"http://127.0.0.1:{sup.control_port}"
         token = {"Authorization": f"Bearer {sup.control_token.decode()}"}
         token_file = tmp_path / "state" / "control-token"
@@ -88,8 +86,7 @@ async def test_a_cross_site_form_and_fetch_in_chromium_change_nothing(repos: Rep
         pytest.skip("chromium not installed (apt-get install chromium)")
     caplog.set_level(logging.WARNING, "supervisor.control")
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         v1 = repos.head()
         await c.ship(repos, {"message.txt": "v2\n"}, "v2")  # so that a rollback would have somewhere to go
         target = f"http://127.0.0.1:{sup.control_port}"
@@ -180,8 +177,7 @@ async def test_url_credentials_never_reach_log_status_page_or_history(repos: Rep
     password = "hunter2-s3cret"
     git("remote", "set-url", "origin", f"http://deploy:{password}@127.0.0.1:9/app.git", cwd=repos.work)
     cfg = write_config(tmp_path / "c.toml", repos, repo_extra="fetch_timeout = 5")
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         _, body = await c.control("POST", "/deploy?wait=1")
         assert body["result"]["result"] == "failed" and "deploy:***@127.0.0.1" in body["result"]["reason"]
         texts = [json.dumps(body)]
@@ -242,8 +238,7 @@ async def test_a_corrupt_history_db_is_reported_not_fatal(repos: Repos, tmp_path
     state.mkdir()
     (state / "history.db").write_bytes(b"this is not a database" * 100)
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         st = await c.status()
         assert st["history"]["ok"] is False and "history.db" in st["history"]["problem"]
         await c.ship(repos, {"message.txt": "v2\n"}, "v2")  # deploys still work, recorded in memory
@@ -317,8 +312,7 @@ async def test_a_failing_submodule_puts_files_and_ref_back(repos: Repos, tmp_pat
     git("config", "-f", ".gitmodules", "submodule.vendor_lib.url", str(tmp_path / "gone" / "lib.git"), cwd=repos.dev)
     bad = repos.commit({"message.txt": "v2 with a submodule that cannot be fetched\n"}, "add vendor_lib")
     cfg = write_config(tmp_path / "c.toml", repos, repo_extra=f'submodule_urls = ["{tmp_path}/*"]')
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         await fails_then_recovers(c, repos, bad, "submodule update failed")
         assert not (repos.work / "vendor_lib").exists() and not (repos.work / ".gitmodules").exists()
         git("rm", "-q", "vendor_lib", cwd=repos.dev)
@@ -340,8 +334,7 @@ async def test_a_local_submodule_url_is_refused_by_default(repos: Repos, tmp_pat
 async def test_a_stale_index_lock_writes_nothing_and_the_next_push_deploys(repos: Repos, tmp_path: Path,
                                                                          session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         bad = repos.commit({"message.txt": "v2\n", "new.txt": "new\n"}, "v2")
         lock = repos.work / ".git" / "index.lock"
         lock.write_text("")
@@ -384,8 +377,7 @@ def _tree_with_a_duplicate_entry(repos: Repos) -> str:
 async def test_a_tree_with_a_duplicate_entry_is_put_back(repos: Repos, tmp_path: Path, session) -> None:
     bad = _tree_with_a_duplicate_entry(repos)
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         await fails_then_recovers(c, repos, bad, "failed")
         assert not (repos.work / "dup").exists() and not (repos.work / "dup").is_symlink()
         await c.ship(repos, {"message.txt": "v3 from a good tree\n"}, "v3")
@@ -397,8 +389,7 @@ async def test_a_tree_with_a_duplicate_entry_is_put_back(repos: Repos, tmp_path:
 
 async def test_idle_and_slow_connections_are_closed_and_capped(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, webhook_extra="header_timeout = 1\nmax_connections = 20")
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         loop = asyncio.get_running_loop()
 
         def hold(n: int) -> list[float | None]:

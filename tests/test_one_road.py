@@ -17,12 +17,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .conftest import (PY, RELEASE_MODE, Client, Repos, cli, deployed, eventually, git, last_is, pid_alive, running,
-                       signed_push, spawn_supervisor, stop_process, try_status, wait_sync, write_config)
+from .conftest import (DEMO_APP, PY, RELEASE_MODE, Client, Repos, cli, deployed, eventually, git, last_is, pid_alive,
+                       running, signed_push, spawn_supervisor, stop_process, supervised, try_status, wait_sync,
+                       write_config)
 
-APP = (Path(__file__).resolve().parents[1] / "examples" / "app" / "app.py").read_text()
 # /health answers 500 until the release task has "migrated" this commit (a line in MIGRATED).
-NEEDS_MIGRATION = APP.replace(
+NEEDS_MIGRATION = DEMO_APP.replace(
     "        self.send_response(200)\n",
     "        done = open(os.environ['MIGRATED']).read().split() if os.path.exists(os.environ['MIGRATED']) else []\n"
     "        self.send_response(500 if self.path == '/health' and COMMIT not in done else 200)\n")
@@ -37,7 +37,7 @@ def with_migrations(tmp_path: Path, repos: Repos, monkeypatch: pytest.MonkeyPatc
     """An app whose health needs its release task, committed and checked out: a fresh clone, never started."""
     migrated = tmp_path / "migrated"
     monkeypatch.setenv("MIGRATED", str(migrated))
-    assert NEEDS_MIGRATION != APP
+    assert NEEDS_MIGRATION != DEMO_APP
     repos.commit({"app.py": NEEDS_MIGRATION, "migrate.py": MIGRATE}, "needs its migration")
     git("pull", "-q", "--ff-only", cwd=repos.work)
     return write_config(tmp_path / "c.toml", repos, ready={"timeout": 10},
@@ -49,8 +49,7 @@ async def test_a_first_start_runs_the_release_task_once(tmp_path: Path, repos: R
     """Reproduction 1: before, the web process of a fresh clone failed its health check for good."""
     cfg = with_migrations(tmp_path, repos, monkeypatch)
     first = repos.head()
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         st = await deployed(c, first)
         assert migrations(tmp_path / "migrated") == [first]
         assert st["last_deploy"]["kind"] == "start" and st["last_deploy"]["result"] == "ok"
@@ -108,8 +107,7 @@ async def test_a_hand_pull_runs_the_release_task_and_a_restart_is_a_restart(
     a restart (history, status, metrics), and prepares nothing."""
     cfg = with_migrations(tmp_path, repos, monkeypatch)
     migrated = tmp_path / "migrated"
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         pulled = repos.commit({"message.txt": "pulled by hand\n"}, "a new migration")
         git("pull", "-q", "--ff-only", cwd=repos.work)
         st = await deployed(c, pulled)

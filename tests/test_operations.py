@@ -21,23 +21,21 @@ from supervisor import config
 from supervisor.config import ConfigError
 
 from .conftest import (PY, ROOT, SECRET, Client, Repos, cli, deployed, eventually, git, payload, running,
-                       spawn_supervisor, stop_process, wait_sync, write_config)
+                       spawn_supervisor, stop_process, supervised, wait_sync, write_config)
 
 BROKEN_APP = "raise SystemExit(9)\n"
 
 
 async def test_history_bad_commits_and_duplicates_survive_a_restart(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         good = repos.commit({"message.txt": "v2\n"}, "v2")
         await c.push(repos, good, delivery="delivery-1")
         await deployed(c, good)
         bad = repos.commit({"app.py": BROKEN_APP}, "broken")
         await c.push(repos, bad, delivery="delivery-2")
         await eventually(lambda: sup.deployer.last.result == "failed", what="the failed deploy")
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         st = await c.status()
         assert bad in st["bad_commits"] and st["deployed_commit"] == good
         status, body = await c.push(repos, good, delivery="delivery-1")
@@ -60,8 +58,7 @@ async def test_history_bad_commits_and_duplicates_survive_a_restart(repos: Repos
 async def test_history_is_paged_and_bounded(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
     cfg.write_text(cfg.read_text().replace("[state]\n", "[state]\nretention = 3\n"))
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         for i in range(5):
             await c.ship(repos, {"message.txt": f"v{i}\n"}, f"v{i}")
         sup.history.prune()
@@ -77,8 +74,7 @@ async def test_history_is_paged_and_bounded(repos: Repos, tmp_path: Path, sessio
 
 async def test_rollback_through_the_api_and_the_cli(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         v2 = await c.ship(repos, {"message.txt": "v2\n"}, "v2")
         v3 = repos.commit({"message.txt": "v3\n"}, "v3")
         code, out, err = await cli(cfg, "deploy")
@@ -119,8 +115,7 @@ async def test_cli_status_history_logs_and_nothing_to_deploy(repos: Repos, tmp_p
 
 async def test_metrics(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         sha = await c.ship(repos, {"message.txt": "v2\n"}, "v2")
         await c.deliver(b"{}", "ping")
         await c.deliver(b"{}", "ping", signature="sha256=00")
@@ -169,8 +164,7 @@ async def test_control_token(repos: Repos, tmp_path: Path, session, monkeypatch)
 async def test_secret_never_appears(repos: Repos, tmp_path: Path, session, caplog) -> None:
     caplog.set_level("DEBUG")
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         await c.ship(repos, {"message.txt": "v2\n"}, "v2")
         await c.deliver(payload("github/push.json"), signature="sha256=" + "1" * 64)
         base = f"http://127.0.0.1:{sup.control_port}"
@@ -207,8 +201,7 @@ async def test_status_page_in_headless_chromium(repos: Repos, tmp_path: Path, se
         out, _ = await asyncio.wait_for(proc.communicate(), 90)
         return out.decode()
 
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         hold.write_text("")
         v2 = repos.commit({"message.txt": "v2\n"}, "Second <b>release</b>")
         await c.push(repos, v2)
@@ -345,8 +338,7 @@ async def test_tls_allow_from_and_trusted_proxies(repos: Repos, tmp_path: Path) 
 
 async def test_cli_small_things_pipes_times_deliveries(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         await c.ship(repos, {"message.txt": "v2\n"}, "v2")
         # A reader that goes away at once (`| head -2` once it has its lines): no traceback, exit 0.
         proc = await asyncio.create_subprocess_shell(
@@ -364,8 +356,7 @@ async def test_cli_small_things_pipes_times_deliveries(repos: Repos, tmp_path: P
 async def test_a_branch_deleted_on_the_remote_is_reported_and_deploys_nothing(repos: Repos, tmp_path: Path,
                                                                               session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         head = repos.head()
         git("update-ref", "-d", f"refs/heads/{repos.branch}", cwd=repos.origin)
         _, body = await c.control("POST", "/deploy?wait=1")

@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import (PY, Client, Repos, cli, deployed, eventually, git, last_is, pid_alive, running,
-                       spawn_supervisor, stop_process, wait_sync, write_config)
+from .conftest import (PY, Repos, cli, deployed, eventually, git, last_is, pid_alive, running, spawn_supervisor,
+                       stop_process, supervised, wait_sync, write_config)
 
 WORKER = '''import fcntl, os, signal, sqlite3, sys, time
 db = sqlite3.connect(os.environ["QUEUE_DB"], timeout=30, isolation_level=None)
@@ -100,8 +100,7 @@ async def all_done(queue: Path) -> dict[int, tuple[str | None, int]] | None:
 async def test_a_push_moves_web_and_worker_together_and_every_job_is_done_once(
         tmp_path: Path, repos: Repos, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, queue = setup(tmp_path, repos, monkeypatch)
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         first = repos.head()
         status = await client.status()
         assert [w["commit"] for w in workers_of(status)] == [first] and web_of(status)["commit"] == first
@@ -132,8 +131,7 @@ async def test_a_worker_crash_restarts_only_the_worker_with_backoff(
         tmp_path: Path, repos: Repos, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     cfg, queue = setup(tmp_path, repos, monkeypatch)
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         before = await client.status()
         victim = workers_of(before)[0]["pid"]
         os.kill(victim, signal.SIGKILL)
@@ -160,8 +158,7 @@ async def test_a_worker_crash_restarts_only_the_worker_with_backoff(
 async def test_a_worker_that_exits_at_start_in_the_new_release_rolls_the_web_process_back_too(
         tmp_path: Path, repos: Repos, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, queue = setup(tmp_path, repos, monkeypatch)
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         good = repos.head()
         before = await client.status()
         bad = repos.commit({"worker.py": "import sys\nprint('cannot connect', flush=True)\nsys.exit(2)\n",
@@ -186,8 +183,7 @@ async def test_overlap_false_never_runs_two_instances_at_once(
     lock = tmp_path / "scheduler.lock"
     monkeypatch.setenv("SINGLETON_LOCK", str(lock))
     cfg, _queue = setup(tmp_path, repos, monkeypatch, process="overlap = false")
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         for i in range(3):
             await client.ship(repos, {"message.txt": f"v{i}\n"}, f"v{i}")
             await client.control("POST", "/restart?process=worker&wait=1")
@@ -204,8 +200,7 @@ async def test_count_3_runs_three_instances_with_distinct_indexes(
     marks.mkdir()
     extra = f'open(os.path.join({str(marks)!r}, index), "w").write(str(os.getpid()))'
     cfg, _queue = setup(tmp_path, repos, monkeypatch, worker=worker_source(extra), process="count = 3")
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         status = await client.status()
         instances = workers_of(status)
         assert [w["index"] for w in instances] == [0, 1, 2]
@@ -226,8 +221,7 @@ async def test_a_procfile_change_in_a_commit_adds_a_worker_and_restart_takes_a_n
                        extra="[processes.worker.ready]\nmin_uptime = 0.3\n")
     text = cfg.read_text().replace("[app]\n", '[app]\nprocfile = "Procfile"\n', 1).replace("command = []\n", "")
     cfg.write_text(text)
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         assert [p["name"] for p in (await client.status())["processes"]] == ["web"]
         new = await client.ship(repos, {"Procfile": f"web: {PY} app.py --fd {{fd}} --fd {{probe_fd}}\n"
                                                    f"worker: {PY} worker.py\n"}, "add a worker")
@@ -259,8 +253,7 @@ async def test_a_failing_release_task_leaves_everything_as_it_was(
     repos.commit({"release.py": release}, "a release task")
     cfg, _queue = setup(tmp_path, repos, monkeypatch,
                         deploy=f'probation = 30\nrelease_command = ["{PY}", "release.py"]')
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         good = await client.ship(repos, {"message.txt": "v2\n"}, "v2")
         assert ran.read_text() == "xx"  # once per release: the first start's, then the deploy's
         before = await client.status()
@@ -306,8 +299,7 @@ def test_sigkill_of_pushcd_leaves_no_worker_behind(tmp_path: Path, repos: Repos,
 async def test_status_and_page_list_every_process(tmp_path: Path, repos: Repos, session: aiohttp.ClientSession,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, _queue = setup(tmp_path, repos, monkeypatch)
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         sha = repos.head()
         await deployed(client, sha)
         code, page = await client.control("GET", "/")

@@ -15,7 +15,7 @@ import pytest
 
 from supervisor.releases.pyenv import uv_binary
 
-from .conftest import Client, Repos, cli, deployed, eventually, git, last_is, running, write_config
+from .conftest import Client, Repos, cli, deployed, eventually, git, last_is, running, supervised, write_config
 from .wheels import make_wheel
 
 # Standard library only: in a release with an environment, `python` is the environment's interpreter.
@@ -111,8 +111,7 @@ async def test_the_old_release_serves_its_own_template_and_static_file_while_a_s
     gate = tmp_path / "go"
     monkeypatch.setenv("GATE_FILE", str(gate))
     cfg = setup(tmp_path, repos, first_files())
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         port = sup.web.port
         assert await get(session, port) == (200, "Title: old")
         new = repos.commit({"relapp.py": app_source({"title": "new", "user": "ann"}, slow=True),
@@ -142,8 +141,7 @@ async def test_release_files_are_read_only_shared_by_hard_link_never_with_the_wo
     monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)  # bytecode on: kept outside the release
     cfg = setup(tmp_path, repos, first_files(), release="keep = 2")
     releases = tmp_path / "state" / "releases"
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         pycache = tmp_path / "state" / "pycache"
         assert (await info(client))["pycache"] == str(pycache)
         assert list(pycache.rglob("*.pyc"))  # what the app imported, compiled once
@@ -180,8 +178,7 @@ async def test_rollback_starts_a_kept_release_with_no_checkout_and_no_install(
     make_wheel(wheels, "tinydep", "2.0")
     files = {**first_files(), "requirements.txt": "tinydep==1.0\n"}
     cfg = setup(tmp_path, repos, files, release=f'install_args = ["--no-index", "--find-links", "{wheels}"]')
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         first = await info(client)
         assert first["dep"] == "1.0"
         assert Path(first["python"]).parent.parent.parent == tmp_path / "state" / "envs"
@@ -207,8 +204,7 @@ async def test_a_requirement_that_cannot_install_fails_with_the_installers_error
     make_wheel(wheels, "tinydep", "1.0")
     files = {**first_files(), "requirements.txt": "tinydep==1.0\n"}
     cfg = setup(tmp_path, repos, files, release=f'install_args = ["--no-index", "--find-links", "{wheels}"]')
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         before = await info(client)
         env = Path(before["python"]).parent.parent
         listing = sorted((str(p.relative_to(env)), p.lstat().st_mtime_ns) for p in env.rglob("*"))
@@ -254,8 +250,7 @@ async def test_linked_env_file_and_data_folder_are_shared_by_two_releases(
 async def test_a_hand_git_pull_and_a_hand_edit_are_reported_truthfully(
         tmp_path: Path, repos: Repos, session: aiohttp.ClientSession) -> None:
     cfg = setup(tmp_path, repos, first_files())
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         port = sup.web.port
         new = repos.commit({"template.txt": "Title: {title} pulled"}, "pulled by hand")
         git("pull", "-q", "--ff-only", cwd=repos.work)
@@ -282,7 +277,6 @@ async def test_venv_and_pip_build_the_environment_where_uv_is_not_wanted(
     files = {**first_files(), "requirements.txt": "tinydep==1.0\n"}
     cfg = setup(tmp_path, repos, files,
                 release=f'installer = "pip"\ninstall_args = ["--no-index", "--find-links", "{wheels}"]')
-    async with running(cfg) as sup:
-        client = Client(sup, session)
+    async with supervised(cfg, session) as (sup, client):
         assert (await info(client))["dep"] == "1.0"
         assert os.path.exists(Path((await info(client))["python"]).parent / "pip")

@@ -17,8 +17,8 @@ import pytest
 from supervisor import config
 from supervisor.runner import StartupError, build
 
-from .conftest import (SECRET, Client, Repos, deployed, eventually, free_port, git, payload, running, wait_sync,
-                       write_config)
+from .conftest import (SECRET, Client, Repos, deployed, eventually, free_port, git, payload, running, supervised,
+                       wait_sync, write_config)
 from .githttp import GitHttpServer
 
 
@@ -33,12 +33,10 @@ async def test_https_token(repos: Repos, tmp_path: Path, session, monkeypatch) -
         _use_remote(repos, server.url("origin.git"))
         cfg = write_config(tmp_path / "c.toml", repos, repo_extra='[repo.auth]\ntoken_env = "PUSHCD_GIT_TOKEN"')
         monkeypatch.setenv("PUSHCD_GIT_TOKEN", "right-token")
-        async with running(cfg) as sup:
-            c = Client(sup, session)
+        async with supervised(cfg, session) as (sup, c):
             sha = await c.ship(repos, {"message.txt": "over https\n"}, "https")
         monkeypatch.setenv("PUSHCD_GIT_TOKEN", "wrong-token")
-        async with running(cfg) as sup:
-            c = Client(sup, session)
+        async with supervised(cfg, session) as (sup, c):
             pid = (await c.status())["child_pid"]
             sha2 = repos.commit({"message.txt": "not with that token\n"}, "https 2")
             await c.push(repos, sha2)
@@ -147,8 +145,7 @@ async def test_ssh_deploy_key(repos: Repos, tmp_path: Path, session, sshd: Sshd)
 
 async def test_polling_deploys_a_push_once_even_with_its_webhook(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, repo_extra="poll_interval = 0.5")
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         sha = repos.commit({"message.txt": "polled\n"}, "no webhook for this one")
         await deployed(c, sha, timeout=10)  # within a couple of intervals, no webhook sent
         assert sup.deployer.last.trigger == "poll"
@@ -211,8 +208,7 @@ async def test_clone_on_first_start_with_submodules(tmp_path: Path, session) -> 
     shutil.rmtree(repos.work)  # nothing deployed yet: pushcd clones it
     cfg = write_config(tmp_path / "c.toml", repos, repo_extra=f'url = "{repos.origin}"\n'
                                                             f'submodule_urls = ["{tmp_path}/lib/*"]')
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         assert (repos.work / "vendor/lib/lib.txt").read_text() == "lib v1\n"
         assert (await c.status())["deployed_commit"] == repos.head()
         lib.commit({"lib.txt": "lib v2\n"}, "lib v2")

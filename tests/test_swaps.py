@@ -15,11 +15,10 @@ from supervisor import config
 from supervisor.config import ConfigError
 from supervisor.process import listener
 
-from .conftest import (PY, Client, Repos, aiohttp_app, deployed, eventually, git, gunicorn_app, running,
-                       uvicorn_app, write_config)
+from .conftest import (DEMO_APP, PY, Client, Repos, aiohttp_app, deployed, eventually, git, gunicorn_app, running,
+                       supervised, uvicorn_app, write_config)
 from .load import Load
 
-APP = (Path(__file__).resolve().parents[1] / "examples" / "app" / "app.py").read_text()
 
 
 async def _restarted_from(c: Client, pid: int) -> int | None:
@@ -29,8 +28,7 @@ async def _restarted_from(c: Client, pid: int) -> int | None:
 
 async def test_deploys_and_file_changes_under_load_fail_no_request(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, watch="debounce_ms = 50")
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         commits = {repos.head()}
         with Load(sup.web.port, clients=8, max_seconds=60) as load:
             for i in range(3):
@@ -76,8 +74,7 @@ async def test_without_steering_a_shared_socket_still_swaps_gunicorn(monkeypatch
 async def _swaps_under_load(server: str, repos: Repos, tmp_path: Path, session) -> Any:
     make_command, ready = SERVERS[server]
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": make_command(repos)}, ready=ready)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         with Load(sup.web.port, clients=8, max_requests=10**6, max_seconds=90) as load:
             for i in range(ROUNDS):
                 sha = await c.ship(repos, {"message.txt": f"g{i}\n"}, f"g{i}")
@@ -98,7 +95,7 @@ BROKEN = {
     "exits at once": ({"app.py": "import sys\nprint('bye', flush=True)\nsys.exit(3)\n"}, {}, "exited with status 3"),
     "never ready": ({"app.py": "import time\nprint('thinking', flush=True)\ntime.sleep(600)\n"},
                     {"timeout": 2}, "not ready within 2s"),
-    "probe answers 500": ({"app.py": APP.replace("self.send_response(200)",
+    "probe answers 500": ({"app.py": DEMO_APP.replace("self.send_response(200)",
                                                  "self.send_response(500 if self.path == '/health' else 200)")},
                           {"timeout": 2}, "answered 500"),
     "before_restart fails": ({"broken-flag": "x"}, {}, "before_restart"),
@@ -112,8 +109,7 @@ async def test_broken_commit_keeps_the_old_release_serving(kind: str, repos: Rep
              "sys.exit('requirements failed' if pathlib.Path('broken-flag').exists() else 0)\n")
     cfg = write_config(tmp_path / "c.toml", repos, ready=ready,
                        deploy=f"before_restart = [[{json.dumps(PY)}, \"-c\", {json.dumps(check)}]]")
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         good = repos.head()
         before = await c.status()
         with Load(sup.web.port, clients=4, max_seconds=60) as load:
@@ -138,13 +134,12 @@ async def test_broken_commit_keeps_the_old_release_serving(kind: str, repos: Rep
         await eventually(lambda: sup.deployer.runs > runs, what="the worker to look again")
         assert sup.deployer.last is last
         # ...and a fixed commit goes out normally.
-        await c.ship(repos, {"app.py": APP, "broken-flag": None}, "fix")
+        await c.ship(repos, {"app.py": DEMO_APP, "broken-flag": None}, "fix")
 
 
 async def test_rollback_does_not_trigger_the_watcher(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, watch="debounce_ms = 50")
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         pid = (await c.status())["child_pid"]
         bad = repos.commit({"app.py": "raise SystemExit(4)\n", "extra/new.txt": "x"}, "broken")
         await c.push(repos, bad)
@@ -157,8 +152,7 @@ async def test_rollback_does_not_trigger_the_watcher(repos: Repos, tmp_path: Pat
 
 async def test_kill_9_of_the_live_child_connections_wait(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos)
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         pid = (await c.status())["child_pid"]
         os.kill(pid, signal.SIGKILL)
         # Straight away, before any restart: the held socket queues the connection.
@@ -168,10 +162,10 @@ async def test_kill_9_of_the_live_child_connections_wait(repos: Repos, tmp_path:
 
 async def test_probation_crash_goes_back_to_the_previous_release(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, deploy="probation = 30")
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         good = repos.head()
-        crashy = APP.replace("    notify_ready()\n", "    notify_ready()\n    threading.Timer(1.0, os._exit, (7,)).start()\n")
+        crashy = DEMO_APP.replace("    notify_ready()\n",
+                                  "    notify_ready()\n    threading.Timer(1.0, os._exit, (7,)).start()\n")
         bad = repos.commit({"app.py": crashy}, "crashes after a second")
         await c.push(repos, bad)
         await deployed(c, bad)  # it passed readiness and went live...
@@ -185,8 +179,7 @@ async def test_probation_crash_goes_back_to_the_previous_release(repos: Repos, t
 
 async def test_proven_release_that_crashes_is_just_restarted(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, deploy="probation = 0.5")
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         sha = repos.commit({"message.txt": "v2\n"}, "v2")
         await c.push(repos, sha)
         st = await deployed(c, sha)
@@ -203,8 +196,7 @@ async def test_without_a_held_socket_swaps_are_stop_then_start(repos: Repos, tmp
     port = free_port()
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": [PY, "app.py", "--port", str(port)], "listen": None},
                        ready={"http": f"http://127.0.0.1:{port}/health"})
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         good = repos.head()
         assert sup.web.port is None
         sha = await c.ship(repos, {"message.txt": "v2\n"}, "v2")
@@ -223,10 +215,9 @@ async def test_without_a_held_socket_swaps_are_stop_then_start(repos: Repos, tmp
 
 async def test_notify_readiness(repos: Repos, tmp_path: Path, session) -> None:
     cfg = write_config(tmp_path / "c.toml", repos, ready={"notify": True, "http": None, "min_uptime": 0})
-    async with running(cfg) as sup:
-        c = Client(sup, session)
+    async with supervised(cfg, session) as (sup, c):
         await c.ship(repos, {"message.txt": "v2\n"}, "v2")
-        silent = APP.replace("    notify_ready()\n", "")
+        silent = DEMO_APP.replace("    notify_ready()\n", "")
         bad = repos.commit({"app.py": silent}, "never notifies")
         await c.push(repos, bad)
         last = await eventually(lambda: sup.deployer.last if sup.deployer.last.commit == bad else None,

@@ -58,8 +58,8 @@ class Builder(Protocol):
 
     def listing(self) -> list[Kept]: ...
 
-    async def idle(self) -> None:
-        """Nothing is deploying: prepare what makes the next release quick."""
+    async def idle(self, live: Built | None) -> None:
+        """Nothing is deploying: prepare what makes the next release quick (from ``live``, the one serving)."""
 
     def doomed(self, protect: Sequence[Built | None]) -> set[str]: ...
 
@@ -113,7 +113,7 @@ class InPlace:
     def listing(self) -> list[Kept]:
         return []
 
-    async def idle(self) -> None:
+    async def idle(self, live: Built | None) -> None:
         pass
 
     def doomed(self, protect: Sequence[Built | None]) -> set[str]:
@@ -132,7 +132,6 @@ class Snapshots:
                  spares: Path | None = None, procfile_name: str | None = None, pycache: Path | None = None) -> None:
         self.pycache = pycache
         self.spares = spares or store.root.with_name("spare")  # the next release's link farm, made while idle
-        self.live: Built | None = None
         self.tree = tree
         self.git = git
         self.store = store
@@ -241,9 +240,8 @@ class Snapshots:
             return None
         return replace(self._built(kept, env), commit=commit, procfile=procs)
 
-    async def idle(self) -> None:
+    async def idle(self, live: Built | None) -> None:
         """Link the live release's files into a spare folder now, so the next build only writes what changed."""
-        live = self.live
         kept = self.store.get(live.id) if live is not None else None
         if kept is None or (self.spares / kept.id).is_dir():
             return
@@ -261,7 +259,6 @@ class Snapshots:
 
     def went_live(self, built: Built, protect: Sequence[Built | None]) -> None:
         """``built`` serves now: remember that, then prune what no rollback can need."""
-        self.live = built
         self.store.used(built.id)
         ids = {b.id for b in (built, *protect) if b is not None}
         for gone in self.store.prune(self.keep, ids):

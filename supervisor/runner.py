@@ -31,6 +31,7 @@ from .releases.builder import Builder, InPlace, Snapshots
 from .releases.pyenv import Environments
 from .releases.store import Store
 from .config import ConfigError, Settings
+from .console import Console
 from .deploy import Deployer
 from .ledger import Ledger
 from .marks import Marks
@@ -43,7 +44,7 @@ from .git.thread import GitThread
 from .git.tree import GitFailure, WorkTree, clone, describe_commit
 from .ops import control, controltoken
 from .ops.history import History
-from .ops.metrics import LiveFacts, Metrics
+from .ops.metrics import Metrics
 from .ops.notify import Notifier
 from .ops.record import Recorder
 from .pause import Pause
@@ -52,7 +53,7 @@ from .process import reaper
 from .process.guard import Guard
 from .process.listener import ListenError, Listeners
 from .process.web import Web
-from .process.workers import Workers, process_facts
+from .process.workers import Workers
 from .watch import Armed, Expected, watch_tree
 from .webhook import intake
 from .webhook.delivery import GITEA, GITHUB, GITLAB, Verdict
@@ -196,7 +197,7 @@ def make_builder(settings: Settings, tree: WorkTree, git: GitThread, guard: Guar
 
 
 class Supervisor:
-    """The wired parts (see :func:`build`) and what runs them; also the control API's :class:`Console`."""
+    """The wired parts (see :func:`build`) and what runs them; the control API sees its :class:`Console`."""
 
     def __init__(self, settings: Settings, *, tree: WorkTree, owner: int, recovered: str | None, history: History,
                  control_token: bytes, tls: ssl.SSLContext | None, lines: deque[tuple[float, int, str, str]],
@@ -226,14 +227,20 @@ class Supervisor:
         self.started = time.time()
         self.last_reload: dict[str, object] | None = None
         self.stop_event = asyncio.Event()
-        self._described: dict[str, dict[str, str]] = {}
         self._sites: list[Site] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._watch_stop = asyncio.Event()
         self.armed = armed
         self.webhook_port = 0
         self.control_port = 0
-        metrics.watch(self.live_facts)  # last: the registry reads it once right away
+        self.console = Console(deployer, web, git, tree, history, metrics, lines, about=self._about)
+        metrics.watch(self.console.live_facts)  # last: the registry reads it once right away
+
+    def _about(self) -> dict[str, Any]:
+        """What only the supervisor knows, for /status."""
+        reload = self.last_reload and {**self.last_reload, "waiting_for_restart": self.console.waiting()}
+        return {"webhook_url": self.webhook_url, "supervisor_uptime": round(time.time() - self.started, 3),
+                "last_reload": reload}
 
     def _on_verdict(self, verdict: Verdict, event: str | None, seconds: float) -> None:
         self.metrics.deliveries.labels(verdict.verdict).inc()
@@ -248,107 +255,6 @@ class Supervisor:
         """The first receiver's URL (GitHub's, when configured)."""
         return self.hook_url(next(iter(self.intakes)))
 
-    # -- what the control API and metrics read (the read model) ---------------------------
-    async def describe(self, sha: str) -> dict[str, str]:
-        """A commit's subject and author, read in the git thread (pygit2 blocks), once per commit."""
-        if sha not in self._described:
-            info = await self.git.run(describe_commit, self.tree.repo, sha)
-            if not info["author"]:
-                return info  # unknown here (yet): do not cache
-            self._described[sha] = info
-        return self._described[sha]
-
-    async def status(self) -> dict[str, Any]:
-        d, live = self.deployer, self.web.live
-        alive = live is not None and live.alive
-        processes = self.processes()
-        info = await self.describe(d.deployed)
-        return {
-            "deployed_commit": d.deployed,
-            "deployed_message": info["message"],
-            "deployed_author": info["author"],
-            "release": self.release_info(),
-            "state": d.state,
-            "child_pid": live.child.pid if alive and live else None,
-            "uptime": round(live.child.uptime, 3) if alive and live else 0.0,
-            "restarts": sum(int(p["restarts"]) for p in processes),  # crash restarts, as each process counts
-            "swaps": self.web.restarts,  # web processes put live after the first: deploys, restarts
-            "processes": processes,
-            "queue": d.queued,
-            "last_deploy": d.last.as_dict() if d.last else None,
-            "bad_commits": d.marks.as_dict(),
-            "app_port": self.web.port,
-            "webhook_url": self.webhook_url,
-            "supervisor_uptime": round(time.time() - self.started, 3),
-            "last_reload": self.last_reload and {**self.last_reload, "waiting_for_restart": self.waiting()},
-            "paused": d.pause.as_dict(),
-            "history": {"ok": self.history.problem is None, "problem": self.history.problem},
-        }
-
-    def processes(self) -> list[dict[str, Any]]:
-        """Every process of the running release: the web process, then each instance of each type."""
-        live = self.web.live
-        web = [process_facts("web", 0, live.child, live.built, self.deployer.crash_restarts)] if live else []
-        return web + self.deployer.workers.listing()
-
-    def release_info(self) -> dict[str, Any] | None:
-        """The running release: its id, folder, environment, and whether it holds hand edits."""
-        built = self.deployer.current
-        if built is None:
-            return None
-        return {"mode": self.deployer.builder.mode, "id": built.id, "dir": str(built.root),
-                "env": built.env_key, "dirty": built.dirty}
-
-    def releases_listing(self) -> list[dict[str, Any]]:
-        """The kept releases, newest use first, each with its state (live, previous, failed, pruned soon)."""
-        d = self.deployer
-        live = d.current.id if d.current else ""
-        previous = d.road.previous_release()
-        doomed = d.builder.doomed([d.current, previous])
-        out = []
-        for kept in d.builder.listing():
-            state = ("live" if kept.id == live else "previous" if previous and kept.id == previous.id
-                     else "failed" if kept.commit in d.marks and not kept.dirty
-                     else "pruned soon" if kept.id in doomed else "kept")
-            out.append({"id": kept.id, "commit": kept.commit, "dirty": kept.dirty, "env": kept.env,
-                        "built_at": kept.built_at, "build_seconds": kept.build_seconds, "state": state})
-        return out
-
-    def waiting(self) -> list[str]:
-        """[app] settings reloaded (SIGHUP) that the live release does not run with yet: `pushcd restart`."""
-        live = self.web.live
-        return live.app.changes(self.web.app) if live is not None and live.app is not None else []
-
-    def live_facts(self) -> LiveFacts:
-        """For a metrics scrape: no git read here (the message is the one status last read)."""
-        live = self.web.live
-        commit = self.deployer.deployed
-        workers = self.deployer.workers
-        process_restarts = {"web": self.deployer.crash_restarts, **workers.restarts}
-        return LiveFacts(up=live is not None and live.alive, restarts=sum(process_restarts.values()), commit=commit,
-                         message=self._described.get(commit, {}).get("message", ""),
-                         paused=self.deployer.pause.reason is not None,
-                         processes=tuple((str(p["name"]), int(p["index"]), p["state"] == "running")  # type: ignore
-                                         for p in self.processes()),
-                         process_restarts=process_restarts)
-
-    def ask(self, what: str, arg: str | None = None) -> "asyncio.Future[Any]":
-        d = self.deployer
-        if what == "rollback":
-            return d.request_rollback(arg)
-        if what == "restart":
-            return d.request_restart("manual", arg)
-        if what == "resume":
-            return d.resume()
-        return d.request_deploy("manual", commit=arg, retry=what == "retry")
-
-    def pause(self, reason: str) -> None:
-        self.deployer.hold(reason)
-
-    @property
-    def queued(self) -> list[str]:
-        return self.deployer.queued
-
     async def start(self) -> None:
         """Listen, start the app, arm the watcher; returns when all of it is ready."""
         raw = self.settings.raw
@@ -357,7 +263,7 @@ class Supervisor:
                              header_timeout=raw.webhook.header_timeout, max_connections=caps["[webhook]"],
                              ssl_context=self.tls)
         self._sites.append(hooks)
-        ctl = await listen(control.make_app(self, self.control_token, self.settings.control_token is not None,
+        ctl = await listen(control.make_app(self.console, self.control_token, self.settings.control_token is not None,
                                             raw.control.hosts),
                            self.settings.control_listen, "[control] listen",
                            header_timeout=raw.control.header_timeout, max_connections=caps["[control]"])

@@ -1,11 +1,19 @@
-"""Which submodule URLs a pushed ``.gitmodules`` may make us fetch."""
+"""Submodules: which URLs a pushed ``.gitmodules`` may make us fetch, and bringing them to the recorded
+revisions from those URLs only."""
 
 from __future__ import annotations
 
 import fnmatch
 import re
 import urllib.parse
+from pathlib import Path
 from typing import Sequence
+
+import pygit2
+
+from ..config import GitAuth
+from .credentials import Credentials
+from .errors import GitFailure
 
 
 def _origin(url: str) -> tuple[str, str] | None:
@@ -58,3 +66,24 @@ def submodule_url_problem(url: str, remote_url: str, allowed: Sequence[str] = ()
     if where[0] != remote[0]:
         return f"{url} does not use {remote[0]} like the main remote; {hint}"
     return None
+
+
+def update(repo: pygit2.Repository, path: Path, remote: str, auth: GitAuth | None, allowed: Sequence[str]) -> None:
+    """Bring submodules to the revisions the commit records (cloning new ones), from allowed URLs only."""
+    gitmodules = path / ".gitmodules"
+    if not gitmodules.exists():
+        return
+    try:
+        remote_url = repo.remotes[remote].url or ""
+    except KeyError:
+        remote_url = ""
+    for entry in pygit2.Config(str(gitmodules)):
+        if entry.name.startswith("submodule.") and entry.name.endswith(".url"):
+            problem = submodule_url_problem(entry.value or "", remote_url, allowed)
+            if problem:
+                raise GitFailure(f"submodule {entry.name[len('submodule.'):-len('.url')]}: {problem}")
+    callbacks = Credentials(auth)
+    try:
+        repo.submodules.update(init=True, callbacks=callbacks)
+    except (pygit2.GitError, OSError) as exc:
+        raise GitFailure(f"submodule update failed: {callbacks.explain(exc, 'a submodule remote')}") from None

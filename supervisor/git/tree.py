@@ -29,24 +29,13 @@ import pygit2
 from pygit2.enums import CheckoutStrategy, FetchPrune, FileStatus
 
 from ..config import GitAuth
+from . import submodules
 from .credentials import Credentials
+from .errors import FetchError, GitFailure, MoveFailed
 from .journal import Journal
-from .submodules import submodule_url_problem
 
 _UNTOUCHED = {FileStatus.CURRENT, FileStatus.IGNORED}
 PER_PATH_STATUS = 32  # up to this many changed paths, a status look-up each beats one pass over the tree
-
-
-class GitFailure(Exception):
-    """A git operation failed; the message says what and, where possible, the fix."""
-
-
-class FetchError(GitFailure):
-    pass
-
-
-class MoveFailed(GitFailure):
-    """Moving the tree failed; the tree, the index and the ref are back at the running commit."""
 
 
 @dataclass(frozen=True)
@@ -229,7 +218,7 @@ class WorkTree:
         try:
             # SAFE: refuse (before writing anything) if a file to update has local edits.
             self.repo.checkout_tree(self.repo[target], strategy=CheckoutStrategy.SAFE)
-            self.update_submodules()
+            submodules.update(self.repo, self.path, self.remote, self.auth, self.submodule_urls)
             self.repo.references[self.local_ref].set_target(target, f"supervisor: {reason}")
         except (pygit2.GitError, GitFailure, OSError) as exc:
             why = str(exc) if isinstance(exc, GitFailure) else f"checkout of {target[:12]} failed: {exc}"
@@ -311,26 +300,6 @@ class WorkTree:
         self.journal.end()  # type: ignore[union-attr]
         return what + (f"; removed stale {', '.join(removed)}" if removed else "")
 
-    def update_submodules(self) -> None:
-        """Bring submodules to the revisions the commit records (cloning new ones), from allowed URLs only."""
-        gitmodules = self.path / ".gitmodules"
-        if not gitmodules.exists():
-            return
-        try:
-            remote_url = self.repo.remotes[self.remote].url or ""
-        except KeyError:
-            remote_url = ""
-        for entry in pygit2.Config(str(gitmodules)):
-            if entry.name.startswith("submodule.") and entry.name.endswith(".url"):
-                problem = submodule_url_problem(entry.value or "", remote_url, self.submodule_urls)
-                if problem:
-                    raise GitFailure(f"submodule {entry.name[len('submodule.'):-len('.url')]}: {problem}")
-        callbacks = Credentials(self.auth)
-        try:
-            self.repo.submodules.update(init=True, callbacks=callbacks)
-        except (pygit2.GitError, OSError) as exc:
-            raise GitFailure(f"submodule update failed: {callbacks.explain(exc, 'a submodule remote')}") from None
-
 
 def blob_id(path: Path) -> str | None:
     """The git blob id of what ``path`` holds now (None if it is gone, "dir" for a folder); read in chunks."""
@@ -372,7 +341,7 @@ def clone(url: str, path: Path, branch: str, auth: GitAuth | None, submodule_url
         shutil.rmtree(partial, ignore_errors=True)
         raise FetchError(f"clone of {url} failed: {callbacks.explain(exc, url)}") from None
     try:
-        WorkTree(partial, "origin", branch, auth, submodule_urls=submodule_urls).update_submodules()
+        submodules.update(pygit2.Repository(str(partial)), partial, "origin", auth, submodule_urls)
     except GitFailure:
         shutil.rmtree(partial, ignore_errors=True)
         raise

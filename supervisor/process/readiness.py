@@ -81,11 +81,11 @@ class Gate:
 
 async def start_ready(spec: Spec, gate: Gate | None, *, where: str = "", fds: Sequence[int] = (),
                       extra_env: Mapping[str, str] | None = None, listen_pid: bool = True, label: str = "app",
-                      guard: Guard | None = None, on_line: Callable[[int, str], None] | None = None
-                      ) -> Child | Failure:
+                      guard: Guard | None = None, on_line: Callable[[int, str], None] | None = None,
+                      started: Callable[[Child], None] | None = None) -> Child | Failure:
     """Start one process and, with a ``gate``, wait until it is ready: the web process and every instance of a
     process type start so. The child, or why it is not ready (then it is stopped and reaped; a cancel stops
-    it too). OSError when it cannot even start."""
+    it too). OSError when it cannot even start. ``started`` hears of the child as soon as it runs."""
     notify = Notify() if gate is not None and gate.notify else None
     env = {**(extra_env or {}), "NOTIFY_SOCKET": notify.name if notify else ""}
     try:
@@ -95,6 +95,8 @@ async def start_ready(spec: Spec, gate: Gate | None, *, where: str = "", fds: Se
         if notify is not None:
             notify.close()
         raise
+    if started is not None:
+        started(child)
     if gate is None:
         return child
     try:

@@ -140,9 +140,14 @@ class Web:
             elif app.ready.http and probe_sock is not None:
                 probe = Probe(f"http://127.0.0.1:{probe_sock.getsockname()[1]}{app.ready.http}")
             spec = dataclasses.replace(spec, argv=_format(list(spec.argv), values))
-            return await start_ready(spec, Gate(app.ready.min_uptime, app.ready.timeout, app.ready.notify, probe),
-                                     fds=fds, extra_env=extra, listen_pid=not app.names_fds, label="web",
-                                     guard=self.guard, on_line=self._on_line)
+            born: list[Child] = []  # known to stop() from its first moment, mid-start included
+            result = await start_ready(spec, Gate(app.ready.min_uptime, app.ready.timeout, app.ready.notify, probe),
+                                       fds=fds, extra_env=extra, listen_pid=not app.names_fds, label="web",
+                                       guard=self.guard, on_line=self._on_line,
+                                       started=lambda child: (born.append(child), self.children.add(child)))
+            if isinstance(result, Failure):
+                self.children.difference_update(born)  # stopped and reaped already
+            return result
         except OSError as exc:
             # Not on PATH, or out of file descriptors (EMFILE) for the probe socket: a failed start,
             # which the worker retries with backoff like any other.
@@ -175,7 +180,6 @@ class Web:
                 log.warning("release %s failed: %s", built.commit[:12], started)
                 return started
             child = started
-            self.children.add(child)
             self.live = WebProcess(built, child, time.monotonic(), previous, sock, app)
             self.starts += 1
             watch = asyncio.create_task(self._watch(self.live), name=f"watch-{child.pid}")

@@ -1,0 +1,131 @@
+"""The read model: what the control API and the metrics see of the running supervisor, and the jobs
+they may ask for. It reads the parts' state and changes none of it (an ask only puts a job in the mailbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Sequence
+
+from .deploy import Deployer
+from .git.thread import GitThread
+from .git.tree import WorkTree, describe_commit
+from .ops.history import History
+from .ops.metrics import LiveFacts, Metrics
+from .process.web import Web
+from .process.workers import process_facts
+
+
+class Console:
+    """The control API's :class:`~supervisor.ops.control.Console`."""
+
+    def __init__(self, deployer: Deployer, web: Web, git: GitThread, tree: WorkTree, history: History,
+                 metrics: Metrics, lines: Sequence[tuple[float, int, str, str]],
+                 about: Callable[[], dict[str, Any]]) -> None:
+        self.deployer = deployer
+        self.web = web
+        self.git = git
+        self.tree = tree
+        self.history = history
+        self.metrics = metrics
+        self.lines = lines  # the app's recent output: (time, pid, line, process type)
+        self.about = about  # what only the supervisor knows: its URLs, uptime, last reload
+        self._described: dict[str, dict[str, str]] = {}
+
+    async def describe(self, sha: str) -> dict[str, str]:
+        """A commit's subject and author, read in the git thread (pygit2 blocks), once per commit."""
+        if sha not in self._described:
+            info = await self.git.run(describe_commit, self.tree.repo, sha)
+            if not info["author"]:
+                return info  # unknown here (yet): do not cache
+            self._described[sha] = info
+        return self._described[sha]
+
+    async def status(self) -> dict[str, Any]:
+        d, live = self.deployer, self.web.live
+        alive = live is not None and live.alive
+        processes = self.processes()
+        info = await self.describe(d.deployed)
+        return {
+            "deployed_commit": d.deployed,
+            "deployed_message": info["message"],
+            "deployed_author": info["author"],
+            "release": self.release_info(),
+            "state": d.state,
+            "child_pid": live.child.pid if alive and live else None,
+            "uptime": round(live.child.uptime, 3) if alive and live else 0.0,
+            "restarts": sum(int(p["restarts"]) for p in processes),  # crash restarts, as each process counts
+            "swaps": self.web.restarts,  # web processes put live after the first: deploys, restarts
+            "processes": processes,
+            "queue": d.queued,
+            "last_deploy": d.last.as_dict() if d.last else None,
+            "bad_commits": d.marks.as_dict(),
+            "app_port": self.web.port,
+            **self.about(),
+            "paused": d.pause.as_dict(),
+            "history": {"ok": self.history.problem is None, "problem": self.history.problem},
+        }
+
+    def processes(self) -> list[dict[str, Any]]:
+        """Every process of the running release: the web process, then each instance of each type."""
+        live = self.web.live
+        web = [process_facts("web", 0, live.child, live.built, self.deployer.crash_restarts)] if live else []
+        return web + self.deployer.workers.listing()
+
+    def release_info(self) -> dict[str, Any] | None:
+        """The running release: its id, folder, environment, and whether it holds hand edits."""
+        built = self.deployer.current
+        if built is None:
+            return None
+        return {"mode": self.deployer.builder.mode, "id": built.id, "dir": str(built.root),
+                "env": built.env_key, "dirty": built.dirty}
+
+    def releases_listing(self) -> list[dict[str, Any]]:
+        """The kept releases, newest use first, each with its state (live, previous, failed, pruned soon)."""
+        d = self.deployer
+        live = d.current.id if d.current else ""
+        previous = d.road.previous_release()
+        doomed = d.builder.doomed([d.current, previous])
+        out = []
+        for kept in d.builder.listing():
+            state = ("live" if kept.id == live else "previous" if previous and kept.id == previous.id
+                     else "failed" if kept.commit in d.marks and not kept.dirty
+                     else "pruned soon" if kept.id in doomed else "kept")
+            out.append({"id": kept.id, "commit": kept.commit, "dirty": kept.dirty, "env": kept.env,
+                        "built_at": kept.built_at, "build_seconds": kept.build_seconds, "state": state})
+        return out
+
+    def waiting(self) -> list[str]:
+        """[app] settings reloaded (SIGHUP) that the live release does not run with yet: `pushcd restart`."""
+        live = self.web.live
+        return live.app.changes(self.web.app) if live is not None and live.app is not None else []
+
+    def live_facts(self) -> LiveFacts:
+        """For a metrics scrape: no git read here (the message is the one status last read)."""
+        live = self.web.live
+        commit = self.deployer.deployed
+        workers = self.deployer.workers
+        process_restarts = {"web": self.deployer.crash_restarts, **workers.restarts}
+        return LiveFacts(up=live is not None and live.alive, restarts=sum(process_restarts.values()), commit=commit,
+                         message=self._described.get(commit, {}).get("message", ""),
+                         paused=self.deployer.pause.reason is not None,
+                         processes=tuple((str(p["name"]), int(p["index"]), p["state"] == "running")  # type: ignore
+                                         for p in self.processes()),
+                         process_restarts=process_restarts)
+
+    def ask(self, what: str, arg: str | None = None) -> "asyncio.Future[Any]":
+        d = self.deployer
+        if what == "rollback":
+            return d.request_rollback(arg)
+        if what == "restart":
+            return d.request_restart("manual", arg)
+        if what == "resume":
+            return d.resume()
+        return d.request_deploy("manual", commit=arg, retry=what == "retry")
+
+    def pause(self, reason: str) -> None:
+        self.deployer.hold(reason)
+
+    @property
+    def queued(self) -> list[str]:
+        return self.deployer.queued

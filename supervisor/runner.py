@@ -193,7 +193,7 @@ def make_builder(settings: Settings, tree: WorkTree, git: GitThread, guard: Guar
         return InPlace(tree, git, settings.raw.app.procfile)
     envs = Environments(state / "envs", cfg, guard=guard, unset=settings.app.unset)
     return Snapshots(tree, git, Store(state / "releases"), envs, cfg, procfile_name=settings.raw.app.procfile,
-                     pycache=state / "pycache")
+                     pycache=state / "pycache", before_restart=settings.raw.deploy.before_restart)
 
 
 class Supervisor:
@@ -364,7 +364,7 @@ class Supervisor:
         d.road.preparation.configure(raw.deploy.before_restart, raw.deploy.before_restart_timeout,
                                      raw.deploy.release_command, raw.deploy.release_timeout)
         self.history.retention = raw.state.retention
-        self.deployer.builder.configure(raw.release, raw.app.procfile)
+        self.deployer.builder.configure(raw.release, raw.app.procfile, raw.deploy.before_restart)
         n = self.notifier
         n.targets, n.full_name, n.link = raw.notify, raw.repo.full_name, raw.control.public_url
         set_network_timeouts(raw.repo.fetch_timeout)

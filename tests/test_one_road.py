@@ -173,7 +173,7 @@ def running_in(folder: Path) -> list[int]:
 
 
 @pytest.mark.skipif(RELEASE_MODE == "in-place", reason="release folders exist in snapshot mode only")
-async def test_a_changed_release_link_makes_a_new_release_folder(tmp_path: Path, repos: Repos,
+async def test_a_changed_link_or_before_restart_makes_a_new_release_folder(tmp_path: Path, repos: Repos,
                                                                  session: aiohttp.ClientSession) -> None:
     """Reproduction 6: before, the folder made without the link was reused as it was."""
     cfg = write_config(tmp_path / "c.toml", repos)
@@ -181,11 +181,20 @@ async def test_a_changed_release_link_makes_a_new_release_folder(tmp_path: Path,
         before = sup.deployer.current
         assert before is not None and not (before.root / "data").exists()
     cfg.write_text(cfg.read_text().replace("[release]\n", '[release]\nlink = ["data/"]\n'))
-    async with running(cfg) as sup:
-        await deployed(Client(sup, session), repos.head())
+    async with supervised(cfg, session) as (sup, c):
+        await deployed(c, repos.head())
         after = sup.deployer.current
         assert after is not None and after.id != before.id
         assert (after.root / "data").is_symlink() and (repos.work / "data").is_dir()
+    # before_restart writes into a fresh folder (collectstatic): a new command makes a new folder too
+    make = "import pathlib; pathlib.Path('collected').write_text('static')"
+    cfg.write_text(cfg.read_text().replace("[deploy]\n", f"[deploy]\nbefore_restart = [[{json.dumps(PY)}, "
+                                                         f"\"-c\", {json.dumps(make)}]]\n"))
+    async with supervised(cfg, session) as (sup, c):
+        await deployed(c, repos.head())
+        again = sup.deployer.current
+        assert again is not None and again.id not in (before.id, after.id)
+        assert (again.root / "collected").read_text() == "static"
 
 
 # -- SIGTERM and SIGKILL at each phase of an attempt ---------------------------------------------------------

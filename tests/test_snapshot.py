@@ -35,8 +35,8 @@ def listing(root: Path) -> dict[str, tuple[str, str]]:
 def build(repos: Repos, dest: Path, base: snapshot.Base | None = None, overlay: bool = False,
           links: tuple[str, ...] = (), spare: Path | None = None) -> snapshot.Base:
     repo = pygit2.Repository(str(repos.work))
-    content = (snapshot.of_work_tree(repo, repos.work, links) if overlay
-               else snapshot.of_commit(repo, str(repo.head.target), links))  # as Snapshots builds them
+    content = (snapshot.of_work_tree(repo, repos.work, links, links) if overlay
+               else snapshot.of_commit(repo, str(repo.head.target), links))  # links shape both, as in Snapshots
     snapshot.write(repo, content, dest / content.id, workdir=repos.work, base=base, links=links, spare=spare)
     snapshot.seal(dest / content.id)
     return snapshot.Base(dest / content.id, content)
@@ -92,7 +92,8 @@ def test_hand_edits_are_copied_into_the_release_and_links_point_to_the_work_tree
     (repos.work / "app.py").write_text("v1\n")  # the edit reverted: the clean release's content again
     (repos.work / "new.py").unlink()
     repo = pygit2.Repository(str(repos.work))
-    assert snapshot.of_work_tree(repo, repos.work, (".env", "media/")).id == base.content.id  # reused, not rebuilt
+    links = (".env", "media/")
+    assert snapshot.of_work_tree(repo, repos.work, links, links).id == base.content.id  # reused, not rebuilt
 
 
 def test_dependency_files_are_detected_in_order_and_a_named_missing_one_is_an_error(tmp_path: Path) -> None:

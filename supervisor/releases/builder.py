@@ -10,6 +10,7 @@ work tree itself, as pushcd did before releases existed.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import replace
@@ -63,8 +64,10 @@ class Builder(Protocol):
 
     def doomed(self, protect: Sequence[Built | None]) -> set[str]: ...
 
-    def configure(self, cfg: ReleaseConfig, procfile_name: str | None = None) -> None:
-        """[release] (and [app] procfile) reloaded (SIGHUP): used from the next release on."""
+    def configure(self, cfg: ReleaseConfig, procfile_name: str | None = None,
+                  before_restart: Sequence[Sequence[str]] = ()) -> None:
+        """[release], [app] procfile and [deploy] before_restart (at start, and reloaded on SIGHUP): used from
+        the next release on."""
 
 
 def read_procfile(root: Path, name: str | None) -> dict[str, list[str]] | None:
@@ -119,7 +122,8 @@ class InPlace:
     def doomed(self, protect: Sequence[Built | None]) -> set[str]:
         return set()
 
-    def configure(self, cfg: ReleaseConfig, procfile_name: str | None = None) -> None:
+    def configure(self, cfg: ReleaseConfig, procfile_name: str | None = None,
+                  before_restart: Sequence[Sequence[str]] = ()) -> None:
         self.procfile = procfile_name
 
 
@@ -129,23 +133,24 @@ class Snapshots:
     mode = "snapshot"
 
     def __init__(self, tree: WorkTree, git: GitThread, store: Store, envs: Environments, cfg: ReleaseConfig, *,
-                 spares: Path | None = None, procfile_name: str | None = None, pycache: Path | None = None) -> None:
+                 spares: Path | None = None, procfile_name: str | None = None, pycache: Path | None = None,
+                 before_restart: Sequence[Sequence[str]] = ()) -> None:
         self.pycache = pycache
         self.spares = spares or store.root.with_name("spare")  # the next release's link farm, made while idle
         self.tree = tree
         self.git = git
         self.store = store
         self.envs = envs
-        self.configure(cfg, procfile_name)  # links, requirements, keep; the environments' settings
+        self.configure(cfg, procfile_name, before_restart)  # links, requirements, keep; the environments' settings
         self._told_ignored = False
         self._pending: dict[str, Kept] = {}  # built, not sealed yet
 
     async def of_commit(self, commit: str, phases: Phases, base: Built | None) -> Built:
-        content = await self.git.run(snapshot.of_commit, self.tree.repo, commit, self.links)
+        content = await self.git.run(snapshot.of_commit, self.tree.repo, commit, self.shape)
         return await self._make(content, phases, base)
 
     async def of_work_tree(self, phases: Phases, base: Built | None) -> Built:
-        content = await self.git.run(snapshot.of_work_tree, self.tree.repo, self.tree.path, self.links)
+        content = await self.git.run(snapshot.of_work_tree, self.tree.repo, self.tree.path, self.links, self.shape)
         return await self._make(content, phases, base)
 
     async def _make(self, content: snapshot.Content, phases: Phases, base: Built | None) -> Built:
@@ -275,8 +280,12 @@ class Snapshots:
     def doomed(self, protect: Sequence[Built | None]) -> set[str]:
         return {k.id for k in self.store.doomed(self.keep, {b.id for b in protect if b is not None})}
 
-    def configure(self, cfg: ReleaseConfig, procfile_name: str | None = None) -> None:
+    def configure(self, cfg: ReleaseConfig, procfile_name: str | None = None,
+                  before_restart: Sequence[Sequence[str]] = ()) -> None:
         self.procfile = procfile_name
         self.links, self.requirements, self.keep = list(cfg.link), cfg.requirements, cfg.keep
+        # Besides the tree and hand edits, the folder is made of these: a change makes a new release.
+        self.shape = tuple(f"link {link}" for link in self.links) + tuple(
+            "before_restart " + json.dumps(list(argv)) for argv in before_restart)
         self.envs.configure(cfg)
 

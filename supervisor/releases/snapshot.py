@@ -42,27 +42,27 @@ class Content:
     commit: str
     tree: str  # the commit's tree id
     overlay: dict[str, str | None] = field(default_factory=dict)  # path -> blob id in the work tree (None: deleted)
-    links: tuple[str, ...] = ()  # [release] link: work-tree paths the folder holds as symlinks
+    shape: tuple[str, ...] = ()  # what else the folder is made from: [release] link entries, before_restart
 
     @property
     def id(self) -> str:
-        """The tree id's first 16 digits; with an overlay or links, a digest of everything that shapes the
-        folder, so a changed input never reuses a folder made without it.
+        """The tree id's first 16 digits; with an overlay or a shape, a digest of everything the folder is made
+        from, so a changed input never reuses a folder made without it.
 
         >>> Content("c" * 40, "ab" * 20).id
         'abababababababab'
         >>> Content("c" * 40, "ab" * 20, {"app.py": "12" * 20}).id != Content("c" * 40, "ab" * 20).id
         True
-        >>> Content("c" * 40, "ab" * 20, links=("data/",)).id != Content("c" * 40, "ab" * 20).id
+        >>> Content("c" * 40, "ab" * 20, shape=("link data/",)).id != Content("c" * 40, "ab" * 20).id
         True
         """
-        if not self.overlay and not self.links:
+        if not self.overlay and not self.shape:
             return self.tree[:16]
         digest = hashlib.sha1(self.tree.encode())
         for path, blob in sorted(self.overlay.items()):
             digest.update(f"\0{path}\0{blob or '-'}".encode())
-        for link in sorted(self.links):
-            digest.update(f"\0link\0{link}".encode())
+        for part in self.shape:  # in order: before_restart commands run in order
+            digest.update(f"\0shape\0{part}".encode())
         return digest.hexdigest()[:16]
 
     @property
@@ -70,11 +70,12 @@ class Content:
         return bool(self.overlay)
 
 
-def of_commit(repo: pygit2.Repository, commit: str, links: Sequence[str] = ()) -> Content:
-    return Content(commit, str(repo[commit].peel(pygit2.Commit).tree_id), links=tuple(links))
+def of_commit(repo: pygit2.Repository, commit: str, shape: Sequence[str] = ()) -> Content:
+    return Content(commit, str(repo[commit].peel(pygit2.Commit).tree_id), shape=tuple(shape))
 
 
-def of_work_tree(repo: pygit2.Repository, workdir: Path, skip: Sequence[str] = ()) -> Content:
+def of_work_tree(repo: pygit2.Repository, workdir: Path, skip: Sequence[str] = (), shape: Sequence[str] = ()
+                 ) -> Content:
     """HEAD, plus the tracked files the work tree holds edited and its untracked (not ignored) files."""
     head = str(repo.head.target)
     tree = repo[head].peel(pygit2.Commit).tree
@@ -91,7 +92,7 @@ def of_work_tree(repo: pygit2.Repository, workdir: Path, skip: Sequence[str] = (
         except KeyError:
             pass
         overlay[path] = blob
-    return Content(head, str(tree.id), overlay, tuple(skip))
+    return Content(head, str(tree.id), overlay, tuple(shape))
 
 
 def _covered(path: str, prefixes: Iterable[str]) -> bool:

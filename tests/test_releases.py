@@ -247,6 +247,27 @@ async def test_linked_env_file_and_data_folder_are_shared_by_two_releases(
         assert sup.web.restarts == restarts + 1
 
 
+async def test_a_link_through_a_pushed_symlink_is_refused_and_nothing_outside_is_touched(
+        tmp_path: Path, repos: Repos, session: aiohttp.ClientSession) -> None:
+    """Hardening #2: a commit with `shared -> <a folder outside>` made pushcd delete that folder's `data`, then
+    plant its own link there."""
+    victim = tmp_path / "victim"
+    (victim / "data").mkdir(parents=True)
+    (victim / "data" / "precious").write_text("keep me")
+    cfg = setup(tmp_path, repos, first_files(), release='link = ["shared/data"]')
+    async with supervised(cfg, session) as (sup, client):
+        good = repos.head()
+        (repos.dev / "shared").symlink_to(victim)  # committed as a symlink, as Capistrano layouts have it
+        bad = repos.commit({}, "shared is a symlink now")
+        await client.push(repos, bad)
+        status = await eventually(lambda: last_is(client, bad, "failed"), what="the deploy to be refused")
+        reason = status["last_deploy"]["reason"]
+        assert '[release] link "shared/data": shared is a symlink in the commit' in reason, reason
+        assert (victim / "data" / "precious").read_text() == "keep me" and not (victim / "data").is_symlink()
+        assert sorted(p.name for p in victim.iterdir()) == ["data"]
+        assert status["deployed_commit"] == good and await get(session, sup.web.port) == (200, "Title: old")
+
+
 async def test_a_hand_git_pull_and_a_hand_edit_are_reported_truthfully(
         tmp_path: Path, repos: Repos, session: aiohttp.ClientSession) -> None:
     cfg = setup(tmp_path, repos, first_files())

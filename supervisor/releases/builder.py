@@ -37,6 +37,8 @@ def _explained(where: Path) -> Iterator[None]:
     """A full disk or a permission problem while building is a failed deploy that says where, not a crash."""
     try:
         yield
+    except snapshot.LinkRefused as exc:
+        raise BuildFailed(str(exc)) from None
     except OSError as exc:
         raise BuildFailed(f"cannot write {exc.filename or where}: {exc.strerror or exc} (building {where}); "
                           f"free space or fix permissions in [state] dir") from None

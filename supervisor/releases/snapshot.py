@@ -149,6 +149,9 @@ def write(repo: pygit2.Repository, content: Content, dest: Path, *, workdir: Pat
                 written += 1
         for entry in links:
             name = entry.rstrip("/")
+            problem = link_problem(entry, tmp, workdir)
+            if problem:
+                raise LinkRefused(problem)
             if entry.endswith("/"):
                 (workdir / name).mkdir(parents=True, exist_ok=True)  # data outlives releases: make its home
             target = tmp / name
@@ -295,6 +298,34 @@ def _submodule(path: Path, commit: str, out: Path) -> int:
                     path, commit[:12])
         return 0
     return _materialize(sub, tree, out, "", path)
+
+
+class LinkRefused(Exception):
+    """A [release] link that would be made, cleared or written through a symlink pushcd did not make."""
+
+
+def link_problem(entry: str, release: Path, workdir: Path) -> str | None:
+    """Why ``entry`` of [release] link cannot be made safely, or None. A committed symlink on its way (a
+    Capistrano-style ``shared -> /srv/shared``) would make pushcd create, delete and link through it, outside
+    the repository: refused, never followed.
+
+    >>> import tempfile
+    >>> top = Path(tempfile.mkdtemp())
+    >>> (top / "release").mkdir(); (top / "work").mkdir(); (top / "release" / "shared").symlink_to("/tmp")
+    >>> link_problem("shared/data/", top / "release", top / "work")  # doctest: +ELLIPSIS
+    '[release] link "shared/data/": shared is a symlink in the commit (...); pushcd never creates, deletes or links through a symlink it did not make: link the real folder, or commit a folder in its place'
+    >>> link_problem("media/", top / "release", top / "work") is None
+    True
+    """
+    parts = Path(entry.rstrip("/")).parts
+    for depth in range(1, len(parts) + 1):
+        for root, where in ((release, "the commit"), (workdir, "the work tree")):
+            path = root.joinpath(*parts[:depth])
+            if path.is_symlink() and (depth < len(parts) or root == workdir):
+                return (f'[release] link "{entry}": {"/".join(parts[:depth])} is a symlink in {where} '
+                        f"(to {os.readlink(path)}); pushcd never creates, deletes or links through a symlink it did "
+                        f"not make: link the real folder, or commit a folder in its place")
+    return None
 
 
 def _mkdirs(folder: Path, top: Path) -> None:

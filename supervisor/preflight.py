@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pygit2
 
-from .releases.pyenv import BuildFailed, dependencies
 from .config import Address, Settings
 from .git.credentials import Credentials
 from .git.options import set_network_timeouts
+from .releases.builder import read_procfile
+from .releases.pyenv import BuildFailed, dependencies
 
 
 def problems(settings: Settings) -> list[str]:
@@ -74,9 +75,24 @@ def _work_tree(settings: Settings) -> list[str]:
     return out
 
 
+def _web(settings: Settings) -> tuple[str, list[str]]:
+    """Where the web command comes from, and the command: [app] command, else the web: line of the Procfile
+    the work tree holds ([app] procfile)."""
+    if settings.app.command or not settings.raw.app.procfile:
+        return "[app] command", list(settings.app.command)
+    key = f"[app] procfile = \"{settings.raw.app.procfile}\", web:"
+    try:
+        return key, (read_procfile(settings.repo_path, settings.raw.app.procfile) or {}).get("web", [])
+    except BuildFailed:
+        return key, []  # a missing or broken Procfile is the deploy's to report, naming the line
+
+
 def _commands(settings: Settings) -> list[str]:
     app = settings.app
-    argvs = [("[app] command", list(app.command))]
+    key, web = _web(settings)
+    if not web:
+        return [f"{key} no web command: give [app] command, or a web: line in the Procfile"]
+    argvs = [(key, web)]
     argvs += [("[deploy] before_restart", argv) for argv in settings.raw.deploy.before_restart if argv]
     out = []
     from_env = _has_environment(settings)
@@ -90,7 +106,7 @@ def _commands(settings: Settings) -> list[str]:
 
 
 def _has_environment(settings: Settings) -> bool:
-    """Web get a Python environment (snapshot mode, and the work tree holds a dependency file)."""
+    """Releases get a Python environment (snapshot mode, and the work tree holds a dependency file)."""
     release = settings.raw.release
     if release.mode != "snapshot" or not settings.repo_path.is_dir():
         return False

@@ -278,7 +278,7 @@ async def test_crash_looping_app_backs_off_and_a_fix_deploys(repos: Repos, tmp_p
 
 @pytest.mark.parametrize("mode", ["in-place", "snapshot"])
 async def test_full_state_disk_keeps_deploying(repos: Repos, tmp_path: Path, session, caplog, mode: str) -> None:
-    """In place, a full state disk costs history, not deploys. Web live on that disk: there a deploy
+    """In place, a full state disk costs history, not deploys. Releases live on that disk: there a deploy
     fails, saying so, and the running release serves on."""
     state = tmp_path / "state"
     state.mkdir()

@@ -221,6 +221,8 @@ async def test_a_procfile_change_in_a_commit_adds_a_worker_and_restart_takes_a_n
                        extra="[processes.worker.ready]\nmin_uptime = 0.3\n")
     text = cfg.read_text().replace("[app]\n", '[app]\nprocfile = "Procfile"\n', 1).replace("command = []\n", "")
     cfg.write_text(text)
+    code, out, err = await cli(cfg, "check")  # hardening #19.8: an IndexError before, the web command in the Procfile
+    assert code == 0 and "Traceback" not in err, (out, err)
     async with supervised(cfg, session) as (sup, client):
         assert [p["name"] for p in (await client.status())["processes"]] == ["web"]
         new = await client.ship(repos, {"Procfile": f"web: {PY} app.py --fd {{fd}} --fd {{probe_fd}}\n"

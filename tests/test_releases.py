@@ -1,4 +1,4 @@
-"""Web: each runs from its own read-only folder and its own Python environment ([release] mode =
+"""Releases: each runs from its own read-only folder and its own Python environment ([release] mode =
 "snapshot", the default). Real git, real children, a real installer (uv) installing tiny wheels made here
 with --no-index --find-links: no network."""
 

@@ -1,1 +1,1 @@
-"""Web: their directories, their Python environments, and the strategy that makes them."""
+"""Releases: their directories, their Python environments, and the strategy that makes them."""

@@ -146,3 +146,56 @@ def test_wrong_branch_checked_out_is_refused(repos: Repos) -> None:
     git("checkout", "-q", "-b", "other", cwd=repos.work)
     with pytest.raises(GitFailure, match="is on other, not main"):
         tree(repos).check_branch()
+
+
+def _as(repos: Repos, path: str, kind: str) -> None:
+    """Make ``path`` in the dev clone a file, a folder (with a file in it), a symlink or an executable."""
+    full = repos.dev / path
+    if full.is_dir() and not full.is_symlink():
+        subprocess.run(["rm", "-rf", str(full)], check=True)
+    elif full.exists() or full.is_symlink():
+        full.unlink()
+    if kind == "folder":
+        full.mkdir()
+        (full / "x").write_text("in a folder\n")
+    elif kind == "symlink":
+        full.symlink_to("message.txt")
+    else:
+        full.write_text(f"a {kind}\n")
+        full.chmod(0o755 if kind == "executable" else 0o644)
+
+
+@pytest.mark.parametrize("first, then", [("file", "folder"), ("folder", "file"), ("file", "symlink"),
+                                         ("symlink", "file"), ("folder", "symlink"), ("file", "executable")])
+def test_every_type_change_moves_both_ways(repos: Repos, first: str, then: str) -> None:
+    """Hardening #19.4: a folder turning back into a file was refused forever ("local edits would be
+    overwritten: conf") with a clean tree, and so was the rollback of the commit that made it a folder."""
+    _as(repos, "conf", first)
+    a = repos.commit({}, f"conf is a {first}")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    _as(repos, "conf", then)
+    b = repos.commit({}, f"conf is a {then}")
+    _as(repos, "conf", first)
+    c = repos.commit({}, f"conf is a {first} again")
+    t = tree(repos)
+    t.fetch()
+    for target in (b, c, b, a):  # forward through both changes, then back (a rollback) through both
+        facts = t.facts(target)
+        assert not facts.blocking, (target, facts.blocking)
+        t.move_to(target, "test")
+        assert repos.head() == target
+        clean_and_consistent(repos)
+    conf = repos.work / "conf"
+    assert conf.is_symlink() == (first == "symlink") and conf.is_dir() == (first == "folder" and not conf.is_symlink())
+
+
+def test_a_folder_with_an_untracked_file_still_blocks_becoming_a_file(repos: Repos) -> None:
+    _as(repos, "conf", "folder")
+    repos.commit({}, "conf is a folder")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    _as(repos, "conf", "file")
+    target = repos.commit({}, "conf is a file")
+    (repos.work / "conf" / "mine.txt").write_text("not in git\n")  # the user's: a move would lose it
+    t = tree(repos)
+    t.fetch()
+    assert t.facts(target).blocking == ("conf",)

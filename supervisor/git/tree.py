@@ -189,7 +189,13 @@ class WorkTree:
             return FileStatus.CURRENT  # in neither the index nor the work tree
         except pygit2.GitError:
             full = self.path / path
-            # e.g. a folder now stands where the update puts a file: that blocks too
+            if full.is_dir() and not full.is_symlink():
+                # A folder stands where the update puts a file: in the way only if it holds something git does
+                # not have clean (a folder of tracked files the move deletes is no edit: git moves it too).
+                inside = path + "/"
+                return FileStatus.WT_NEW if any(
+                    p.startswith(inside) and s not in _UNTOUCHED
+                    for p, s in self.repo.status(untracked_files="all").items()) else FileStatus.CURRENT
             return FileStatus.WT_NEW if full.exists() or full.is_symlink() else FileStatus.CURRENT
 
     def backup(self, sha: str) -> str:

@@ -199,3 +199,57 @@ def test_a_folder_with_an_untracked_file_still_blocks_becoming_a_file(repos: Rep
     t = tree(repos)
     t.fetch()
     assert t.facts(target).blocking == ("conf",)
+
+
+def test_a_failing_submodule_update_puts_the_index_back_too(repos: Repos, tmp_path) -> None:
+    """Hardening #19.3: the files came back, the index kept the bad gitlink (`MM vendor_lib`), and every later
+    deploy failed until a hand `git reset`."""
+    from .conftest import Repos as Lib
+
+    lib = Lib(tmp_path / "lib")
+    git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib.origin), "vendor_lib", cwd=repos.dev)
+    added = repos.commit({}, "add vendor_lib")
+    t = WorkTree(repos.work, "origin", repos.branch, submodule_urls=[f"{tmp_path}/*"])
+    t.fetch()
+    t.move_to(added, "add vendor_lib")
+    newer = lib.commit({"lib.txt": "v2\n"}, "lib v2")
+
+    def point(sha: str, message: str) -> str:  # `git add -A` would take the submodule's HEAD instead
+        git("update-index", "--cacheinfo", f"160000,{sha},vendor_lib", cwd=repos.dev)
+        git("commit", "-q", "-m", message, cwd=repos.dev)
+        git("push", "-q", "origin", f"HEAD:{repos.branch}", cwd=repos.dev)
+        return git("rev-parse", "HEAD", cwd=repos.dev)
+
+    missing = point("1" * 40, "a gitlink to a commit nobody has")
+    t.fetch()
+    with pytest.raises(GitFailure, match="submodule"):
+        t.move_to(missing, "missing")
+    assert repos.head() == added
+    assert git("status", "--porcelain", "--ignore-submodules=none", cwd=repos.work) == ""
+    fixed = point(newer, "the pointer fixed")
+    t.fetch()
+    assert not t.facts(fixed).blocking
+    t.move_to(fixed, "fixed")
+    assert repos.head() == fixed and (repos.work / "vendor_lib" / "lib.txt").read_text() == "v2\n"
+
+
+
+def test_a_failed_move_across_a_type_change_leaves_a_clean_tree(repos: Repos) -> None:
+    """The ref moves last: a lock on it fails the move after every path was written, so the repair must put a
+    file back as a folder, and the index with it."""
+    _as(repos, "conf", "folder")
+    folder = repos.commit({}, "conf is a folder")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    _as(repos, "conf", "file")
+    target = repos.commit({"message.txt": "v2\n"}, "conf is a file")
+    t = tree(repos)
+    t.fetch()
+    lock = repos.work / ".git" / "refs" / "heads" / f"{repos.branch}.lock"
+    lock.write_text("")
+    with pytest.raises(GitFailure):
+        t.move_to(target, "test")
+    lock.unlink()
+    assert repos.head() == folder and (repos.work / "conf" / "x").read_text() == "in a folder\n"
+    clean_and_consistent(repos)
+    t.move_to(target, "test")  # and the next try goes through
+    assert repos.head() == target and (repos.work / "conf").read_text() == "a file\n"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import pygit2
-from pygit2.enums import CheckoutStrategy, FetchPrune, FileStatus
+from pygit2.enums import CheckoutStrategy, FetchPrune, FileMode, FileStatus
 
 from ..config import GitAuth
 from . import submodules
@@ -259,6 +259,10 @@ class WorkTree:
             self._remove(path)
             if path in index:
                 index.remove(path)
+        for path in keep:  # the entries too: a checkout does not put a submodule's gitlink back in the index
+            entry = tree[path]
+            if entry.filemode != FileMode.TREE:  # a folder there now (a type change): its files are in paths
+                index.add(pygit2.IndexEntry(path, entry.id, entry.filemode))
         try:
             index.write()
             strategy = CheckoutStrategy.FORCE

@@ -125,8 +125,13 @@ def test_fuzzed_requests_never_500_and_never_deploy_unsigned(intake_server, head
 
 def test_slow_sender_gets_408_and_does_not_hold_the_server(intake_server, monkeypatch) -> None:
     monkeypatch.setattr(intake_mod, "BODY_TIMEOUT", 1.0)
+    with socket.create_connection(("127.0.0.1", intake_server.port), timeout=10) as unsigned:
+        # No signature: refused before a byte of the body is read, so it cannot hold a slot for long.
+        unsigned.sendall(b"POST /github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: ping\r\nContent-Length: 1000\r\n\r\n{")
+        assert b" 401 " in unsigned.recv(1000).split(b"\r\n", 1)[0]
     with socket.create_connection(("127.0.0.1", intake_server.port), timeout=10) as slow:
-        slow.sendall(b"POST /github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: ping\r\nContent-Length: 1000\r\n\r\n{")
+        slow.sendall(b"POST /github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: ping\r\nContent-Length: 1000\r\n"
+                     b"X-Hub-Signature-256: sha256=" + b"0" * 64 + b"\r\n\r\n{")
         # Meanwhile a normal delivery is answered at once.
         body = b"{}"
         sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()

@@ -560,3 +560,63 @@ def test_sigterm_during_a_hung_fetch_exits_within_the_stop_timeout(tmp_path: Pat
     finally:
         stop_process(proc)
         hung.close()
+
+
+# -- memory before the signature (#19.1) ---------------------------------------------------------------------
+
+def _kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_unsigned_bodies_and_compressed_bodies_cost_no_memory(tmp_path: Path, repos: Repos) -> None:
+    """Before: 12 connections sending 24 MB and stalling took RSS 60 -> 352 MB (and kept it); 8 gzip bodies of
+    ~24 KB inflating to 24 MB each took +370 MB; one 500 KB gzip bomb +212 MB. Unsigned bytes are now hashed
+    as they stream and spooled (256 KB in memory each, 64 MB in flight in all), and no body is inflated."""
+    import gzip
+    import threading
+
+    cfg = write_config(tmp_path / "c.toml", repos, watch="enabled = false")
+    port = int(cfg.read_text().split('[webhook]\nlisten = "127.0.0.1:')[1].split('"')[0])
+    proc = spawn_supervisor(cfg)
+    try:
+        wait_sync(lambda: (s := try_status(cfg)) and s["child_pid"], 30, "pushcd")
+        before = _kb(proc.pid, "VmRSS")
+        size, release, sent_all = 24 * 1024 * 1024, threading.Event(), []
+
+        def stall() -> None:  # a forged signature, so the body is read; all but its last byte, then silence
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                try:
+                    s.sendall((f"POST /github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n"
+                               f"Content-Length: {size}\r\nX-Hub-Signature-256: sha256={'0' * 64}\r\n\r\n").encode())
+                    for _ in range(size // (1 << 20) - 1):
+                        s.sendall(b"x" * (1 << 20))
+                    s.sendall(b"x" * ((1 << 20) - 1))
+                except OSError:
+                    pass  # answered 503 once the unverified budget was spent, and closed
+                sent_all.append(1)
+                release.wait(60)
+
+        stallers = [threading.Thread(target=stall) for _ in range(12)]
+        for t in stallers:
+            t.start()
+        wait_sync(lambda: len(sent_all) == len(stallers), 60, "every staller to have sent what it will")
+        answers = []
+        for body in [gzip.compress(b"\0" * size)] * 8 + [gzip.compress(b"\0" * (500 << 20), compresslevel=9)]:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall((f"POST /github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nContent-Encoding: gzip"
+                           f"\r\nX-Hub-Signature-256: sha256={'0' * 64}\r\nContent-Length: {len(body)}\r\n\r\n"
+                           ).encode())
+                answers.append(s.recv(100).split(b"\r\n", 1)[0])  # answered on the headers alone
+        held = _kb(proc.pid, "VmRSS")
+        release.set()
+        for t in stallers:
+            t.join(60)
+        peak = _kb(proc.pid, "VmHWM")
+        assert peak - before < 80 * 1024, f"RSS {before} kB before, peak {peak} kB, {held} kB while held"
+        assert answers == [b"HTTP/1.1 415 Unsupported Media Type"] * 9, answers
+        assert try_status(cfg)["child_pid"]  # and pushcd is as it was
+    finally:
+        stop_process(proc)

@@ -128,7 +128,9 @@ async def listen(app: web.Application, addr: Address, key: str, *, header_timeou
                  max_connections: int, ssl_context: ssl.SSLContext | None = None) -> Site:
     """Serve ``app`` on ``addr``; a StartupError naming ``key`` if the address cannot be had."""
     _quiet_client_errors()
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=header_timeout)
+    # auto_decompress off: a body is never inflated for us (the webhook refuses a Content-Encoding at once)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=header_timeout,
+                           auto_decompress=False)
     await runner.setup()
     assert runner.server is not None
     capped = Capped(runner.server, max_connections, key.split()[0])

@@ -43,21 +43,39 @@ class Verdict:
         return out
 
 
-def _hmac_header(secret: bytes, body: bytes, value: str | None, algo: str, name: str) -> str | None:
-    """None when ``value`` is a valid ``algo=<hex>`` signature; else why not."""
+@dataclass(frozen=True)
+class Streamed:
+    """A body seen only as it streamed in: the HMAC of it under each algorithm a signature may use."""
+
+    macs: Mapping[str, str]
+
+
+Body = bytes | Streamed | None  # None: not read yet (only what the headers alone can tell is checked)
+
+
+def _mac(secret: bytes, body: bytes | Streamed, algo: str) -> str:
+    if isinstance(body, Streamed):
+        return body.macs.get(algo, "")  # an algorithm not computed matches nothing
+    return hmac.new(secret, body, getattr(hashlib, algo)).hexdigest()
+
+
+def _hmac_header(secret: bytes, body: Body, value: str | None, algo: str, name: str) -> str | None:
+    """None when ``value`` is a valid ``algo=<hex>`` signature (or, body not read yet, could be); else why not."""
     if not value:
         return f"missing {name}"
     prefix = f"{algo}="
     if not value.startswith(prefix):
         return f"{name} is not {algo}=<hex>"
-    expected = hmac.new(secret, body, getattr(hashlib, algo)).hexdigest()
+    if body is None:
+        return None
+    expected = _mac(secret, body, algo)
     # compare_digest on ASCII str is constant-time; never log `expected`.
     if not hmac.compare_digest(expected.encode(), value[len(prefix):].strip().lower().encode("ascii", "replace")):
         return f"{name} does not match"
     return None
 
 
-def verify_github(headers: Mapping[str, str], body: bytes, secret: bytes, allow_sha1: bool) -> str | None:
+def verify_github(headers: Mapping[str, str], body: Body, secret: bytes, allow_sha1: bool) -> str | None:
     sig256 = headers.get("X-Hub-Signature-256")
     if sig256 or not allow_sha1:
         return _hmac_header(secret, body, sig256, "sha256", "X-Hub-Signature-256")
@@ -74,7 +92,7 @@ def decode_body(body: bytes, content_type: str) -> object:
     return json.loads(body)
 
 
-def verify_gitlab(headers: Mapping[str, str], body: bytes, secret: bytes, _allow_sha1: bool) -> str | None:
+def verify_gitlab(headers: Mapping[str, str], body: Body, secret: bytes, _allow_sha1: bool) -> str | None:
     """GitLab sends the secret itself as a token, not a signature."""
     token = headers.get("X-Gitlab-Token")
     if not token:
@@ -84,7 +102,7 @@ def verify_gitlab(headers: Mapping[str, str], body: bytes, secret: bytes, _allow
     return None
 
 
-def verify_gitea(headers: Mapping[str, str], body: bytes, secret: bytes, _allow_sha1: bool) -> str | None:
+def verify_gitea(headers: Mapping[str, str], body: Body, secret: bytes, _allow_sha1: bool) -> str | None:
     """Gitea and Forgejo: HMAC-SHA256 of the body, bare hex."""
     name = "X-Forgejo-Signature" if headers.get("X-Forgejo-Signature") else "X-Gitea-Signature"
     value = headers.get(name)
@@ -103,7 +121,7 @@ class Receiver:
     name: str
     event_headers: tuple[str, ...]
     delivery_headers: tuple[str, ...]
-    verify: Callable[[Mapping[str, str], bytes, bytes, bool], str | None]
+    verify: Callable[[Mapping[str, str], Body, bytes, bool], str | None]
     push_events: frozenset[str]
     ping_events: frozenset[str]
     repo_key: tuple[str, ...] = ("repository", "full_name")
@@ -125,6 +143,20 @@ GITEA = Receiver("gitea", ("X-Forgejo-Event", "X-Gitea-Event"), ("X-Forgejo-Deli
                  verify_gitea, frozenset({"push"}), frozenset())
 
 
+def delivery_id(headers: Mapping[str, str], receiver: Receiver) -> str | None:
+    delivery = receiver.first(headers, receiver.delivery_headers)
+    return None if delivery is not None and (len(delivery) > 200 or not delivery.isprintable()) else delivery
+
+
+def authenticate(headers: Mapping[str, str], body: Body, receiver: Receiver, *, secret: bytes,
+                 allow_sha1: bool = False) -> Verdict | None:
+    """A 401 verdict, or None when the delivery is genuine. Before the body is read (``body`` None) only what
+    the headers alone tell is checked: a missing or malformed signature, a GitLab token; a body that streamed
+    in is checked by its digests (:class:`Streamed`), so an unsigned body is never held whole."""
+    problem = receiver.verify(headers, body, secret, allow_sha1)
+    return Verdict(401, "unauthorized", problem, delivery_id(headers, receiver)) if problem else None
+
+
 def judge(
     headers: Mapping[str, str],
     body: bytes,
@@ -136,12 +168,10 @@ def judge(
     seen: Collection[str],
     allow_sha1: bool = False,
 ) -> Verdict:
-    delivery = receiver.first(headers, receiver.delivery_headers)
-    if delivery is not None and (len(delivery) > 200 or not delivery.isprintable()):
-        delivery = None
-    problem = receiver.verify(headers, body, secret, allow_sha1)
-    if problem:
-        return Verdict(401, "unauthorized", problem, delivery)
+    denied = authenticate(headers, body, receiver, secret=secret, allow_sha1=allow_sha1)
+    if denied is not None:
+        return denied
+    delivery = delivery_id(headers, receiver)
     event = receiver.first(headers, receiver.event_headers)
     if not event:
         return Verdict(400, "bad_request", f"missing {receiver.event_headers[-1]}", delivery)

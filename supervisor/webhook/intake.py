@@ -1,7 +1,11 @@
 """The webhook endpoint: bytes in, a verdict out, at once.
 
-The handler reads the raw body (capped at GitHub's 25 MB: 413 above it),
-asks :func:`supervisor.webhook.delivery.judge` for a verdict, and for a wanted push
+The handler checks what the headers alone can tell (a missing signature, a
+GitLab token, a ``Content-Encoding`` GitHub never sends) before it reads a byte of
+the body; then it streams the body through the HMACs into a bounded spool
+(:mod:`.body`, capped at GitHub's 25 MB: 413 above it) and checks the signature
+from the digests, so an unsigned body is never held whole. Only then does it ask
+:func:`supervisor.webhook.delivery.judge` for a verdict, and for a wanted push it
 only *requests* a deploy; the answer goes out before any git work starts.
 """
 
@@ -15,7 +19,8 @@ from typing import Callable, Collection, Protocol, Sequence
 
 from aiohttp import http_exceptions, web
 
-from .delivery import GITHUB, Receiver, SeenDeliveries, Verdict, judge
+from .body import CHUNK, Budget, OverBudget, TooLarge, receive
+from .delivery import GITHUB, Receiver, SeenDeliveries, Verdict, authenticate, judge
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -79,6 +84,7 @@ class Intake:
         self.seen: Seen = seen if seen is not None else SeenDeliveries()
         self.receiver = receiver
         self.on_verdict = on_verdict
+        self.budget = Budget()  # make_app gives every receiver of a listener the same one
         self.configure(secret=secret, full_name=full_name, allow_sha1=allow_sha1, allow_from=allow_from,
                        trusted_proxies=trusted_proxies)
 
@@ -96,31 +102,16 @@ class Intake:
         peer = real_peer(request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
         delivery = (self.receiver.first(request.headers, self.receiver.delivery_headers) or "-")[:200]
         body: bytes | None = None
-        if not allowed(peer, self.allow_from):
-            verdict = Verdict(403, "forbidden", f"peer {peer} is not in [webhook] allow_from")
-        else:
-            try:
-                # bounded in size by client_max_size (413) and in time (408): a slow sender
-                # cannot hold a connection open forever
-                async with asyncio.timeout(BODY_TIMEOUT):  # no extra task per request, unlike wait_for
-                    body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                verdict = Verdict(413, "too_large", f"body over {MAX_BODY} bytes")
-            except asyncio.TimeoutError:
-                verdict = Verdict(408, "too_slow", f"body not received within {BODY_TIMEOUT:g}s")
-            except (ConnectionError, http_exceptions.HttpProcessingError, web.RequestPayloadError) as exc:
-                # a body that does not decompress (Content-Encoding), or a sender that hung up mid-body
-                verdict = Verdict(400, "bad_request", f"body could not be read: {type(exc).__name__}")
-                # We answer and close: aiohttp must not read on after the answer (its lingering close
-                # would meet the same error again and log it with a traceback).
-                request.content.feed_eof()
-            if body is not None:
-                verdict = judge(request.headers, body, self.receiver, secret=self._secret, branch=self.branch,
-                                full_name=self.full_name, seen=self.seen, allow_sha1=self.allow_sha1)
-                reason = self.paused() if verdict.verdict == "queued" else None
-                if reason is not None:
-                    verdict = Verdict(200, "paused", f"deploys are paused ({reason}); recorded, not deployed",
-                                      verdict.delivery, verdict.commit)
+        verdict = self._before_the_body(request, peer)
+        if verdict is None:
+            verdict, body = await self._read(request)
+        if body is not None:
+            verdict = judge(request.headers, body, self.receiver, secret=self._secret, branch=self.branch,
+                            full_name=self.full_name, seen=self.seen, allow_sha1=self.allow_sha1)
+            reason = self.paused() if verdict.verdict == "queued" else None
+            if reason is not None:
+                verdict = Verdict(200, "paused", f"deploys are paused ({reason}); recorded, not deployed",
+                                  verdict.delivery, verdict.commit)
         seconds = time.perf_counter() - started
         self.act(verdict, self.receiver.first(request.headers, self.receiver.event_headers), seconds)
         level = logging.WARNING if verdict.status >= 400 else logging.INFO
@@ -129,9 +120,48 @@ class Intake:
                 extra={"delivery": verdict.delivery or delivery, "commit": verdict.commit,
                        "duration": round(seconds, 6), "peer": peer, "verdict": verdict.verdict})
         response = web.json_response(verdict.body(), status=verdict.status)
-        if verdict.status in (408, 413) or body is None:
+        if verdict.status in (408, 413, 503) or body is None:
             response.force_close()  # we did not read the rest of the body
         return response
+
+    def _before_the_body(self, request: web.Request, peer: str) -> Verdict | None:
+        """What the headers alone decide, before a byte of the body is read; None: read it."""
+        if not allowed(peer, self.allow_from):
+            return Verdict(403, "forbidden", f"peer {peer} is not in [webhook] allow_from")
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):  # never inflated: a small gzip body can inflate to gigabytes
+            return Verdict(415, "unsupported", f"Content-Encoding {encoding[:40]!r}: deliveries are not compressed "
+                                               f"(GitHub, GitLab and Gitea never compress one)")
+        if (request.content_length or 0) > MAX_BODY:
+            return Verdict(413, "too_large", f"body over {MAX_BODY} bytes")
+        return authenticate(request.headers, None, self.receiver, secret=self._secret, allow_sha1=self.allow_sha1)
+
+    async def _read(self, request: web.Request) -> tuple[Verdict | None, bytes | None]:
+        """The body of a genuine delivery, or the verdict that refuses it; an unsigned body is never held whole."""
+        try:
+            # bounded in size (413), in time (408: a slow sender cannot hold a connection open forever)
+            # and, with every other connection's, in unverified bytes (503)
+            async with asyncio.timeout(BODY_TIMEOUT):  # no extra task per request, unlike wait_for
+                received = await receive(request.content.iter_chunked(CHUNK), self._secret,
+                                         ("sha256", "sha1") if self.allow_sha1 else ("sha256",), self.budget,
+                                         MAX_BODY)
+        except TooLarge:
+            return Verdict(413, "too_large", f"body over {MAX_BODY} bytes"), None
+        except OverBudget:
+            return Verdict(503, "busy", "too many unverified bodies in flight; send again later"), None
+        except asyncio.TimeoutError:
+            return Verdict(408, "too_slow", f"body not received within {BODY_TIMEOUT:g}s"), None
+        except (ConnectionError, http_exceptions.HttpProcessingError, web.RequestPayloadError) as exc:
+            # a sender that hung up mid-body, or a malformed chunked body. We answer and close: aiohttp must not
+            # read on after the answer (its lingering close would meet the same error again and log a traceback).
+            request.content.feed_eof()
+            return Verdict(400, "bad_request", f"body could not be read: {type(exc).__name__}"), None
+        try:
+            denied = authenticate(request.headers, received.streamed, self.receiver, secret=self._secret,
+                                  allow_sha1=self.allow_sha1)
+            return (denied, None) if denied is not None else (None, received.read())
+        finally:
+            received.close()
 
     def act(self, verdict: Verdict, event: str | None = None, seconds: float = 0.0) -> None:
         if verdict.status < 400 and verdict.verdict != "duplicate" and verdict.delivery:
@@ -148,6 +178,8 @@ class Intake:
 def make_app(intakes: dict[str, Intake]) -> web.Application:
     """One listener, one path per receiver kind (GitHub, GitLab, Gitea/Forgejo)."""
     app = web.Application(client_max_size=MAX_BODY)
+    budget = Budget()  # unverified bytes in flight: one budget for the listener, whichever receiver they are for
     for path, intake in intakes.items():
+        intake.budget = budget
         app.add_routes(intake.routes(path))
     return app

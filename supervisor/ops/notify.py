@@ -41,6 +41,7 @@ log = logging.getLogger("supervisor.notify")
 QUEUE = 100  # events waiting; more are dropped (and counted)
 RETRY_FOR = 120.0  # seconds a delivery is retried for
 TIMEOUT = 10.0  # seconds per attempt
+DROPS_SAID_EVERY = 60.0  # seconds between two log lines about dropped events (each drop is counted anyway)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class Notifier:
         self.describe = describe
         self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE)
         self.retry_for = RETRY_FOR
+        self.dropped = 0  # events dropped since the last line that said so
+        self._said_at: float | None = None  # when that line was logged (monotonic)
 
     def send(self, event: Event) -> None:
         """Queue ``event`` for every target that wants it; never blocks, never raises."""
@@ -107,7 +110,19 @@ class Notifier:
         except asyncio.QueueFull:
             for t in self.targets:
                 self.metrics.notifications.labels(t.kind, "dropped").inc()
-            log.warning("notify: %d events waiting; %s for %s dropped", QUEUE, event.name, event.commit[:12])
+            self._dropped(event)
+
+    def _dropped(self, event: Event) -> None:
+        """A summary line at most every DROPS_SAID_EVERY seconds, not one per event: a hung receiver and a
+        burst of events must not flood the log (supervisor_notifications_total{result="dropped"} counts each)."""
+        self.dropped += 1
+        now = time.monotonic()
+        if self._said_at is not None and now - self._said_at < DROPS_SAID_EVERY:
+            return
+        log.warning("notify: %d events waiting, the receivers are behind; %d dropped%s (the last: %s for %s)",
+                    QUEUE, self.dropped, f" in the last {now - self._said_at:.0f}s" if self._said_at is not None else "",
+                    event.name, event.commit[:12])
+        self.dropped, self._said_at = 0, now
 
     async def run(self) -> None:
         """The sender: one event at a time, each target in turn."""

@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                                  help="only this process type (web, or a [processes] / Procfile name)")
     acts["rollback"].add_argument("--to", metavar="COMMIT_OR_RELEASE",
                                   help="go to this kept release (`pushcd releases` lists them)")
+    acts["rollback"].add_argument("--force", action="store_true",
+                                  help="with --to: even a release that never went live (it failed)")
     add("releases", "the kept releases: id, commit, environment, state")
     pause = add("pause", "stop deploying pushes and polls (they are still verified and recorded)")
     pause.add_argument("--reason", default="paused by hand")
@@ -203,7 +205,8 @@ def _cmd_releases(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_act(args: argparse.Namespace, settings: Settings) -> int:
     """deploy / rollback / restart / resume: show progress while waiting; exit 0 ok, 1 failed or refused."""
     query = {"commit": getattr(args, "commit", None), "retry": "1" if getattr(args, "retry", False) else None,
-             "to": getattr(args, "to", None), "process": getattr(args, "process", None),
+             "to": getattr(args, "to", None), "force": "1" if getattr(args, "force", False) else None,
+             "process": getattr(args, "process", None),
              "wait": None if args.no_wait else "1"}
     path = f"/{args.command}?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
     if args.no_wait:

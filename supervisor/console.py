@@ -113,10 +113,10 @@ class Console:
                                          for p in self.processes()),
                          process_restarts=process_restarts)
 
-    def ask(self, what: str, arg: str | None = None) -> "asyncio.Future[Any]":
+    def ask(self, what: str, arg: str | None = None, force: bool = False) -> "asyncio.Future[Any]":
         d = self.deployer
         if what == "rollback":
-            return d.request_rollback(arg)
+            return d.request_rollback(arg, force)
         if what == "restart":
             return d.request_restart("manual", arg)
         if what == "resume":

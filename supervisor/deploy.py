@@ -22,7 +22,7 @@ import logging
 
 from . import memory
 from .built import Built
-from .deploys import Deploys
+from .deploys import Deploys, RollbackTo
 from .git.thread import GitThread
 from .git.tree import WorkTree
 from .jobs import Job, Kind, Mailbox
@@ -149,9 +149,11 @@ class Deployer:
         arg = commit or ("retry" if retry else None)
         return self.mailbox.put(Kind.DEPLOY, trigger, wait=True, arg=arg)  # type: ignore[return-value]
 
-    def request_rollback(self, to: str | None = None) -> "asyncio.Future[Result]":
-        """Back to the previous good release, or ``to`` (a kept release's id or commit)."""
-        return self.mailbox.put(Kind.ROLLBACK, "rollback", wait=True, arg=to)  # type: ignore[return-value]
+    def request_rollback(self, to: str | None = None, force: bool = False) -> "asyncio.Future[Result]":
+        """Back to the previous good release, or ``to`` (a kept release's id or commit; ``force``: even one that
+        never went live)."""
+        arg = RollbackTo(to, force) if to else None
+        return self.mailbox.put(Kind.ROLLBACK, "rollback", wait=True, arg=arg)  # type: ignore[return-value]
 
     def request_restart(self, trigger: str, process: str | None = None) -> "asyncio.Future[Result]":
         """Restart every process (or ``process``: "web" or a process type's name) of the running release."""

@@ -9,6 +9,7 @@ preparation) and the tree follows.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 from .backoff import Backoff
@@ -26,6 +27,14 @@ from .work import Result, Work
 log = logging.getLogger("supervisor.deploy")
 
 AUTOMATIC = frozenset({"webhook", "poll"})  # triggers a pause holds back
+
+
+@dataclass(frozen=True)
+class RollbackTo:
+    """`rollback --to REF`: a kept release's id or a commit; ``force``: even a release that never went live."""
+
+    ref: str
+    force: bool = False
 
 
 class Deploys:
@@ -107,11 +116,12 @@ class Deploys:
         return w.finish("failed", f"{target[:12]} rolled back to {previous[:12]}: {why}", target, trigger, phases,
                         previous, failure=why, kind=kind)
 
-    async def rollback(self, trigger: str, arg: str | None = None) -> Result:
-        """Back to the newest good release that is not the running one (or to ``arg``, a kept release's id or
-        commit)."""
+    async def rollback(self, trigger: str, to: RollbackTo | None = None) -> Result:
+        """Back to the newest good release that is not the running one (or to ``to``: a kept release's id or
+        commit; one that never went live only with ``force``)."""
         w, phases = self.work, Phases()
         current, builder = w.deployed, w.road.builder
+        arg = to.ref if to else None
         kept = builder.kept(arg) if arg else None
         target = kept.commit if kept else self._commit_of(arg) if arg else w.road.rollback_target()
         if target is None:
@@ -122,6 +132,11 @@ class Deploys:
             return w.finish("refused", f"{target[:12]} is the running release already", current, trigger, phases,
                             current, kind="rollback")
         kept = kept or builder.kept(target)
+        if kept is not None and builder.never_live(kept) and not (to and to.force):
+            why = w.marks.why(kept.commit) or "it failed its preparation or its gates"
+            return w.finish("refused", f"release {kept.id} ({kept.commit[:12]}) never went live ({why}); "
+                                       f"`pushcd rollback --to {arg} --force` starts it anyway", kept.commit, trigger,
+                            phases, current, kind="rollback")
         if kept is not None:
             return await self._to_kept(kept, trigger, phases)
         facts = await w.git.run(w.tree.facts, target)

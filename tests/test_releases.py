@@ -171,6 +171,31 @@ async def test_release_files_are_read_only_shared_by_hard_link_never_with_the_wo
         assert (previous / "template.txt").read_text() == "Title: {title} 2"
 
 
+async def test_failed_releases_go_first_and_a_rollback_to_one_asks_for_force(
+        tmp_path: Path, repos: Repos, session: aiohttp.ClientSession) -> None:
+    """Hardening #19.9: failed releases took [release] keep slots (4 of 5 kept were failed commits, pushing the
+    good rollback targets out), and `rollback --to` one of them went ahead without a word."""
+    cfg = setup(tmp_path, repos, first_files(), release="keep = 2")
+    async with supervised(cfg, session) as (sup, client):
+        good = [repos.head(), await client.ship(repos, {"template.txt": "Title: {title} 2"}, "good 2")]
+        bad = []
+        for i in range(3):  # each builds a release that never goes live
+            bad.append(repos.commit({"template.txt": f"Title: {{title}} bad {i}", "relapp.py": "import nothing_here\n"},
+                                    f"bad {i}"))
+            await client.push(repos, bad[-1])
+            await eventually(lambda: last_is(client, bad[-1], "failed"), what=f"bad {i} to fail")
+        code, out, _ = await cli(cfg, "rollback", "--to", bad[-1][:12])
+        assert code == 1 and "never went live" in out and "--force" in out, out
+        code, out, _ = await cli(cfg, "rollback", "--to", bad[-1][:12], "--force")
+        assert "never went live" not in out and "rollback to release" in out, out  # tried: it fails to start
+        fixed = {"template.txt": "Title: {title} 3", "relapp.py": app_source({"title": "old"})}
+        good.append(await client.ship(repos, fixed, "good 3"))
+        code, out, _ = await cli(cfg, "releases", "--json")
+        listed = {r["commit"]: r["state"] for r in json.loads(out)["releases"]}
+        assert not set(bad) & set(listed), listed  # the failed ones went first
+        assert listed.get(good[2]) == "live" and listed.get(good[1]) == "previous", listed  # the good ones stayed
+
+
 async def test_rollback_starts_a_kept_release_with_no_checkout_and_no_install(
         tmp_path: Path, repos: Repos, session: aiohttp.ClientSession) -> None:
     wheels = tmp_path / "wheels"

@@ -51,9 +51,9 @@ class Console(Protocol):
 
     def releases_listing(self) -> list[dict[str, Any]]: ...
 
-    def ask(self, what: str, arg: str | None = None) -> "asyncio.Future[Any]":
-        """A job for the worker: "deploy" (the tip, or ``arg``: a commit), "retry", "rollback" (to ``arg``),
-        "restart" (``arg``: one process type), "resume"."""
+    def ask(self, what: str, arg: str | None = None, force: bool = False) -> "asyncio.Future[Any]":
+        """A job for the worker: "deploy" (the tip, or ``arg``: a commit), "retry", "rollback" (to ``arg``;
+        ``force``: even to a release that never went live), "restart" (``arg``: one process type), "resume"."""
 
     def pause(self, reason: str) -> None: ...
 
@@ -206,7 +206,7 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
         to = request.query.get("to")
         if to is not None and not COMMIT.fullmatch(to):
             raise web.HTTPBadRequest(text="to must be a release id or a commit id (4 to 40 hex digits)")
-        return await act(request, sup.ask("rollback", to), "rollback")
+        return await act(request, sup.ask("rollback", to, force=_flag(request, "force")), "rollback")
 
     async def get_releases(_request: web.Request) -> web.Response:
         return web.json_response({"releases": sup.releases_listing()})

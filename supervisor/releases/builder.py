@@ -61,6 +61,9 @@ class Builder(Protocol):
 
     def listing(self) -> list[Kept]: ...
 
+    def never_live(self, built: Built) -> bool:
+        """A kept release that never went live (it failed its preparation or its gates)."""
+
     async def idle(self, live: Built | None) -> None:
         """Nothing is deploying: prepare what makes the next release quick (from ``live``, the one serving)."""
 
@@ -117,6 +120,9 @@ class InPlace:
 
     def listing(self) -> list[Kept]:
         return []
+
+    def never_live(self, built: Built) -> bool:
+        return False
 
     async def idle(self, live: Built | None) -> None:
         pass
@@ -175,7 +181,7 @@ class Snapshots:
                      content.id, content.commit[:12], " with hand edits" if content.dirty else "", seconds,
                      written, base_dir.root.name if base_dir else "-")
             kept = Kept(content.id, content.commit, content.tree, dict(content.overlay), built_at=time.time(),
-                        build_seconds=round(seconds, 3))
+                        build_seconds=round(seconds, 3), good=False)
         try:
             procs = read_procfile(root, self.procfile)
             deps = dependencies(root, self.requirements)
@@ -278,6 +284,10 @@ class Snapshots:
 
     def listing(self) -> list[Kept]:
         return self.store.all()
+
+    def never_live(self, built: Built) -> bool:
+        kept = self.store.get(built.id)
+        return kept is not None and kept.good is False
 
     def doomed(self, protect: Sequence[Built | None]) -> set[str]:
         return {k.id for k in self.store.doomed(self.keep, {b.id for b in protect if b is not None})}

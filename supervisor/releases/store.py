@@ -1,10 +1,12 @@
 """The kept releases: their directories under ``[state] dir/releases`` and what is known of each.
 
 Each release directory ``<id>/`` has a small record ``<id>.json`` beside it
-(commit, overlay, environment, build time, last use). The record is written
-after the directory is complete, so a directory without one is a leftover and
-is removed. Pruning keeps the ``keep`` most recently used releases and never
-one it is told to protect (the live release, the one a rollback goes to).
+(commit, overlay, environment, build time, last use, whether it ever went live).
+The record is written after the directory is complete, so a directory without one
+is a leftover and is removed. Pruning keeps the ``keep`` most recently used releases
+that went live; one that never did (it failed its preparation or its gates) is no
+rollback target and goes first; never one it is told to protect (the live release,
+the one a rollback goes to).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Kept:
     build_seconds: float = 0.0
     used_at: float = 0.0  # last time it went live (or was built)
     commits: list[str] = field(default_factory=list)  # every commit deployed with this content, newest last
+    good: bool | None = None  # went live; False: never did; None: a record from before this was kept (good)
 
     def deployed_as(self, commit: str) -> None:
         self.commit = commit
@@ -103,15 +106,19 @@ class Store:
         os.replace(tmp, record)
 
     def used(self, release_id: str) -> None:
+        """It went live (now)."""
         kept = self._kept.get(release_id)
         if kept is not None:
-            kept.used_at = time.time()
+            kept.used_at, kept.good = time.time(), True
             self.save(kept)
 
     def doomed(self, keep: int, protect: Iterable[str]) -> list[Kept]:
-        """The releases the next prune removes: beyond the ``keep`` newest, never a protected one."""
+        """The releases the next prune removes: those that never went live, then the good ones beyond the
+        ``keep`` newest; never a protected one."""
         protected = set(protect)
-        return [k for k in self.all()[keep:] if k.id not in protected]
+        good = [k for k in self.all() if k.good is not False]
+        never = [k for k in self.all() if k.good is False]
+        return [k for k in never + good[keep:] if k.id not in protected]
 
     def prune(self, keep: int, protect: Iterable[str]) -> list[str]:
         gone = []

@@ -321,3 +321,39 @@ async def test_a_second_pushcd_on_the_same_work_tree_is_refused(tmp_path: Path, 
             build(config.load(other))
     sup = build(config.load(other))  # the first one stopped: free again
     await sup.close()
+
+
+BARRIER = '''import os, pathlib, socket, time
+here = pathlib.Path(os.environ["BARRIER"])
+(here / os.environ["SUPERVISOR_PROCESS"]).write_text("")
+while len(list(here.iterdir())) < int(os.environ["BARRIER_SIZE"]):  # every type must have started
+    time.sleep(0.01)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1", "\\0" + os.environ["NOTIFY_SOCKET"][1:])
+while True:
+    time.sleep(1)
+'''
+
+
+async def test_independent_process_types_are_gated_together(
+        tmp_path: Path, repos: Repos, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hardening #19.12: 100 types in a Procfile took 102 s to deploy, each gated after the one before. Here
+    each of ten types is ready only once all ten have started: one after another, none would ever be."""
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    monkeypatch.setenv("BARRIER", str(barrier))
+    monkeypatch.setenv("BARRIER_SIZE", "10")
+    web = f"web: {PY} app.py --fd {{fd}} --fd {{probe_fd}}\n"
+    repos.commit({"barrier.py": BARRIER, "Procfile": web}, "web only")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    ready = "".join(f"[processes.w{i}.ready]\nnotify = true\ntimeout = 20\n" for i in range(10))
+    cfg = write_config(tmp_path / "config.toml", repos, app={"command": []}, extra=ready)
+    text = cfg.read_text().replace("[app]\n", '[app]\nprocfile = "Procfile"\n', 1)
+    cfg.write_text(text.replace("command = []\n", ""))
+    async with supervised(cfg, session) as (sup, client):
+        procfile = web + "".join(f"w{i}: {PY} barrier.py\n" for i in range(10))
+        new = await client.ship(repos, {"Procfile": procfile}, "ten worker types")
+        status = await client.status()
+        assert sorted(p["name"] for p in status["processes"]) == sorted(["web", *(f"w{i}" for i in range(10))])
+        assert all(p["commit"] == new and p["state"] == "running" for p in status["processes"])
+        assert status["last_deploy"]["result"] == "ok" and status["last_deploy"]["commit"] == new

@@ -124,16 +124,15 @@ class Workers:
             old = {k: i for k, i in self.instances.items() if only is None or k[0] == only}
             started: list[Instance] = []
             restored: list[tuple[ProcSpec, int, Built]] = []  # stop-first instances stopped, to start on failure
-            why: Failure | None = None
-            for spec in (t for t in types if t.overlap):  # new beside old: each must be ready
-                why = await self._start_all(spec, built, started, gate)
-                if why:
-                    break
-            for spec in (t for t in types if not t.overlap and why is None):
-                previous = [i for k, i in old.items() if k[0] == spec.name]
-                await self._stop(previous)  # never two at once
+            # New beside old, every instance of every overlap type gated at once: they are independent, and
+            # one after another 100 types took 100 times min_uptime.
+            why = await self._start_all([t for t in types if t.overlap], built, started, gate)
+            stop_first = [t for t in types if not t.overlap]
+            if why is None and stop_first:
+                previous = [i for k, i in old.items() if k[0] in {t.name for t in stop_first}]
+                await self._stop(previous)  # never two of one at once
                 restored += [(i.spec, i.index, i.built) for i in previous]
-                why = await self._start_all(spec, built, started, gate)
+                why = await self._start_all(stop_first, built, started, gate)
             if why is not None:
                 await self._stop(started)
                 for spec, index, was in restored:  # put back what was stopped for a stop-first type
@@ -153,20 +152,23 @@ class Workers:
                 self.probation_until = time.monotonic() + probation
             return None
 
-    async def _start_all(self, spec: ProcSpec, built: Built, started: list[Instance], gate: bool
+    async def _start_all(self, types: list[ProcSpec], built: Built, started: list[Instance], gate: bool
                          ) -> Failure | None:
-        for index in range(spec.count):
-            instance, why = await self._start(spec, index, built, gate=gate)
-            if why is not None and not gate:
+        """Every instance of ``types`` started (and gated) together; the ones that came up join ``started``.
+        The first failure, in declared order; without ``gate``, a failure is logged and the rest run."""
+        wanted = [(spec, index) for spec in types for index in range(spec.count)]
+        results = await asyncio.gather(*(self._start(spec, index, built, gate=gate) for spec, index in wanted))
+        first: Failure | None = None
+        for (spec, index), (instance, why) in zip(wanted, results):
+            if instance is not None:
+                started.append(instance)
+                log.info("%s[%d] pid %d %s (%s)", spec.name, index, instance.child.pid, "ready" if gate else "started",
+                         built.commit[:12])
+            elif not gate:
                 log.error("%s; the other process types run without it", why)
-                continue
-            if why is not None:
-                return why
-            assert instance is not None
-            started.append(instance)
-            log.info("%s[%d] pid %d %s (%s)", spec.name, index, instance.child.pid, "ready" if gate else "started",
-                     built.commit[:12])
-        return None
+            elif first is None:
+                first = why
+        return first
 
     # -- crashes ------------------------------------------------------------------------------
     async def _watch(self, instance: Instance) -> None:

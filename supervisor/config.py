@@ -44,12 +44,14 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class GitlabHook(_Section):
-    token_env: str
+    token_env: str | None = None  # or token_file (one of them)
+    token_file: str | None = None
     path: str = "/gitlab"
 
 
 class GiteaHook(_Section):  # Forgejo uses the same table
-    secret_env: str
+    secret_env: str | None = None  # or secret_file (one of them)
+    secret_file: str | None = None
     path: str = "/gitea"
 
 
@@ -71,9 +73,11 @@ class Webhook(_Section):
 
 class Auth(_Section):
     ssh_key: str | None = None  # private key file of a deploy key
-    ssh_passphrase_env: str | None = None
+    ssh_passphrase_env: str | None = None  # or ssh_passphrase_file
+    ssh_passphrase_file: str | None = None
     known_hosts: str | None = None  # default: the user's ~/.ssh/known_hosts
-    token_env: str | None = None  # HTTPS token
+    token_env: str | None = None  # HTTPS token (or token_file)
+    token_file: str | None = None
     username: str = "x-access-token"  # what GitHub expects with a token
 
 
@@ -137,6 +141,7 @@ class Watch(_Section):
 class Control(_Section):
     listen: str = "127.0.0.1:9001"
     token_env: str | None = None  # default: a token generated at first start in [state] dir/control-token
+    token_file: str | None = None  # or a file holding it
     hosts: list[str] = []  # host names the page may be reached by besides IPs and localhost (a proxy, a tunnel)
     header_timeout: float = 10.0
     max_connections: int = 64
@@ -152,7 +157,9 @@ class Notify(_Section):
     kind: Literal["json", "slack", "github"] = "json"
     events: list[str] = msgspec.field(default_factory=lambda: [e for e in EVENTS if e not in QUIET_EVENTS])
     secret_env: str | None = None  # json: sign the body (X-Pushcd-Signature-256), as GitHub signs webhooks
+    secret_file: str | None = None
     token_env: str | None = None  # github: a token that may write commit statuses
+    token_file: str | None = None
     api_url: str = "https://api.github.com"  # github: GitHub Enterprise's API root, or a stand-in
 
 
@@ -235,7 +242,7 @@ class GitAuth:
     ssh_passphrase: str = ""
     known_hosts: Path | None = None
     token: str | None = None
-    token_env: str | None = None
+    token_from: str | None = None  # where the token came from ($VAR or a file), for messages
     username: str = "x-access-token"
 
     def __repr__(self) -> str:
@@ -398,6 +405,7 @@ class Settings:
     hooks: tuple[tuple[str, str, bytes], ...] = ()  # (kind, path, secret) per receiver
     auth: GitAuth = GitAuth()
     processes: dict[str, ProcSpec] = dataclasses.field(default_factory=dict)  # [processes.NAME], resolved
+    notify_secrets: tuple[tuple[bytes | None, bytes | None], ...] = ()  # (signing secret, token) per [[notify]]
 
     def __repr__(self) -> str:  # never print the secret
         return f"Settings(source={self.source!s}, repo={self.repo_path!s})"
@@ -436,22 +444,45 @@ def _explain(error: msgspec.ValidationError) -> str:
     return f"{where}: {what.lower()}; fix the value's type"
 
 
-def _env_secret(key: str, name: str, what: str) -> bytes:
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError(f"{key}: environment variable {name} is not set; export {name}=<{what}>")
-    return value.encode()
+def secret_from(table: str, field: str, env: str | None, file: str | None, base: Path, what: str) -> bytes | None:
+    """The secret ``table`` takes from ``<field>_env`` (a variable) or ``<field>_file`` (a file, relative to
+    the config's folder); None when neither is set. A running pushcd never sees a variable exported after it
+    started, so a message about one says how a file brings the secret on a reload (SIGHUP)."""
+    if env and file:
+        raise ConfigError(f"{table} set {field}_env or {field}_file, not both")
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise ConfigError(f"{table} {field}_env: environment variable {env} is not set; export {env}=<{what}> "
+                              f"before pushcd starts, or put it in a file and set {field}_file instead (a running "
+                              f"pushcd never sees a variable exported after it started; a file is read at each "
+                              f"reload)")
+        return value.encode()
+    if file:
+        path = (base / file).expanduser().resolve()
+        try:
+            value = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{table} {field}_file: cannot read {path} ({exc.strerror}); create it with {what} "
+                              f"(mode 0600)") from None
+        if not value:
+            raise ConfigError(f"{table} {field}_file: {path} is empty; put {what} in it")
+        return value.encode()
+    return None
 
 
 def read_hooks(cfg: Webhook, base: Path) -> tuple[tuple[str, str, bytes], ...]:
     """Every configured receiver with its secret; GitHub's only when it has one or nothing else is set."""
     hooks = []
-    if cfg.gitlab:
-        hooks.append(("gitlab", cfg.gitlab.path,
-                      _env_secret("[webhook.gitlab] token_env", cfg.gitlab.token_env, "the GitLab secret token")))
-    if cfg.gitea:
-        hooks.append(("gitea", cfg.gitea.path,
-                      _env_secret("[webhook.gitea] secret_env", cfg.gitea.secret_env, "the Gitea/Forgejo secret")))
+    receivers = (("gitlab", "[webhook.gitlab]", "token", cfg.gitlab, "the GitLab secret token"),
+                 ("gitea", "[webhook.gitea]", "secret", cfg.gitea, "the Gitea/Forgejo secret"))
+    for kind, table, field, hook, what in receivers:
+        if hook is None:
+            continue
+        value = secret_from(table, field, getattr(hook, f"{field}_env"), getattr(hook, f"{field}_file"), base, what)
+        if value is None:
+            raise ConfigError(f"{table} needs {field}_env or {field}_file: deliveries cannot be verified without it")
+        hooks.append((kind, hook.path, value))
     if cfg.secret_env or cfg.secret_file or not hooks:
         hooks.insert(0, ("github", cfg.path, read_secret(cfg, base)))
     paths = [path for _, path, _ in hooks]
@@ -464,21 +495,10 @@ def read_hooks(cfg: Webhook, base: Path) -> tuple[tuple[str, str, bytes], ...]:
 
 
 def read_secret(cfg: Webhook, base: Path) -> bytes:
-    if cfg.secret_env and cfg.secret_file:
-        raise ConfigError("[webhook] set secret_env or secret_file, not both")
-    if cfg.secret_env:
-        return _env_secret("[webhook] secret_env", cfg.secret_env, "the webhook secret you gave GitHub")
-    if cfg.secret_file:
-        path = (base / cfg.secret_file).resolve()
-        try:
-            value = path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"[webhook] secret_file: cannot read {path} ({exc.strerror}); create it with the webhook secret"
-            ) from None
-        if not value:
-            raise ConfigError(f"[webhook] secret_file: {path} is empty; put the webhook secret in it")
-        return value.encode()
+    value = secret_from("[webhook]", "secret", cfg.secret_env, cfg.secret_file, base,
+                        "the webhook secret you gave GitHub")
+    if value is not None:
+        return value
     raise ConfigError("[webhook] needs secret_env or secret_file; GitHub deliveries cannot be verified without a secret")
 
 
@@ -536,12 +556,9 @@ def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
             raise ConfigError(f"{key} events: {', '.join(unknown)} unknown; choose from {', '.join(EVENTS)}")
         if n.kind != "github" and not n.url.startswith(("http://", "https://")):
             raise ConfigError(f'{key} url = "{n.url}" is not an http(s) URL; give the receiver\'s URL')
-        if n.kind == "github" and (not n.token_env or not raw.repo.full_name):
-            raise ConfigError(f"{key} kind = \"github\" needs token_env (a token that may write commit statuses) "
-                              f"and [repo] full_name (owner/name)")
-        for var in (n.secret_env, n.token_env):
-            if secret and var and not os.environ.get(var):  # clients (status, deploy) need none of them
-                raise ConfigError(f"{key}: environment variable {var} is not set; export it")
+        if n.kind == "github" and (not (n.token_env or n.token_file) or not raw.repo.full_name):
+            raise ConfigError(f"{key} kind = \"github\" needs token_env or token_file (a token that may write "
+                              f"commit statuses) and [repo] full_name (owner/name)")
     for key, section in (("[webhook]", raw.webhook), ("[control]", raw.control)):
         if section.header_timeout <= 0:
             raise ConfigError(f"{key} header_timeout must be greater than 0 (seconds)")
@@ -574,12 +591,14 @@ def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
         repo_path=repo_path,
         watch_paths=watch_paths,
         state_dir=state_dir,
-        control_token=_control_token(raw.control, control_listen),
+        control_token=_control_token(raw.control, control_listen, base),
         allow_from=_networks(raw.webhook.allow_from, "[webhook] allow_from"),
         trusted_proxies=_networks(raw.webhook.trusted_proxies, "[webhook] trusted_proxies"),
         tls=_tls(raw.webhook, base),
         hooks=hooks,
         auth=_auth(raw.repo.auth, base) if secret else GitAuth(),
+        notify_secrets=tuple(_notify_secrets(n, f"[[notify]] #{i + 1}", base) if secret else (None, None)
+                             for i, n in enumerate(raw.notify)),
         processes=_processes(raw, repo_path),
     )
     return settings
@@ -619,17 +638,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _control_token(cfg: Control, listen: Address) -> bytes | None:
-    if cfg.token_env:
-        value = os.environ.get(cfg.token_env)
-        if not value:
-            raise ConfigError(f"[control] token_env: environment variable {cfg.token_env} is not set; "
-                              f"export {cfg.token_env}=<a long random token>")
-        return value.encode()
-    if not is_loopback(listen.host):
+def _control_token(cfg: Control, listen: Address, base: Path) -> bytes | None:
+    value = secret_from("[control]", "token", cfg.token_env, cfg.token_file, base, "a long random token")
+    if value is None and not is_loopback(listen.host):
         raise ConfigError(f'[control] listen = "{listen}" is not loopback, so it needs a bearer token: '
-                          f'set token_env to the name of a variable holding one')
-    return None
+                          f'set token_env (a variable holding one) or token_file')
+    return value
+
+
+def _notify_secrets(cfg: Notify, table: str, base: Path) -> tuple[bytes | None, bytes | None]:
+    return (secret_from(table, "secret", cfg.secret_env, cfg.secret_file, base, "the signing secret"),
+            secret_from(table, "token", cfg.token_env, cfg.token_file, base, "a token that may write commit statuses"))
 
 
 def _networks(values: list[str], key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -653,14 +672,11 @@ def _auth(cfg: Auth, base: Path) -> GitAuth:
         if not known.is_file():
             raise ConfigError(f"[repo.auth] known_hosts: {known} does not exist; create it with "
                               f"ssh-keyscan HOST >> {known} (and check the fingerprint)")
-    passphrase = ""
-    if cfg.ssh_passphrase_env:
-        passphrase = _env_secret("[repo.auth] ssh_passphrase_env", cfg.ssh_passphrase_env,
-                                 "the deploy key's passphrase").decode()
-    token = None
-    if cfg.token_env:
-        token = _env_secret("[repo.auth] token_env", cfg.token_env, "an access token with read access").decode()
-    return GitAuth(key, passphrase, known, token, cfg.token_env, cfg.username)
+    passphrase = secret_from("[repo.auth]", "ssh_passphrase", cfg.ssh_passphrase_env, cfg.ssh_passphrase_file, base,
+                             "the deploy key's passphrase") or b""
+    token = secret_from("[repo.auth]", "token", cfg.token_env, cfg.token_file, base, "an access token with read access")
+    source = f"${cfg.token_env}" if cfg.token_env else cfg.token_file
+    return GitAuth(key, passphrase.decode(), known, token.decode() if token else None, source, cfg.username)
 
 
 def _tls(cfg: Webhook, base: Path) -> tuple[Path, Path] | None:

@@ -165,6 +165,7 @@ def build(settings: Settings) -> "Supervisor":
     expected = Expected(settings.repo_path)
     metrics = Metrics()
     notifier = Notifier(raw.notify, metrics, full_name=raw.repo.full_name, link=raw.control.public_url,
+                        secrets=settings.notify_secrets,
                         describe=lambda sha: git.run(describe_commit, tree.repo, sha))
     workers = Workers(guard, on_line=lambda name, pid, line: lines.append((time.time(), pid, line, name)),
                       env=lambda built, _spec: web.spec(built).env, unset=settings.app.unset)
@@ -366,7 +367,8 @@ class Supervisor:
         self.history.retention = raw.state.retention
         self.deployer.builder.configure(raw.release, raw.app.procfile, raw.deploy.before_restart)
         n = self.notifier
-        n.targets, n.full_name, n.link = raw.notify, raw.repo.full_name, raw.control.public_url
+        n.configure(raw.notify, new.notify_secrets)
+        n.full_name, n.link = raw.repo.full_name, raw.control.public_url
         set_network_timeouts(raw.repo.fetch_timeout)
         self.tree.auth = new.auth  # the next fetch uses the new credentials
         if new.auth.known_hosts:

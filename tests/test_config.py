@@ -199,3 +199,34 @@ def test_check_finds_everything_run_would_trip_over(tmp_path: Path, repos: Repos
             assert result.returncode == 2 and expect in result.stderr and "Traceback" not in result.stderr, result
     finally:
         taken.close()
+
+
+def test_every_secret_can_come_from_a_file(tmp_path: Path, repos: Repos) -> None:
+    """Hardening #19.11: only [webhook] had secret_file; a reload needing a new variable could not be helped."""
+    files = {name: tmp_path / name for name in ("hook", "gitlab", "gitea", "ctl", "git", "pass", "sign", "gh")}
+    for name, path in files.items():
+        path.write_text(f"{name}-secret\n")
+    cfg = write_config(tmp_path / "c.toml", repos,
+                       webhook_extra=f'[webhook.gitlab]\ntoken_file = "{files["gitlab"]}"\n'
+                                     f'[webhook.gitea]\nsecret_file = "{files["gitea"]}"',
+                       repo_extra=f'full_name = "o/r"\n[repo.auth]\ntoken_file = "{files["git"]}"\n'
+                                  f'ssh_passphrase_file = "{files["pass"]}"',
+                       extra=f'[[notify]]\nurl = "http://127.0.0.1:9/x"\nsecret_file = "{files["sign"]}"\n'
+                             f'[[notify]]\nkind = "github"\ntoken_file = "{files["gh"]}"\n')
+    text = cfg.read_text().replace('secret_env = "PUSHCD_TEST_SECRET"', f'secret_file = "{files["hook"]}"')
+    cfg.write_text(text.replace("[control]\n", f'[control]\ntoken_file = "{files["ctl"]}"\n'))
+    s = config.load(cfg)
+    assert dict((k, v) for k, _, v in s.hooks) == {"github": b"hook-secret", "gitlab": b"gitlab-secret",
+                                                   "gitea": b"gitea-secret"}
+    assert s.control_token == b"ctl-secret" and s.auth.token == "git-secret" and s.auth.ssh_passphrase == "pass-secret"
+    assert s.notify_secrets == ((b"sign-secret", None), (None, b"gh-secret"))
+    cfg.write_text(cfg.read_text().replace("[control]\n", '[control]\ntoken_env = "PUSHCD_TEST_SECRET"\n'))
+    assert_user_error(check(cfg), "[control] set token_env or token_file, not both")
+
+
+def test_a_missing_variable_says_a_file_works_on_a_reload(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(MINIMAL + '[[notify]]\nurl = "http://127.0.0.1:9/x"\nsecret_env = "PUSHCD_NOT_EXPORTED"\n')
+    (tmp_path / "work").mkdir()
+    assert_user_error(check(p), "[[notify]] #1 secret_env", "PUSHCD_NOT_EXPORTED is not set",
+                      "set secret_file instead", "a running pushcd never sees a variable exported after it started")

@@ -283,3 +283,19 @@ async def test_the_page_buttons_in_headless_chromium(repos: Repos, tmp_path: Pat
         await click("#deploy")  # a person's deploy runs while paused: the tip
         await deployed(c, v3)
         await result_says("ok:")
+
+
+async def test_a_reload_takes_a_new_secret_from_a_file(repos: Repos, tmp_path: Path, session) -> None:
+    """Hardening #19.11: a SIGHUP adding a [[notify]] whose secret_env the daemon was not started with said
+    "export it", which cannot reach a running daemon; the message now names secret_file, and a file works."""
+    cfg = write_config(tmp_path / "c.toml", repos)
+    async with supervised(cfg, session) as (sup, c):
+        base = cfg.read_text()
+        cfg.write_text(base + '[[notify]]\nurl = "http://127.0.0.1:9/x"\nsecret_env = "PUSHCD_EXPORTED_LATER"\n')
+        sup.reload()
+        assert sup.last_reload["ok"] is False and "set secret_file instead" in sup.last_reload["reason"]
+        (tmp_path / "notify-secret").write_text("from a file\n")
+        cfg.write_text(base + f'[[notify]]\nurl = "http://127.0.0.1:9/x"\nsecret_file = "{tmp_path}/notify-secret"\n')
+        sup.reload()
+        assert sup.last_reload["ok"] is True, sup.last_reload
+        assert [(t.url, secret) for t, secret, _ in sup.notifier.targets] == [("http://127.0.0.1:9/x", b"from a file")]

@@ -49,8 +49,8 @@ class Credentials(pygit2.RemoteCallbacks):
                 return (f"authentication with the SSH key {a.ssh_key} was rejected by {url} ({text}); add its "
                         f"public half as a deploy key with read access, or fix [repo.auth] ssh_key")
             if "token" in self.tried:
-                return (f"authentication with the token from ${a.token_env} (user {a.username}) was rejected by "
+                return (f"authentication with the token from {a.token_from} (user {a.username}) was rejected by "
                         f"{url} ({text}); check the token is valid and can read the repository")
             return (f"{url} asks for credentials and none are configured ({text}); set [repo.auth] ssh_key "
-                    f"or token_env")
+                    f"or token_env (or token_file)")
         return text

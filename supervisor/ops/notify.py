@@ -7,7 +7,7 @@ Each delivery is retried with backoff for a bounded time; a failure is logged an
 
 Kinds:
 
-- ``json``: the event as a JSON object; with ``secret_env``, signed as GitHub signs its
+- ``json``: the event as a JSON object; with ``secret_env`` (or ``secret_file``), signed as GitHub signs its
   webhooks: ``X-Pushcd-Signature-256: sha256=<HMAC-SHA256 of the body, hex>``.
 - ``slack``: an incoming-webhook message (``{"text": ...}``).
 - ``github``: a commit status on the commit (``POST {api_url}/repos/{owner}/{repo}/statuses/{sha}``),
@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -69,8 +68,10 @@ def _slack_text(body: dict[str, Any]) -> str:
     return text + (f"\n{body['link']}" if body["link"] else "")
 
 
-def request_for(target: Target, body: dict[str, Any], full_name: str | None) -> tuple[str, bytes, dict[str, str]]:
-    """(url, body, headers) of one delivery to ``target``."""
+def request_for(target: Target, body: dict[str, Any], full_name: str | None, secret: bytes | None = None,
+                token: bytes | None = None) -> tuple[str, bytes, dict[str, str]]:
+    """(url, body, headers) of one delivery to ``target``, signed with ``secret`` or authorized by ``token``
+    (read from the target's ``*_env`` or ``*_file`` when the config was loaded)."""
     headers = {"Content-Type": "application/json", "User-Agent": "pushcd"}
     if target.kind == "github":
         state = {"deploy_ok": "success", "restarted": "success", "resumed": "success", "paused": "pending"}.get(
@@ -78,20 +79,20 @@ def request_for(target: Target, body: dict[str, Any], full_name: str | None) -> 
         description = f"{body['event']}: {body['reason']}"[:140]  # GitHub's limit
         data = json.dumps({"state": state, "context": "pushcd", "description": description,
                            **({"target_url": body["link"]} if body["link"] else {})}).encode()
-        headers["Authorization"] = f"Bearer {os.environ.get(target.token_env or '', '')}"
+        headers["Authorization"] = f"Bearer {(token or b'').decode()}"
         headers["Accept"] = "application/vnd.github+json"
         return f"{target.api_url.rstrip('/')}/repos/{full_name}/statuses/{body['commit']}", data, headers
     data = json.dumps({"text": _slack_text(body)} if target.kind == "slack" else body).encode()
-    if target.kind == "json" and target.secret_env:
-        secret = os.environ.get(target.secret_env, "").encode()
+    if target.kind == "json" and secret:
         headers["X-Pushcd-Signature-256"] = "sha256=" + hmac.new(secret, data, hashlib.sha256).hexdigest()
     return target.url, data, headers
 
 
 class Notifier:
     def __init__(self, targets: list[Target], metrics: Metrics, *, full_name: str | None, link: str | None,
-                 describe: Callable[[str], Awaitable[dict[str, str]]]) -> None:
-        self.targets = targets
+                 describe: Callable[[str], Awaitable[dict[str, str]]],
+                 secrets: tuple[tuple[bytes | None, bytes | None], ...] = ()) -> None:
+        self.configure(targets, secrets)
         self.metrics = metrics
         self.full_name = full_name
         self.link = link
@@ -101,14 +102,19 @@ class Notifier:
         self.dropped = 0  # events dropped since the last line that said so
         self._said_at: float | None = None  # when that line was logged (monotonic)
 
+    def configure(self, targets: list[Target], secrets: tuple[tuple[bytes | None, bytes | None], ...]) -> None:
+        """The receivers and their (signing secret, token), replaced together (start-up, SIGHUP)."""
+        padded = list(secrets) + [(None, None)] * (len(targets) - len(secrets))
+        self.targets: list[tuple[Target, bytes | None, bytes | None]] = [(t, *s) for t, s in zip(targets, padded)]
+
     def send(self, event: Event) -> None:
         """Queue ``event`` for every target that wants it; never blocks, never raises."""
-        if not any(event.name in t.events for t in self.targets):
+        if not any(event.name in t.events for t, _, _ in self.targets):
             return
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
-            for t in self.targets:
+            for t, _, _ in self.targets:
                 self.metrics.notifications.labels(t.kind, "dropped").inc()
             self._dropped(event)
 
@@ -119,9 +125,9 @@ class Notifier:
         now = time.monotonic()
         if self._said_at is not None and now - self._said_at < DROPS_SAID_EVERY:
             return
+        since = f" in the last {now - self._said_at:.0f}s" if self._said_at is not None else ""
         log.warning("notify: %d events waiting, the receivers are behind; %d dropped%s (the last: %s for %s)",
-                    QUEUE, self.dropped, f" in the last {now - self._said_at:.0f}s" if self._said_at is not None else "",
-                    event.name, event.commit[:12])
+                    QUEUE, self.dropped, since, event.name, event.commit[:12])
         self.dropped, self._said_at = 0, now
 
     async def run(self) -> None:
@@ -134,12 +140,13 @@ class Notifier:
                 except Exception:  # noqa: BLE001 - a message is nice to have, never a reason not to tell
                     message = ""
                 body = payload(event, message, self.link)
-                for target in self.targets:
+                for target, secret, token in self.targets:
                     if event.name in target.events:
-                        await self._deliver(session, target, body)
+                        await self._deliver(session, target, body, secret, token)
 
-    async def _deliver(self, session: aiohttp.ClientSession, target: Target, body: dict[str, Any]) -> None:
-        url, data, headers = request_for(target, body, self.full_name)
+    async def _deliver(self, session: aiohttp.ClientSession, target: Target, body: dict[str, Any],
+                       secret: bytes | None, token: bytes | None) -> None:
+        url, data, headers = request_for(target, body, self.full_name, secret, token)
         deadline = time.monotonic() + self.retry_for
         delay, why = 1.0, ""
         while True:

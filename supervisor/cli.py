@@ -317,6 +317,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if found or on_remote:
         return 2
     raw = settings.raw
+    procs = preflight.work_tree_procfile(settings)  # what the work tree's Procfile says, as a deploy reads it
     out = {
         "config": str(settings.source),
         "webhook": {"listen": str(settings.webhook_listen), "path": raw.webhook.path,
@@ -325,7 +326,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
                     "allow_from": raw.webhook.allow_from, "trusted_proxies": raw.webhook.trusted_proxies},
         "repo": {"path": str(settings.repo_path), "remote": raw.repo.remote, "branch": raw.repo.branch,
                  "full_name": raw.repo.full_name, "on_diverge": raw.repo.on_diverge},
-        "app": {"command": raw.app.command, "procfile": raw.app.procfile, "cwd": str(settings.app.cwd),
+        "app": {"command": raw.app.command or (procs or {}).get("web", []), "procfile": raw.app.procfile,
+                "cwd": str(settings.app.cwd),
                 "listen": raw.app.listen,
                 "stop_signal": settings.app.stop_signal.name, "stop_timeout": raw.app.stop_timeout,
                 "ready": {"notify": raw.app.ready.notify, "http": raw.app.ready.http,
@@ -339,7 +341,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
                    "before_restart_timeout": raw.deploy.before_restart_timeout,
                    "release_command": raw.deploy.release_command},
         "release": msgspec.to_builtins(raw.release),
-        "processes": {name: msgspec.to_builtins(p) for name, p in raw.processes.items()},
+        "processes": {p.name: {"command": list(p.command), "from": "Procfile" if p.name in (procs or {})
+                               else f"[processes.{p.name}]", "count": p.count, "overlap": p.overlap,
+                               "stop_signal": p.stop_signal.name, "stop_timeout": p.stop_timeout,
+                               "ready": msgspec.to_builtins(p.ready)}
+                      for p in config.procfile_types(settings.processes, procs)},
         "log": {"format": raw.log.format},
     }
     print(json.dumps(out, indent=2))

@@ -30,7 +30,7 @@ import tomllib
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -41,6 +41,12 @@ class ConfigError(Exception):
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
+
+
+# Ranges live in the schema (msgspec checks them while decoding), so `check` and `run` cannot disagree.
+Seconds = Annotated[float, msgspec.Meta(gt=0)]  # a duration that must pass
+SecondsOrNone = Annotated[float, msgspec.Meta(ge=0)]  # a duration where 0 means none (or off)
+Count = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class GitlabHook(_Section):
@@ -65,8 +71,8 @@ class Webhook(_Section):
     tls_key: str | None = None
     allow_from: list[str] = []  # CIDRs; empty = everyone (the signature still decides)
     trusted_proxies: list[str] = []  # CIDRs whose X-Forwarded-For names the real peer
-    header_timeout: float = 10.0  # a connection's request headers must arrive within this (also: idle keep-alive)
-    max_connections: int = 256  # open connections; more are closed at once
+    header_timeout: Seconds = 10.0  # a connection's request headers must arrive within this (also: idle keep-alive)
+    max_connections: Count = 256  # open connections; more are closed at once
     gitlab: GitlabHook | None = None
     gitea: GiteaHook | None = None
 
@@ -87,9 +93,9 @@ class Repo(_Section):
     branch: str = "main"
     full_name: str | None = None
     on_diverge: Literal["refuse", "reset"] = "refuse"
-    fetch_timeout: float = 60.0
+    fetch_timeout: Seconds = 60.0
     url: str | None = None  # clone from here when path does not exist yet
-    poll_interval: float = 0.0  # seconds; 0 = off
+    poll_interval: SecondsOrNone = 0.0  # seconds; 0 = off
     submodule_urls: list[str] = []  # patterns of submodule URLs allowed besides the main remote's host
     auth: Auth = msgspec.field(default_factory=Auth)
 
@@ -97,8 +103,8 @@ class Repo(_Section):
 class Ready(_Section):
     notify: bool = False
     http: str | None = None
-    min_uptime: float = 1.0
-    timeout: float = 60.0
+    min_uptime: SecondsOrNone = 1.0
+    timeout: Seconds = 60.0
 
 
 class App(_Section):
@@ -107,15 +113,15 @@ class App(_Section):
     cwd: str = "."
     env: dict[str, str] = {}
     stop_signal: str = "SIGTERM"
-    stop_timeout: float = 10.0
+    stop_timeout: Seconds = 10.0
     listen: str | None = None
     ready: Ready = msgspec.field(default_factory=Ready)
 
 
 class ProcessReady(_Section):
     notify: bool = False
-    min_uptime: float = 1.0
-    timeout: float = 60.0
+    min_uptime: SecondsOrNone = 1.0
+    timeout: Seconds = 60.0
 
 
 class Process(_Section):
@@ -125,8 +131,8 @@ class Process(_Section):
     cwd: str = "."
     env: dict[str, str] = {}
     stop_signal: str = "SIGTERM"
-    stop_timeout: float = 10.0
-    count: int = 1
+    stop_timeout: Seconds = 10.0
+    count: Count = 1
     overlap: bool = True  # the new instance starts before the old one stops; false: never two at once
     ready: ProcessReady = msgspec.field(default_factory=ProcessReady)
 
@@ -135,7 +141,7 @@ class Watch(_Section):
     enabled: bool = True
     paths: list[str] = []
     ignore: list[str] = []
-    debounce_ms: int = 300
+    debounce_ms: Annotated[int, msgspec.Meta(ge=0)] = 300
 
 
 class Control(_Section):
@@ -143,8 +149,8 @@ class Control(_Section):
     token_env: str | None = None  # default: a token generated at first start in [state] dir/control-token
     token_file: str | None = None  # or a file holding it
     hosts: list[str] = []  # host names the page may be reached by besides IPs and localhost (a proxy, a tunnel)
-    header_timeout: float = 10.0
-    max_connections: int = 64
+    header_timeout: Seconds = 10.0
+    max_connections: Count = 64
     public_url: str | None = None  # where people reach the page (for links in notifications)
 
 
@@ -165,7 +171,7 @@ class Notify(_Section):
 
 class State(_Section):
     dir: str = ".supervisor-state"
-    retention: int = 500  # deploys kept in the history
+    retention: Count = 500  # deploys kept in the history
 
 
 class Log(_Section):
@@ -173,24 +179,24 @@ class Log(_Section):
 
 
 class Deploy(_Section):
-    probation: float = 30.0
+    probation: SecondsOrNone = 30.0
     before_restart: list[list[str]] = []
-    before_restart_timeout: float = 300.0
-    release_command: list[str] = []  # once per deploy, before anything of the new release serves (migrations)
-    release_timeout: float = 300.0
+    before_restart_timeout: Seconds = 300.0
+    release_command: list[str] = []  # once per release, before anything of it serves (migrations)
+    release_timeout: Seconds = 300.0
 
 
 class Release(_Section):
     # snapshot: each release runs from its own read-only directory (and Python environment) under
     # [state] dir; in-place: the app runs in the work tree itself (files change under it during a deploy).
     mode: Literal["snapshot", "in-place"] = "snapshot"
-    keep: int = 5  # releases kept for rollback (the live one and the rollback target are never pruned)
+    keep: Count = 5  # releases that went live kept for rollback (besides the live one and the rollback target)
     link: list[str] = []  # work-tree paths each release links to (data that outlives releases); "dir/" = a folder
     requirements: str | None = None  # the file that decides the environment; None = detect, "" = no environment
     python: str = "python3"  # the interpreter environments are made with
     install_args: list[str] = []  # e.g. ["--no-index", "--find-links", "/srv/wheels"]
     installer: Literal["auto", "uv", "pip"] = "auto"  # auto: uv when it is there, else venv + pip
-    build_timeout: float = 900.0  # seconds an environment's install may take
+    build_timeout: Seconds = 900.0  # seconds an environment's install may take
 
 
 class Demo(_Section):
@@ -377,8 +383,6 @@ def _processes(raw: Config, repo_path: Path) -> dict[str, ProcSpec]:
             raise ConfigError(f"{key}: a process type's name is letters, digits, - and _")
         if not p.command and not raw.app.procfile:
             raise ConfigError(f"{key} needs command (an argv list), or [app] procfile with a {name}: line")
-        if p.count < 1 or p.stop_timeout <= 0 or p.ready.timeout <= 0:
-            raise ConfigError(f"{key}: count must be 1 or more, stop_timeout and ready.timeout greater than 0")
         subdir = str(_folder_in(repo_path, p.cwd, key).relative_to(repo_path))
         out[name] = ProcSpec(name, tuple(p.command), subdir, dict(p.env), _signal(p.stop_signal, key),
                              p.stop_timeout, p.count, p.overlap, p.ready)
@@ -441,6 +445,9 @@ def _explain(error: msgspec.ValidationError) -> str:
         return f"{where} is missing required key '{m[1]}'; add it"
     if m := re.match(r"Invalid enum value (.*)", what):
         return f"{where}: {m[1]} is not allowed; see the config reference in README.md"
+    if m := re.match(r"Expected `\w+` (>=|>) (\S+)", what):
+        bound = m[2].removesuffix(".0")
+        return f"{where} must be {'greater than' if m[1] == '>' else 'at least'} {bound}; fix the value"
     return f"{where}: {what.lower()}; fix the value's type"
 
 
@@ -525,45 +532,93 @@ def parse(path: str | os.PathLike[str]) -> tuple[Path, Config]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    found = _schema_problems(data)
+    if found:
+        raise ConfigError("\n".join(f"{path}: {line}" for line in found))
+    return source, msgspec.convert(data, Config)
+
+
+def _schema_problems(data: dict[str, object]) -> list[str]:
+    """Each table type-checked on its own, nested ones too, so one run names every table's mistake (msgspec
+    stops at the first mistake of what it is given)."""
+    return _table_problems(data, Config, "")
+
+
+def _table_problems(value: object, table: type[msgspec.Struct], path: str) -> list[str]:
+    out: list[str] = []
+    broken = set()  # sub-tables with mistakes of their own: said already, left out of this table's check
+    if isinstance(value, dict):
+        for f in msgspec.structs.fields(table):
+            sub = value.get(f.name)
+            if isinstance(f.type, type) and issubclass(f.type, msgspec.Struct) and isinstance(sub, dict):
+                found = _table_problems(sub, f.type, f"{path}.{f.name}")
+                if found:
+                    out += found
+                    broken.add(f.name)
+        value = {k: v for k, v in value.items() if k not in broken}
     try:
-        return source, msgspec.convert(data, Config)
+        msgspec.convert(value, table)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {_explain(exc)}") from None
+        text = str(exc)  # its path is within this table ("- at `$.ready`"), or absent at the table itself
+        missing = re.match(r"Object missing required field `(\w+)`$", text)
+        if not (missing and missing[1] in broken):
+            at = f" - at `${path}"
+            out.append(_explain(msgspec.ValidationError(
+                text.replace(" - at `$", at, 1) if " - at `$" in text else f"{text}{at}`")))
+    return out
 
 
-def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
-    base = source.parent
+def problems(raw: Config) -> list[str]:
+    """Every mistake the file alone shows (each a line naming the key and the fix), all of them at once."""
+    out = []
     if (not raw.app.command and not raw.app.procfile) or not all(raw.app.command):
-        raise ConfigError("[app] command must be a non-empty list of strings, e.g. [\"python\", \"app.py\"] "
-                          "(or set [app] procfile to take it from the Procfile's web: line)")
+        out.append("[app] command must be a non-empty list of strings, e.g. [\"python\", \"app.py\"] "
+                   "(or set [app] procfile to take it from the Procfile's web: line)")
     if not raw.webhook.path.startswith("/"):
-        raise ConfigError(f'[webhook] path = "{raw.webhook.path}" must start with "/"')
-    stop_signal = _signal(raw.app.stop_signal, "[app]")
-    for name in ("stop_timeout",):
-        if getattr(raw.app, name) <= 0:
-            raise ConfigError(f"[app] {name} must be greater than 0")
-    if raw.watch.debounce_ms < 0:
-        raise ConfigError("[watch] debounce_ms must be 0 or more")
-    if raw.repo.poll_interval < 0:
-        raise ConfigError("[repo] poll_interval must be 0 (off) or more seconds")
-    if raw.state.retention < 1:
-        raise ConfigError("[state] retention must be 1 or more")
-    _check_release(raw.release)
+        out.append(f'[webhook] path = "{raw.webhook.path}" must start with "/"')
     for i, n in enumerate(raw.notify):
         key = f"[[notify]] #{i + 1}"
         unknown = sorted(set(n.events) - set(EVENTS))
         if unknown:
-            raise ConfigError(f"{key} events: {', '.join(unknown)} unknown; choose from {', '.join(EVENTS)}")
+            out.append(f"{key} events: {', '.join(unknown)} unknown; choose from {', '.join(EVENTS)}")
         if n.kind != "github" and not n.url.startswith(("http://", "https://")):
-            raise ConfigError(f'{key} url = "{n.url}" is not an http(s) URL; give the receiver\'s URL')
+            out.append(f'{key} url = "{n.url}" is not an http(s) URL; give the receiver\'s URL')
         if n.kind == "github" and (not (n.token_env or n.token_file) or not raw.repo.full_name):
-            raise ConfigError(f"{key} kind = \"github\" needs token_env or token_file (a token that may write "
-                              f"commit statuses) and [repo] full_name (owner/name)")
-    for key, section in (("[webhook]", raw.webhook), ("[control]", raw.control)):
-        if section.header_timeout <= 0:
-            raise ConfigError(f"{key} header_timeout must be greater than 0 (seconds)")
-        if section.max_connections < 1:
-            raise ConfigError(f"{key} max_connections must be 1 or more")
+            out.append(f"{key} kind = \"github\" needs token_env or token_file (a token that may write "
+                       f"commit statuses) and [repo] full_name (owner/name)")
+    out += _release_problems(raw.release) + _listen_clashes(raw)
+    return out
+
+
+def _listen_clashes(raw: Config) -> list[str]:
+    """Two listeners on one port of one host (or of every host): `run` would fail with "address in use"."""
+    listens = [("[webhook] listen", raw.webhook.listen), ("[control] listen", raw.control.listen),
+               ("[app] listen", raw.app.listen)]
+    seen: list[tuple[str, Address]] = []
+    out = []
+    for key, value in listens:
+        if not value:
+            continue
+        try:
+            addr = parse_address(value, key)
+        except ConfigError as exc:
+            out.append(str(exc))
+            continue
+        for other, was in seen:
+            anywhere = {"0.0.0.0", "::", ""}
+            same_host = addr.host == was.host or {addr.host, was.host} & anywhere
+            if addr.port == was.port and addr.port != 0 and same_host:
+                out.append(f'{key} = "{value}" takes the port of {other}; give each listener its own port')
+        seen.append((key, addr))
+    return out
+
+
+def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
+    base = source.parent
+    found = problems(raw)
+    if found:
+        raise ConfigError("\n".join(found))
+    stop_signal = _signal(raw.app.stop_signal, "[app]")
     repo_path = (base / raw.repo.path).resolve()
     app_cwd = _folder_in(repo_path, raw.app.cwd, "[app]")
     watch_paths = tuple((repo_path / p).resolve() for p in raw.watch.paths) or (repo_path,)
@@ -604,20 +659,17 @@ def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
     return settings
 
 
-def _check_release(cfg: Release) -> None:
-    if cfg.keep < 1:
-        raise ConfigError("[release] keep must be 1 or more (the live release and the one a rollback goes to "
-                          "are always kept besides)")
-    if cfg.build_timeout <= 0:
-        raise ConfigError("[release] build_timeout must be greater than 0 (seconds)")
+def _release_problems(cfg: Release) -> list[str]:
+    out = []
     for entry in cfg.link:
         parts = entry.rstrip("/").split("/")
         if not entry.rstrip("/") or entry.startswith("/") or ".." in parts or parts[0] == ".git":
-            raise ConfigError(f'[release] link: "{entry}" must be a path inside the repository, such as ".env" '
-                              f'or "media/" (not absolute, no "..", not .git)')
+            out.append(f'[release] link: "{entry}" must be a path inside the repository, such as ".env" '
+                       f'or "media/" (not absolute, no "..", not .git)')
     if cfg.requirements and (cfg.requirements.startswith("/") or ".." in cfg.requirements.split("/")):
-        raise ConfigError(f'[release] requirements = "{cfg.requirements}" must be a file of the repository, '
-                          f'such as "requirements.txt"')
+        out.append(f'[release] requirements = "{cfg.requirements}" must be a file of the repository, '
+                   f'such as "requirements.txt"')
+    return out
 
 
 def secret_variables(raw: Config) -> list[str]:

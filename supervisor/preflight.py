@@ -75,16 +75,22 @@ def _work_tree(settings: Settings) -> list[str]:
     return out
 
 
+def work_tree_procfile(settings: Settings) -> dict[str, list[str]] | None:
+    """The Procfile the work tree holds ([app] procfile), parsed; None without one, or when it does not parse
+    (a deploy reports that, naming the line)."""
+    try:
+        return read_procfile(settings.repo_path, settings.raw.app.procfile)
+    except BuildFailed:
+        return None
+
+
 def _web(settings: Settings) -> tuple[str, list[str]]:
     """Where the web command comes from, and the command: [app] command, else the web: line of the Procfile
     the work tree holds ([app] procfile)."""
     if settings.app.command or not settings.raw.app.procfile:
         return "[app] command", list(settings.app.command)
-    key = f"[app] procfile = \"{settings.raw.app.procfile}\", web:"
-    try:
-        return key, (read_procfile(settings.repo_path, settings.raw.app.procfile) or {}).get("web", [])
-    except BuildFailed:
-        return key, []  # a missing or broken Procfile is the deploy's to report, naming the line
+    web = (work_tree_procfile(settings) or {}).get("web", [])
+    return f"[app] procfile = \"{settings.raw.app.procfile}\", web:", web
 
 
 def _commands(settings: Settings) -> list[str]:

@@ -230,3 +230,23 @@ def test_a_missing_variable_says_a_file_works_on_a_reload(tmp_path: Path) -> Non
     (tmp_path / "work").mkdir()
     assert_user_error(check(p), "[[notify]] #1 secret_env", "PUSHCD_NOT_EXPORTED is not set",
                       "set secret_file instead", "a running pushcd never sees a variable exported after it started")
+
+
+def test_check_names_every_problem_in_one_run(tmp_path: Path) -> None:
+    """Hardening #19.10: check reported one mistake per run, passed [app] listen equal to [control] listen
+    (run then said "address already in use") and accepted min_uptime = -1."""
+    p = tmp_path / "c.toml"
+    (tmp_path / "work").mkdir()
+    p.write_text(MINIMAL.replace('command = ["python3", "app.py"]', 'command = ["python3", "app.py"]\n'
+                                 'listen = "127.0.0.1:9001"\nstop_timeout = 0') +
+                 "[app.ready]\nmin_uptime = -1\n[watch]\ndebounse_ms = 5\n[release]\nkeep = 0\n")
+    result = check(p)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result
+    for needle in ("[app] stop_timeout must be greater than 0", "[app.ready] min_uptime must be at least 0",
+                   "unknown key 'debounse_ms' in [watch]", "[release] keep must be at least 1"):
+        assert needle in result.stderr, (needle, result.stderr)
+    p.write_text(MINIMAL.replace('command = ["python3", "app.py"]', 'command = ["python3", "app.py"]\n'
+                                 'listen = "127.0.0.1:9001"'))  # the schema holds now: the clash is seen
+    assert_user_error(check(p), '[app] listen = "127.0.0.1:9001" takes the port of [control] listen')
+    p.write_text(MINIMAL + '[control]\nlisten = "0.0.0.0:9000"\ntoken_env = "PUSHCD_TEST_SECRET"\n')
+    assert_user_error(check(p), "[control] listen", "takes the port of [webhook] listen")

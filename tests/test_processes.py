@@ -6,6 +6,7 @@ claimed in a transaction) and records which commit did each job."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -223,6 +224,14 @@ async def test_a_procfile_change_in_a_commit_adds_a_worker_and_restart_takes_a_n
     cfg.write_text(text)
     code, out, err = await cli(cfg, "check")  # hardening #19.8: an IndexError before, the web command in the Procfile
     assert code == 0 and "Traceback" not in err, (out, err)
+    shown = json.loads(out)  # #19.10: what check shows is what a deploy reads, the Procfile's commands included
+    assert shown["app"]["command"] == [PY, "app.py", "--fd", "{fd}", "--fd", "{probe_fd}"], shown["app"]
+    procfile = repos.work / "Procfile"
+    procfile.write_text(procfile.read_text() + f"worker: {PY} worker.py --queue\n")
+    code, out, err = await cli(cfg, "check")
+    worker = json.loads(out)["processes"]["worker"]
+    assert worker["command"] == [PY, "worker.py", "--queue"] and worker["from"] == "Procfile", worker
+    git("checkout", "--", "Procfile", cwd=repos.work)
     async with supervised(cfg, session) as (sup, client):
         assert [p["name"] for p in (await client.status())["processes"]] == ["web"]
         new = await client.ship(repos, {"Procfile": f"web: {PY} app.py --fd {{fd}} --fd {{probe_fd}}\n"

@@ -243,6 +243,15 @@ class Supervisor:
         return {"webhook_url": self.webhook_url, "supervisor_uptime": round(time.time() - self.started, 3),
                 "last_reload": reload}
 
+    def _proxy(self, peer: str) -> bool:
+        """A trusted proxy ([webhook] trusted_proxies): every sender comes through it."""
+        return bool(self.settings.trusted_proxies) and intake.allowed(peer, self.settings.trusted_proxies)
+
+    def _admits(self, peer: str) -> bool:
+        """Who may open a connection to the webhook at all: [webhook] allow_from, or a trusted proxy (behind
+        which the handler judges X-Forwarded-For). Read at each connection: SIGHUP may change it."""
+        return intake.allowed(peer, self.settings.allow_from) or self._proxy(peer)
+
     def _on_verdict(self, verdict: Verdict, event: str | None, seconds: float) -> None:
         self.metrics.deliveries.labels(verdict.verdict).inc()
         self.metrics.webhook_latency.observe(seconds)
@@ -262,7 +271,7 @@ class Supervisor:
         caps = connection_caps({"[webhook]": raw.webhook.max_connections, "[control]": raw.control.max_connections})
         hooks = await listen(intake.make_app(self.intakes), self.settings.webhook_listen, "[webhook] listen",
                              header_timeout=raw.webhook.header_timeout, max_connections=caps["[webhook]"],
-                             ssl_context=self.tls)
+                             ssl_context=self.tls, admits=self._admits, unlimited=self._proxy)
         self._sites.append(hooks)
         ctl = await listen(control.make_app(self.console, self.control_token, self.settings.control_token is not None,
                                             raw.control.hosts),

@@ -394,7 +394,8 @@ async def test_idle_and_slow_connections_are_closed_and_capped(repos: Repos, tmp
 
         def hold(n: int) -> list[float | None]:
             """Open n connections (one trickles header bytes); seconds until the server closed each."""
-            socks = [socket.create_connection(("127.0.0.1", sup.webhook_port), timeout=15) for _ in range(n)]
+            # each from its own loopback address: the cap, not the per-address limit, is what this test is about
+            socks = [connect_from(f"127.0.1.{i + 1}", sup.webhook_port) for i in range(n)]
             start = time.monotonic()
             closed: list[float | None] = [None] * n
             poller = select.poll()
@@ -430,6 +431,63 @@ async def test_idle_and_slow_connections_are_closed_and_capped(repos: Repos, tmp
         assert max(at_once) < 0.9, closed  # the five over the cap: before the header timeout
         assert sum(t > 0.9 for t in closed if t is not None) >= 19, closed  # the rest: by the header timeout
         await c.ship(repos, {"message.txt": "v2\n"}, "v2")  # and deliveries are answered again
+
+
+def connect_from(address: str, port: int) -> socket.socket:
+    """A connection to 127.0.0.1:port from another loopback address: another peer, as the server sees it."""
+    s = socket.socket()
+    s.settimeout(15)
+    s.bind((address, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+async def test_strangers_cannot_take_the_slots_deliveries_need(repos: Repos, tmp_path: Path, session) -> None:
+    """Hardening #19.5: partial headers held all the connection slots (for up to 30 s) and a signed delivery
+    sent meanwhile was reset. One address now holds an eighth of them; outside allow_from, none at all."""
+    cfg = write_config(tmp_path / "c.toml", repos, webhook_extra="header_timeout = 30\nmax_connections = 64")
+    loop = asyncio.get_running_loop()
+
+    def partial(address: str, n: int, port: int) -> list[socket.socket]:
+        socks = [connect_from(address, port) for _ in range(n)]
+        for s in socks:
+            try:
+                s.sendall(b"POST /github HTTP/1.1\r\nHost: x\r\n")  # and never the end of the headers
+            except OSError:
+                pass  # closed on connect
+        return socks
+
+    async with supervised(cfg, session) as (sup, c):
+        capped = sup._sites[0].capped
+        strangers = await loop.run_in_executor(None, partial, "127.0.0.2", 64, sup.webhook_port)
+        try:
+            await eventually(lambda: capped.open + capped.refused >= 64, 10, "every stranger accepted or closed")
+            await c.ship(repos, {"message.txt": "v2\n"}, "v2")  # a delivery from another address gets through
+            assert capped.by_peer["127.0.0.2"] == 8  # the stranger's share: an eighth of the slots
+        finally:
+            for s in strangers:
+                s.close()
+    text = cfg.read_text()
+    cfg.write_text(text.replace("max_connections = 64", 'max_connections = 64\nallow_from = ["127.0.0.1/32"]'))
+    async with supervised(cfg, session) as (sup, c):
+        capped = sup._sites[0].capped
+        strangers = await loop.run_in_executor(None, partial, "127.0.0.3", 4, sup.webhook_port)
+        try:
+            await eventually(lambda: capped.refused >= 4 and not capped.by_peer["127.0.0.3"], 10,
+                             "strangers closed on connect")
+            assert not any(_answer(s) for s in strangers)  # closed before a byte was read: no answer at all
+            await c.ship(repos, {"message.txt": "v3\n"}, "v3")
+        finally:
+            for s in strangers:
+                s.close()
+
+
+def _answer(s: socket.socket) -> bytes:
+    """What the server said on ``s`` before it closed (a reset says nothing)."""
+    try:
+        return s.recv(100)
+    except ConnectionResetError:
+        return b""
 
 
 def _limited(n: int) -> Any:

@@ -7,6 +7,9 @@
 - at most ``max_connections`` are open at once; one more is closed at once,
   before anything is read, so file descriptors stay for deliveries, the app's
   sockets and the git thread;
+- one address holds at most an eighth of them (:func:`per_peer`), and a peer the
+  listener does not admit (outside ``[webhook] allow_from``) is closed on connect,
+  before a byte is read: strangers cannot take the slots deliveries need;
 - bodies are bounded in size and time by the webhook handler itself.
 """
 
@@ -18,6 +21,7 @@ import logging
 import os
 import resource
 import ssl
+from collections import Counter
 from typing import Any, Callable
 
 from aiohttp import http_exceptions, web
@@ -62,15 +66,34 @@ class _Refuse(asyncio.Protocol):
         transport.abort()
 
 
+def per_peer(limit: int) -> int:
+    """Connections one address may hold: an eighth of the cap (at least 2).
+
+    >>> per_peer(256), per_peer(64), per_peer(4)
+    (32, 8, 2)
+    """
+    return max(2, limit // 8)
+
+
 class _Counted(asyncio.Protocol):
-    """aiohttp's handler for one connection, counted from accept to close."""
+    """aiohttp's handler for one connection, counted from accept to close; handed over only once its peer is
+    admitted (the factory cannot see the peer, the transport can)."""
 
     def __init__(self, inner: Any, capped: "Capped") -> None:
         self.inner = inner
         self.capped = capped
+        self.peer: str | None = None  # counted against its address once admitted
         capped.open += 1  # counted at accept time: a batch of accepts cannot overshoot the cap
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = (transport.get_extra_info("peername") or ("?",))[0]
+        why = self.capped.refusal(peer)
+        if why is not None:
+            self.capped.refuse(why)
+            transport.abort()  # nothing read, nothing answered
+            return
+        self.peer = peer
+        self.capped.by_peer[peer] += 1
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -87,25 +110,45 @@ class _Counted(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.capped.open -= 1
+        if self.peer is None:
+            return  # refused on connect: aiohttp never had it
+        self.capped.by_peer[self.peer] -= 1
+        if not self.capped.by_peer[self.peer]:
+            del self.capped.by_peer[self.peer]
         self.inner.connection_lost(exc)
 
 
 class Capped:
-    """A protocol factory that gives aiohttp's handler to at most ``limit`` open connections."""
+    """A protocol factory that gives aiohttp's handler to at most ``limit`` open connections, at most
+    :func:`per_peer` of them from one address, and none to a peer ``admits`` refuses."""
 
-    def __init__(self, server: web.Server, limit: int, name: str) -> None:
+    def __init__(self, server: web.Server, limit: int, name: str,
+                 admits: Callable[[str], bool] = lambda _peer: True,
+                 unlimited: Callable[[str], bool] = lambda _peer: False) -> None:
         self.server = server
         self.limit = limit
         self.name = name
+        self.admits = admits  # e.g. [webhook] allow_from (and the trusted proxies); read at each connection
+        self.unlimited = unlimited  # addresses many senders share (a trusted proxy): no per-address limit
         self.open = 0
         self.refused = 0
+        self.by_peer: Counter[str] = Counter()
+
+    def refusal(self, peer: str) -> str | None:
+        if not self.admits(peer):
+            return f"peer {peer} is not admitted (allow_from)"
+        if self.by_peer[peer] >= per_peer(self.limit) and not self.unlimited(peer):
+            return f"peer {peer} holds {self.by_peer[peer]} connections already"
+        return None
+
+    def refuse(self, why: str) -> None:
+        self.refused += 1
+        if self.refused in (1, 10, 100) or self.refused % 1000 == 0:  # a flood is not a log line per connection
+            log.warning("%s: closed a connection on connect (%s); %d so far", self.name, why, self.refused)
 
     def __call__(self) -> asyncio.BaseProtocol:
         if self.open >= self.limit:
-            self.refused += 1
-            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
-                log.warning("%s: %d connections open (max_connections); closed %d more so far",
-                            self.name, self.limit, self.refused)
+            self.refuse(f"{self.limit} connections open, max_connections")
             return _Refuse()
         return _Counted(self.server(), self)
 
@@ -125,7 +168,9 @@ class Site:
 
 
 async def listen(app: web.Application, addr: Address, key: str, *, header_timeout: float,
-                 max_connections: int, ssl_context: ssl.SSLContext | None = None) -> Site:
+                 max_connections: int, ssl_context: ssl.SSLContext | None = None,
+                 admits: Callable[[str], bool] = lambda _peer: True,
+                 unlimited: Callable[[str], bool] = lambda _peer: False) -> Site:
     """Serve ``app`` on ``addr``; a StartupError naming ``key`` if the address cannot be had."""
     _quiet_client_errors()
     # auto_decompress off: a body is never inflated for us (the webhook refuses a Content-Encoding at once)
@@ -133,7 +178,7 @@ async def listen(app: web.Application, addr: Address, key: str, *, header_timeou
                            auto_decompress=False)
     await runner.setup()
     assert runner.server is not None
-    capped = Capped(runner.server, max_connections, key.split()[0])
+    capped = Capped(runner.server, max_connections, key.split()[0], admits, unlimited)
     try:
         server = await asyncio.get_running_loop().create_server(
             capped, addr.host, addr.port, reuse_address=True, backlog=1024, ssl=ssl_context)

@@ -68,7 +68,7 @@ def allowed(peer: str, allow_from: Collection[Network]) -> bool:
 log = logging.getLogger("supervisor.intake")
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
-BODY_TIMEOUT = 30.0  # seconds to receive a body; GitHub itself gives up after 10
+BODY_TIMEOUT = 10.0  # seconds to receive a body: GitHub itself gives up after 10, so a slower one is no delivery
 
 
 class Intake:

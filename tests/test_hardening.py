@@ -678,3 +678,48 @@ def test_unsigned_bodies_and_compressed_bodies_cost_no_memory(tmp_path: Path, re
         assert try_status(cfg)["child_pid"]  # and pushcd is as it was
     finally:
         stop_process(proc)
+
+
+CLEAN_ENV_DAEMON_APP = textwrap.dedent("""
+    import os, sys
+    record = os.environ["GRANDCHILDREN"]
+    if os.fork() == 0:  # a daemon that forgets who started it: setsid, and an exec with an empty environment
+        os.setsid()
+        if os.fork() == 0:
+            with open(record, "a") as f:
+                f.write(f"{os.getpid()}\\n")
+            os.execve(sys.executable, [sys.executable, "-c", "import time; time.sleep(3600)"], {})  # keeps fd 3
+        os._exit(0)
+    os.execvp(sys.executable, [sys.executable, "app.py", *sys.argv[1:]])
+""")
+
+
+def test_a_daemon_with_a_clean_environment_does_not_outlive_its_release(tmp_path: Path, repos: Repos) -> None:
+    """Hardening #19.6: a daemon that double-forks and execs with a clean environment (no SUPERVISOR_INSTANCE)
+    but keeps fd 3 stayed, one per deploy, each holding an old release's socket, until pushcd exited."""
+    repos.commit({"daemon.py": CLEAN_ENV_DAEMON_APP}, "an app that leaves an anonymous daemon behind")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    record = tmp_path / "grandchildren.txt"
+    record.write_text("")
+    cfg = write_config(tmp_path / "c.toml", repos, app={"command": [PY, "daemon.py", "--fd", "{fd}", "--fd",
+                                                                    "{probe_fd}"]})
+    cfg.write_text(cfg.read_text().replace("[app.env]\n", f'[app.env]\nGRANDCHILDREN = "{record}"\n'))
+
+    def pids() -> list[int]:
+        return [int(p) for p in record.read_text().split()]
+
+    proc = spawn_supervisor(cfg)
+    try:
+        wait_sync(lambda: (s := try_status(cfg)) and s["child_pid"], 30, "pushcd")
+        first = wait_sync(lambda: pids(), 10, "the first release's daemon")
+        assert b"SUPERVISOR_INSTANCE" not in Path(f"/proc/{first[0]}/environ").read_bytes()
+        for n in (2, 3):
+            sha = repos.commit({"message.txt": f"v{n}\n"}, f"v{n}")
+            signed_push(cfg, repos, sha)
+            wait_sync(lambda: (s := try_status(cfg)) and s["deployed_commit"] == sha, 30, f"deploy {n}")
+            wait_sync(lambda: len(pids()) == n, 10, f"release {n}'s daemon")
+        wait_sync(lambda: [p for p in pids() if pid_alive(p)] == pids()[-1:], 15,
+                  "only the live release's daemon left")
+    finally:
+        stop_process(proc)
+    wait_sync(lambda: not any(pid_alive(p) for p in pids()), 10, "every daemon gone with pushcd")

@@ -116,7 +116,7 @@ class Child:
 
     def __init__(self, proc: asyncio.subprocess.Process, spec: Spec, label: str,
                  on_line: Callable[[int, str], None] | None, guard: "Guard | None" = None,
-                 instance: str = "") -> None:
+                 instance: str = "", sockets: frozenset[int] = frozenset()) -> None:
         self.proc = proc
         self.spec = spec
         self.pid = proc.pid
@@ -125,6 +125,8 @@ class Child:
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.telling: str | None = None  # see TELLING
         self.instance = instance
+        self.sockets = sockets  # inodes of the sockets it was handed: an orphan holding one after the stop is
+        # something it left behind
         self.stopping = False
         self.guard = guard
         if guard is not None:
@@ -173,7 +175,7 @@ class Child:
             reaper.OURS.add(proc.pid)
         finally:
             reaper.spawning -= 1
-        child = cls(proc, spec, label, on_line, guard, instance)
+        child = cls(proc, spec, label, on_line, guard, instance, frozenset(os.fstat(fd).st_ino for fd in fds))
         log.info("%s started: pid %d: %s", label, child.pid, " ".join(spec.argv))
         return child
 
@@ -234,7 +236,7 @@ class Child:
         # Stragglers the app left in its group (a worker that outlived its master)...
         self._signal_group(signal.SIGKILL)
         # ...and outside it (setsid), handed to us as their subreaper.
-        await reaper.stop_left_by(self.instance, family, timeout)
+        await reaper.stop_left_by(self.instance, family, timeout, self.sockets)
         if self.guard is not None:
             self.guard.remove(self.pid)
         self._pump.cancel()

@@ -7,9 +7,10 @@ With ``PR_SET_CHILD_SUBREAPER`` such orphans are handed to us instead
 (``pushcd run`` turns it on, first thing). Then:
 
 - when a child stops, the processes it left are stopped too: its
-  descendants as they were just before the stop, and any adopted process whose
+  descendants as they were just before the stop, any adopted process whose
   environment carries its ``SUPERVISOR_INSTANCE`` (a daemon that double-forked
-  earlier);
+  earlier), and any adopted process holding one of the sockets it was handed
+  (a daemon that also emptied its environment still holds the release's socket);
 - at shutdown, every adopted process is stopped;
 - adopted processes that exit on their own are reaped, so none stays a zombie.
 
@@ -127,13 +128,31 @@ async def stop(pids: set[int], timeout: float, why: str) -> None:
             pids = _reap(pids)
 
 
-async def stop_left_by(instance: str, before: set[int], timeout: float) -> None:
-    """After a child stopped: stop what it left (see the module doc)."""
+def _holds(pid: int, sockets: frozenset[int]) -> bool:
+    """Whether ``pid`` has one of these sockets (by inode) open."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and int(link[8:-1]) in sockets:
+            return True
+    return False
+
+
+async def stop_left_by(instance: str, before: set[int], timeout: float, sockets: frozenset[int] = frozenset()
+                       ) -> None:
+    """After a child stopped: stop what it left (see the module doc); ``sockets``: the inodes of the sockets
+    it was handed."""
     orphans = adopted()
     if not orphans:
         return
     marker = f"SUPERVISOR_INSTANCE={instance}".encode()
-    left = {p for p in orphans if p in before or _carries(p, marker)}
+    left = {p for p in orphans if p in before or _carries(p, marker) or (sockets and _holds(p, sockets))}
     await stop(left, timeout, "left behind by a stopped app process")
 
 

@@ -113,3 +113,25 @@ def test_the_installer_error_line_leads() -> None:
     lines = ["Resolved 3 packages", "error: No solution found when resolving dependencies:",
              "  ╰─▶ Because humanize==99 was not found, we can conclude that your requirements are unsatisfiable."]
     assert installer_error(lines).startswith("error: No solution found when resolving dependencies: | ╰─▶ Because")
+
+
+def test_where_hard_links_are_refused_releases_are_copies(tmp_path: Path, repos: Repos,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Hardening #19, not tried before: a state dir on a filesystem that refuses hard links. No such
+    filesystem can be mounted here (this kernel has no vfat), so os.link refuses as FAT does (EPERM)."""
+    advance(repos, {"keep.txt": "same\n", "dir/a.txt": "a\n"}, "first")
+    base = build(repos, tmp_path / "one")
+
+    def refuse(src: object, dst: object, **_kw: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
+    monkeypatch.setattr(snapshot, "_copies_told", False)
+    advance(repos, {"dir/a.txt": "a2\n"}, "second")
+    copied = build(repos, tmp_path / "one", base=base)
+    assert listing(copied.root) == listing(build(repos, tmp_path / "two").root)
+    assert (copied.root / "keep.txt").stat().st_ino != (base.root / "keep.txt").stat().st_ino  # a copy
+    assert stat.S_IMODE((copied.root / "keep.txt").stat().st_mode) == 0o444  # read-only all the same
+    warnings = [r.getMessage() for r in caplog.records if "hard links refused" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # said once, not once per file

@@ -17,6 +17,7 @@ These calls block (pygit2, disk): the deploy worker runs them in the git thread.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -237,14 +238,36 @@ def _link_tree(tree: pygit2.Tree, source: Path, dest: Path, prefix: str, links: 
             out.mkdir()
             _link_tree(entry.peel(pygit2.Tree), src, out, path + "/", links)
         elif entry.filemode == FileMode.COMMIT:
-            shutil.copytree(src, out, symlinks=True, copy_function=os.link)  # a submodule: all of its files
+            shutil.copytree(src, out, symlinks=True, copy_function=share)  # a submodule: all of its files
         elif entry.filemode == FileMode.LINK:
             os.symlink(os.readlink(src), out)
         else:
             try:
-                os.link(src, out)
+                share(src, out)
             except FileNotFoundError:
                 pass  # the base lacked it (a hand edit deleted it): differences() puts it back
+
+
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+_copies_told = False
+
+
+def share(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """``dst`` shares ``src``'s bytes: a hard link (one read-only inode, no bytes written); where the
+    filesystem refuses hard links (FAT, some network and FUSE filesystems, protected_hardlinks), a copy,
+    said once: releases then cost their full size on disk."""
+    global _copies_told
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise
+        if not _copies_told:
+            _copies_told = True
+            log.warning("hard links refused in %s (%s): release files are copied instead of shared; each release "
+                        "costs its full size on disk. Put [state] dir on a filesystem with hard links to share them",
+                        os.path.dirname(os.fspath(dst)), exc.strerror or exc)
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def make_spare(repo: pygit2.Repository, base: Base, spare: Path, links: Sequence[str] = ()) -> None:

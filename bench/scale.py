@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -162,8 +163,11 @@ def big_changes(root: Path, g: dict, sizes: list[int]) -> None:
         git("push", "-q", "origin", "HEAD:main", cwd=dev)
         ours_s, t_facts, theirs_s, changed = fast_forward_both(tree, theirs)
         assert changed >= size and git("status", "--porcelain", cwd=ours) == ""
+        peak_ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # libgit2 runs in this process
+        peak_git = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest git child so far
         print(f"a push changing {size} files: pushcd fetch + facts + move {ours_s:.2f} s (facts {t_facts:.2f} s), "
-              f"git pull --ff-only {theirs_s:.2f} s")
+              f"git pull --ff-only {theirs_s:.2f} s; peak RSS so far: this process (libgit2) {peak_ours:.0f} MB, "
+              f"the largest git child {peak_git:.0f} MB")
     # A force-push that rewrote history with many changed paths: only the decision to refuse is timed.
     size = min(5000, len(files))
     git("reset", "-q", "--hard", "HEAD~1", cwd=dev)

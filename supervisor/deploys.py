@@ -113,8 +113,10 @@ class Deploys:
             why = await w.road.go(Attempt(kind, built, fallback, probation=kind == "deploy"), phases, undo)
         if why is None:
             return w.finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases, previous, kind=kind)
-        return w.finish("failed", f"{target[:12]} rolled back to {previous[:12]}: {why}", target, trigger, phases,
-                        previous, failure=why, kind=kind)
+        head = await w.git.run(w.tree.head)
+        stuck = "" if head == previous else f" (the work tree could not follow and stays at {head[:12]}: see the log)"
+        return w.finish("failed", f"{target[:12]} rolled back to {previous[:12]}{stuck}: {why}", target, trigger,
+                        phases, previous, failure=why, kind=kind)
 
     async def rollback(self, trigger: str, to: RollbackTo | None = None) -> Result:
         """Back to the newest good release that is not the running one (or to ``to``: a kept release's id or

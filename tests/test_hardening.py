@@ -29,7 +29,7 @@ from supervisor.config import ConfigError
 from supervisor.git.tree import WorkTree
 from supervisor.ops.page import page_token
 
-from .conftest import (PY, SECRET, Client, Repos, deployed, eventually, git, pid_alive, raw_request, running,
+from .conftest import (PY, SECRET, Client, Repos, deployed, eventually, git, last_is, pid_alive, raw_request, running,
                        signed_push, spawn_supervisor, stop_process, supervised, try_status, wait_sync, write_config)
 
 # -- the control API: other origins, other hosts, no token --------------------------------------------
@@ -723,3 +723,23 @@ def test_a_daemon_with_a_clean_environment_does_not_outlive_its_release(tmp_path
     finally:
         stop_process(proc)
     wait_sync(lambda: not any(pid_alive(p) for p in pids()), 10, "every daemon gone with pushcd")
+
+
+async def test_a_failed_deploy_across_a_type_change_goes_back_and_is_recorded(repos: Repos, tmp_path: Path,
+                                                                               session) -> None:
+    """Hardening #19.4: the rollback of a commit that made a file a folder met "local edits would be
+    overwritten: conf": "deploy worker: unexpected error", the tree left on the bad commit, nothing recorded."""
+    repos.commit({"conf": "a file\n"}, "conf is a file")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    cfg = write_config(tmp_path / "c.toml", repos)
+    async with supervised(cfg, session) as (sup, c):
+        good = repos.head()
+        (repos.dev / "conf").unlink()
+        (repos.dev / "conf").mkdir()
+        (repos.dev / "conf" / "x").write_text("in a folder\n")
+        bad = repos.commit({"app.py": "import nothing_here\n"}, "conf is a folder, and the app fails")
+        await c.push(repos, bad)
+        st = await eventually(lambda: last_is(c, bad, "failed"), what="the failed deploy to be recorded")
+        assert st["deployed_commit"] == good and repos.head() == good and (repos.work / "conf").is_file()
+        assert "could not follow" not in st["last_deploy"]["reason"], st["last_deploy"]
+        assert git("status", "--porcelain", cwd=repos.work) == ""

@@ -19,7 +19,7 @@ import subprocess
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from aiohttp import web
@@ -566,18 +566,20 @@ DAEMONIZING_APP = textwrap.dedent("""
 """)
 
 
-def test_a_setsid_grandchild_does_not_outlive_its_release_or_pushcd(tmp_path: Path, repos: Repos) -> None:
-    repos.commit({"daemon.py": DAEMONIZING_APP}, "an app that leaves daemons behind")
+def leaves_daemons(tmp_path: Path, repos: Repos, source: str) -> tuple[Path, Callable[[], list[int]]]:
+    """An app (``source``, run as daemon.py) whose daemons note their pids; its config, and the pids so far."""
+    repos.commit({"daemon.py": source}, "an app that leaves daemons behind")
     git("pull", "-q", "--ff-only", cwd=repos.work)
     record = tmp_path / "grandchildren.txt"
     record.write_text("")
     cfg = write_config(tmp_path / "c.toml", repos, app={"command": [PY, "daemon.py", "--fd", "{fd}", "--fd",
                                                                     "{probe_fd}"]})
     cfg.write_text(cfg.read_text().replace("[app.env]\n", f'[app.env]\nGRANDCHILDREN = "{record}"\n'))
+    return cfg, lambda: [int(p) for p in record.read_text().split()]
 
-    def pids() -> list[int]:
-        return [int(p) for p in record.read_text().split()]
 
+def test_a_setsid_grandchild_does_not_outlive_its_release_or_pushcd(tmp_path: Path, repos: Repos) -> None:
+    cfg, pids = leaves_daemons(tmp_path, repos, DAEMONIZING_APP)
     proc = spawn_supervisor(cfg)
     try:
         wait_sync(lambda: (s := try_status(cfg)) and s["child_pid"], 30, "pushcd")
@@ -697,17 +699,7 @@ CLEAN_ENV_DAEMON_APP = textwrap.dedent("""
 def test_a_daemon_with_a_clean_environment_does_not_outlive_its_release(tmp_path: Path, repos: Repos) -> None:
     """Hardening #19.6: a daemon that double-forks and execs with a clean environment (no SUPERVISOR_INSTANCE)
     but keeps fd 3 stayed, one per deploy, each holding an old release's socket, until pushcd exited."""
-    repos.commit({"daemon.py": CLEAN_ENV_DAEMON_APP}, "an app that leaves an anonymous daemon behind")
-    git("pull", "-q", "--ff-only", cwd=repos.work)
-    record = tmp_path / "grandchildren.txt"
-    record.write_text("")
-    cfg = write_config(tmp_path / "c.toml", repos, app={"command": [PY, "daemon.py", "--fd", "{fd}", "--fd",
-                                                                    "{probe_fd}"]})
-    cfg.write_text(cfg.read_text().replace("[app.env]\n", f'[app.env]\nGRANDCHILDREN = "{record}"\n'))
-
-    def pids() -> list[int]:
-        return [int(p) for p in record.read_text().split()]
-
+    cfg, pids = leaves_daemons(tmp_path, repos, CLEAN_ENV_DAEMON_APP)
     proc = spawn_supervisor(cfg)
     try:
         wait_sync(lambda: (s := try_status(cfg)) and s["child_pid"], 30, "pushcd")

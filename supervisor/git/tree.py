@@ -26,16 +26,14 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import pygit2
-from pygit2.enums import CheckoutStrategy, FetchPrune, FileMode, FileStatus
+from pygit2.enums import CheckoutStrategy, FetchPrune, FileMode
 
 from ..config import GitAuth
-from . import submodules
+from . import edits, submodules
 from .credentials import Credentials
 from .errors import FetchError, GitFailure, MoveFailed
 from .journal import Journal
 
-_UNTOUCHED = {FileStatus.CURRENT, FileStatus.IGNORED}
-PER_PATH_STATUS = 32  # up to this many changed paths, a status look-up each beats one pass over the tree
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ class WorkTree:
             head_is_ancestor=self.repo.descendant_of(target, head),
             target_is_ancestor=self.repo.descendant_of(head, target),
             changed=tuple(sorted(changed)),
-            blocking=tuple(self.blocking(changed)),
+            blocking=tuple(edits.blocking(self.repo, self.path, changed)),
             writes=writes,
             undo=undo,
         )
@@ -159,44 +157,6 @@ class WorkTree:
             return self.repo.descendant_of(new, old)
         except (KeyError, ValueError, pygit2.GitError):
             return False  # a commit this repository no longer has
-
-    def blocking(self, paths: set[str]) -> list[str]:
-        """The paths (of ``paths``) with local edits, or with an untracked file or folder in the way.
-
-        A small change asks about each path (about 1 ms each on a 20,000-file tree); a larger one
-        takes one status pass over the tree (about 70 ms there) and looks each path up in it. Asking
-        per path for every change was quadratic: 134 s for 50,000 files.
-        """
-        if len(paths) <= PER_PATH_STATUS:
-            return sorted(p for p in paths if self._status(p) not in _UNTOUCHED)
-        edited = {p.rstrip("/"): s for p, s in self.repo.status(untracked_files="normal").items()
-                  if s not in _UNTOUCHED}
-        if not edited:
-            return []
-        out = []
-        for path in paths:
-            parts = path.split("/")
-            # the path itself, or an untracked file or folder standing where one of its folders goes
-            if any("/".join(parts[:i]) in edited for i in range(1, len(parts) + 1)):
-                out.append(path)
-        return sorted(out)
-
-    def _status(self, path: str) -> FileStatus:
-        """One path's status."""
-        try:
-            return FileStatus(self.repo.status_file(path))
-        except KeyError:
-            return FileStatus.CURRENT  # in neither the index nor the work tree
-        except pygit2.GitError:
-            full = self.path / path
-            if full.is_dir() and not full.is_symlink():
-                # A folder stands where the update puts a file: in the way only if it holds something git does
-                # not have clean (a folder of tracked files the move deletes is no edit: git moves it too).
-                inside = path + "/"
-                return FileStatus.WT_NEW if any(
-                    p.startswith(inside) and s not in _UNTOUCHED
-                    for p, s in self.repo.status(untracked_files="all").items()) else FileStatus.CURRENT
-            return FileStatus.WT_NEW if full.exists() or full.is_symlink() else FileStatus.CURRENT
 
     def backup(self, sha: str) -> str:
         name = f"refs/supervisor/backup/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{sha[:12]}"

@@ -180,6 +180,8 @@ class Log(_Section):
 
 class Deploy(_Section):
     probation: SecondsOrNone = 30.0
+    probation_failures: Count = 3  # health check failures in a row within probation that send a release back
+    probation_interval: Seconds = 2.0  # seconds between health checks within probation
     before_restart: list[list[str]] = []
     before_restart_timeout: Seconds = 300.0
     release_command: list[str] = []  # once per release, before anything of it serves (migrations)

@@ -41,13 +41,15 @@ class Recovery:
         self.due = time.monotonic() + delay
         self.mailbox.put_later(delay, Kind.RECOVER, "crash")
 
-    async def recover(self, _trigger: str, arg: Failure | None = None) -> Result:
-        """``arg``: a worker of the release exited within probation (why): the whole release goes back."""
+    async def recover(self, trigger: str, arg: Failure | None = None) -> Result:
+        """``arg``: within probation, a worker of the release exited, or (``trigger`` "unhealthy") its health
+        check kept failing (why): the whole release goes back."""
         w, web = self.work, self.work.road.web
         if arg is not None:
             live = web.live
             if live is not None and live.previous is not None and live.built == w.road.current:
-                w.recorder.tell("crashed", live.commit, str(arg), arg.failing_line)
+                if trigger == "crash":
+                    w.recorder.tell("crashed", live.commit, str(arg), arg.failing_line)
                 return await self._probation_failed(live.built, live.previous, live.live_since, arg)
             return None
         if not self.needed():
@@ -82,7 +84,7 @@ class Recovery:
         """Marked bad, the tree back, the release before it serves again."""
         w, phases = self.work, Phases()
         bad, good = bad_release.commit, good_release.commit
-        w.marks.mark(bad, f"crashed {time.monotonic() - live_since:.1f}s after going live: {why}")
+        w.marks.mark(bad, f"failed {time.monotonic() - live_since:.1f}s after going live: {why}")
         await w.moves.follow(good, phases)  # in place, the files first: the app runs from them
         failed = await w.road.go(Attempt("rollback", good_release, None, prepare=False), phases)
         outcome = w.finish("failed", f"probation: {bad[:12]} {w.marks.why(bad)}; back to {good[:12]}", bad,

@@ -33,6 +33,7 @@ from .releases.store import Store
 from .config import ConfigError, Settings
 from .console import Console
 from .deploy import Deployer
+from .health import Health
 from .ledger import Ledger
 from .marks import Marks
 from .moves import Moves
@@ -175,7 +176,8 @@ def build(settings: Settings) -> "Supervisor":
                           raw.deploy.release_timeout)
     road = Road(web, workers, make_builder(settings, tree, git, guard),
                 Ledger.load(settings.state_dir / "ledger.json"), preparation, marks=marks, history=history,
-                processes=settings.processes, probation=raw.deploy.probation)
+                processes=settings.processes, probation=raw.deploy.probation,
+                health=Health(raw.deploy.probation_failures, raw.deploy.probation_interval))
     deployer = Deployer(tree, git, road, Moves(tree, git, expected), Recorder(history, metrics, notifier.send),
                         on_diverge=raw.repo.on_diverge, pause=Pause.load(settings.state_dir / "paused.json"),
                         marks=marks)
@@ -371,6 +373,7 @@ class Supervisor:
         self.web.app = new.app  # whole, used from the next start on
         d = self.deployer
         d.on_diverge, d.road.probation, d.road.processes = raw.repo.on_diverge, raw.deploy.probation, new.processes
+        d.road.health.failures, d.road.health.interval = raw.deploy.probation_failures, raw.deploy.probation_interval
         d.road.preparation.configure(raw.deploy.before_restart, raw.deploy.before_restart_timeout,
                                      raw.deploy.release_command, raw.deploy.release_timeout)
         self.history.retention = raw.state.retention

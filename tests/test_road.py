@@ -30,7 +30,7 @@ class FakeWeb:
         self.events.append(f"start {built.id}")
         if built.commit in self.fail:
             return Failure("not ready within 1s")
-        self.live = SimpleNamespace(built=built, alive=True)
+        self.live = SimpleNamespace(built=built, alive=True, probe=None)
         return None
 
 

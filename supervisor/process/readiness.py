@@ -120,6 +120,19 @@ class Progress:
     last_probe: str = ""
 
 
+async def probe_once(probe: Probe, session: aiohttp.ClientSession) -> str | None:
+    """One GET of a health check: None on a 2xx, else what it said (status and the start of its body) or
+    why there was no answer."""
+    try:
+        async with session.get(probe.url, allow_redirects=False) as resp:
+            if 200 <= resp.status < 300:
+                return None
+            body = (await resp.content.read(200)).decode("utf-8", "replace").strip()
+            return f"{probe.url} answered {resp.status}" + (f": {body[:120]}" if body else "")
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        return f"{probe.url} failed: {type(exc).__name__}"
+
+
 async def _http_ok(probe: Probe, deadline: float, progress: Progress) -> str | None:
     """Poll until 2xx; None on success, else the last answer."""
     timeout = aiohttp.ClientTimeout(total=2)

@@ -43,6 +43,7 @@ class WebProcess:
     previous: Built | None = None  # the release it replaced, for probation rollback
     sock: socket.socket | None = None  # its public socket, with [app] listen
     app: AppSpec | None = None  # the config it was started with
+    probe: Probe | None = None  # its health check ([app.ready] http on its private socket), watched in probation
 
     @property
     def commit(self) -> str:
@@ -111,7 +112,7 @@ class Web:
         return Spec(argv=app.command, cwd=built.root / app.subdir, env=env, stop_signal=app.stop_signal,
                     stop_timeout=app.stop_timeout, unset=app.unset)
 
-    async def _spawn(self, built: Built, sock: socket.socket | None) -> Child | Failure:
+    async def _spawn(self, built: Built, sock: socket.socket | None) -> tuple[Child | Failure, Probe | None]:
         """Start a child for ``built`` and wait until it is ready; SpawnError if it cannot even start."""
         app, spec = self.app_for(built), self.spec(built)
         if not app.command:
@@ -141,13 +142,13 @@ class Web:
                 probe = Probe(f"http://127.0.0.1:{probe_sock.getsockname()[1]}{app.ready.http}")
             spec = dataclasses.replace(spec, argv=_format(list(spec.argv), values))
             born: list[Child] = []  # known to stop() from its first moment, mid-start included
-            result = await start_ready(spec, Gate(app.ready.min_uptime, app.ready.timeout, app.ready.notify, probe),
+            result: Child | Failure = await start_ready(spec, Gate(app.ready.min_uptime, app.ready.timeout, app.ready.notify, probe),
                                        fds=fds, extra_env=extra, listen_pid=not app.names_fds, label="web",
                                        guard=self.guard, on_line=self._on_line,
                                        started=lambda child: (born.append(child), self.children.add(child)))
             if isinstance(result, Failure):
                 self.children.difference_update(born)  # stopped and reaped already
-            return result
+            return result, probe
         except OSError as exc:
             # Not on PATH, or out of file descriptors (EMFILE) for the probe socket: a failed start,
             # which the worker retries with backoff like any other.
@@ -171,7 +172,7 @@ class Web:
                 sock = self.public.fresh() if old is not None and old.alive else self.public.current
             app = self.app  # what _spawn starts it with (a SIGHUP may replace self.app meanwhile)
             try:
-                started = await self._spawn(built, sock)
+                started, probe = await self._spawn(built, sock)
             except SpawnError as exc:
                 self._drop_unused(sock)
                 return Failure(str(exc))
@@ -180,7 +181,7 @@ class Web:
                 log.warning("release %s failed: %s", built.commit[:12], started)
                 return started
             child = started
-            self.live = WebProcess(built, child, time.monotonic(), previous, sock, app)
+            self.live = WebProcess(built, child, time.monotonic(), previous, sock, app, probe)
             self.starts += 1
             watch = asyncio.create_task(self._watch(self.live), name=f"watch-{child.pid}")
             self._watches.add(watch)

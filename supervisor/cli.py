@@ -10,6 +10,7 @@
     restart    restart the live release with the current config, and wait for the result
     pause      stop deploying pushes and polls (still verified and recorded); resume: deploy again
     logs       the app's recent output, with times (-f to follow)
+    exec       run a command in the live release, as its processes see it (pushcd exec -- CMD ...)
 
 The client commands find the control API through the same config file.
 User errors (config, ports, work tree) print one line and exit 2; no traceback.
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import config, demo, memory, preflight
+from . import config, demo, execute, memory, preflight
 from .config import ConfigError, Settings
 from .ops import controltoken, logs
 from .process import child, reaper
@@ -59,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true")
     run.add_argument("--log-format", choices=["text", "json"], help="override [log] format")
     add("check", "validate the config and print it resolved (secret masked)", json_flag=False)
+    ex = add("exec", "run a command in the live release, as its processes see it: pushcd exec -- CMD ...",
+             json_flag=False)
+    ex.add_argument("--release", metavar="ID_OR_COMMIT", help="another kept release (`pushcd releases`)")
+    ex.add_argument("--process", metavar="NAME", help="that process type's folder and environment (default: web)")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments")
     add("status", "show the running supervisor's status")
     history = add("history", "recent deploys and deliveries")
     history.add_argument("--limit", type=int, default=20)
@@ -352,6 +358,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_exec(args: argparse.Namespace, settings: Settings) -> int:
+    """Become the command in the release (see supervisor/execute.py); only an error comes back."""
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    try:
+        live = call(settings, "GET", "/status", timeout=3)
+    except (ClientError, OSError):
+        live = None  # not running (or not reachable): the ledger names the last good release
+    try:
+        execute.run(settings, argv, args.release, args.process, live)
+    except execute.ExecError as exc:
+        print(f"pushcd: exec: {exc}", file=sys.stderr)
+        return exc.code
+    return 0  # not reached: exec replaced this process
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -381,4 +402,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_check(args)
     if args.command == "demo-push":
         return demo.push(config.load(args.config))
+    if args.command == "exec":
+        return _cmd_exec(args, config.load(args.config, secret=False))
     return clients[args.command](args, config.load(args.config, secret=False))

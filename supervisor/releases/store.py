@@ -57,24 +57,30 @@ class Kept:
 
 
 class Store:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tidy: bool = True) -> None:
+        """``tidy`` (the daemon, at start): drop unreadable records and unfinished folders. Off, the store is
+        only read (`pushcd exec`, while the daemon may be building a folder)."""
         self.root = root
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if tidy:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._kept: dict[str, Kept] = {}
-        self._load()
+        self._load(tidy)
 
-    def _load(self) -> None:
+    def _load(self, tidy: bool) -> None:
         for record in self.root.glob("*.json"):
             try:
                 kept = Kept(**json.loads(record.read_text()))
             except (OSError, ValueError, TypeError) as exc:
-                log.warning("release record %s unreadable (%s); that release is dropped", record, exc)
-                record.unlink(missing_ok=True)
+                if tidy:
+                    log.warning("release record %s unreadable (%s); that release is dropped", record, exc)
+                    record.unlink(missing_ok=True)
                 continue
             if (self.root / kept.id).is_dir():
                 self._kept[kept.id] = kept
-            else:
+            elif tidy:
                 record.unlink(missing_ok=True)
+        if not tidy:
+            return
         for entry in self.root.iterdir():  # half-built folders, or folders whose record never got written
             if entry.is_dir() and entry.name not in self._kept:
                 log.info("removing unfinished release folder %s", entry)

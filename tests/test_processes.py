@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import (PY, Repos, cli, deployed, eventually, git, last_is, pid_alive, running, spawn_supervisor,
-                       stop_process, supervised, wait_sync, write_config)
+from .conftest import (PY, Repos, cli, deployed, eventually, git, gunicorn_app, last_is, pid_alive, running,
+                       spawn_supervisor, stop_process, supervised, wait_sync, write_config)
 
 WORKER = '''import fcntl, os, signal, sqlite3, sys, time
 db = sqlite3.connect(os.environ["QUEUE_DB"], timeout=30, isolation_level=None)
@@ -366,3 +366,29 @@ async def test_independent_process_types_are_gated_together(
         assert sorted(p["name"] for p in status["processes"]) == sorted(["web", *(f"w{i}" for i in range(10))])
         assert all(p["commit"] == new and p["state"] == "running" for p in status["processes"])
         assert status["last_deploy"]["result"] == "ok" and status["last_deploy"]["commit"] == new
+
+
+async def test_a_heroku_procfile_with_shell_lines_and_port_runs(
+        tmp_path: Path, repos: Repos, session: aiohttp.ClientSession) -> None:
+    """#20, Procfiles as Heroku users write them: before, `$PORT` stayed as it was and `release: a && b` failed
+    with an argparse usage error, each line being split and run with no shell."""
+    gunicorn_app(repos)  # wsgi.py, committed and checked out
+    marks = tmp_path / "marks"
+    procfile = (f"web: {PY} -m gunicorn --workers 2 --bind 0.0.0.0:$PORT wsgi:app\n"
+                f"release: {PY} -c \"open('{marks}', 'a').write('migrate ')\" && "
+                f"{PY} -c \"open('{marks}', 'a').write('collectstatic')\"\n"
+                f"worker: echo worker sees port $PORT > {tmp_path / 'port'} && exec {PY} -c 'import time; "
+                f"time.sleep(600)'\n")
+    repos.commit({"Procfile": procfile}, "a Heroku Procfile")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    cfg = write_config(tmp_path / "config.toml", repos, app={"command": []})
+    text = cfg.read_text().replace("[app]\n", '[app]\nprocfile = "Procfile"\n', 1)
+    cfg.write_text(text.replace("command = []\n", ""))
+    async with supervised(cfg, session) as (sup, client):
+        assert marks.read_text() == "migrate collectstatic"  # both halves of the release line ran
+        assert "commit " + repos.head() in await client.app_get()  # gunicorn serves on the socket pushcd holds
+        status = await client.status()
+        assert [p["name"] for p in status["processes"]] == ["web", "worker"]
+        assert (tmp_path / "port").read_text().split() == ["worker", "sees", "port", str(sup.web.port)]
+        new = await client.ship(repos, {"message.txt": "v2\n"}, "v2")  # and a swap keeps working
+        assert "commit " + new in await client.app_get()

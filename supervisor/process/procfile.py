@@ -1,12 +1,17 @@
 """Procfile: ``name: command`` per line, as Heroku, honcho and piku read it.
 
 ``web`` is the web process (the one with the held socket), ``release`` the task
-run once per deploy before anything of the new release serves, every other name
-a process type. Blank lines and ``#`` comments are skipped; a command is split
-as a shell would split it (``shlex``), with no shell in between.
+run once per release before anything of it serves, every other name a process
+type. Blank lines and ``#`` comments are skipped. A plain command is split as a
+shell would split it (``shlex``) and run with no shell in between; a line with
+shell syntax (``$PORT``, ``&&``, a pipe, a redirection) runs as Heroku runs it,
+through ``/bin/sh -c``: ``exec LINE`` when it is one command (so its pid is the
+app's, and signals reach it), the line as it is when it is several.
 
 >>> parse("web: gunicorn app:app --bind fd://{fd}\\n# comment\\nworker: python worker.py -q\\n")
 {'web': ['gunicorn', 'app:app', '--bind', 'fd://{fd}'], 'worker': ['python', 'worker.py', '-q']}
+>>> parse("web: gunicorn -b 0.0.0.0:$PORT app:app\\nrelease: ./manage.py migrate && ./manage.py check\\n")
+{'web': ['/bin/sh', '-c', 'exec gunicorn -b 0.0.0.0:$PORT app:app'], 'release': ['/bin/sh', '-c', './manage.py migrate && ./manage.py check']}
 >>> parse("web gunicorn\\n")
 Traceback (most recent call last):
 ...
@@ -39,9 +44,42 @@ def parse(text: str, where: str = "Procfile") -> dict[str, list[str]]:
             raise ProcfileError(f"{where} line {number}: {name} is declared twice")
         try:
             argv = shlex.split(command)
+            tokens = list(shlex.shlex(command, posix=True, punctuation_chars=True))
         except ValueError as exc:
             raise ProcfileError(f"{where} line {number}: {exc} in the command of {name}") from None
         if not argv:
             raise ProcfileError(f"{where} line {number}: {name} has no command")
+        command = command.strip()
+        if any(t in SEVERAL for t in tokens):
+            argv = ["/bin/sh", "-c", command]
+        elif any(t in SHELL for t in tokens) or SUBSTITUTION.search(command):
+            argv = ["/bin/sh", "-c", f"exec {command}"]
         out[name] = argv
     return out
+
+
+SEVERAL = {"&&", "||", ";", "|", "&"}  # more than one command: the shell stays, and the group stop reaches all
+SHELL = {"<", ">", ">>", "(", ")"}
+SUBSTITUTION = re.compile(r"\$[{(A-Za-z_]|`")  # $PORT, ${PORT}, $(...), `...`
+
+
+def held_socket(argv: list[str]) -> list[str]:
+    """A web line that binds the public port itself (``$PORT``), pointed at the socket pushcd holds on it
+    instead (binding it would fail: pushcd has it): gunicorn's ``--bind``/``-b``, uvicorn's ``--port``
+    (its ``--host`` dropped). Other commands are left as they are; they get ``$PORT`` all the same.
+
+    >>> held_socket(["/bin/sh", "-c", "exec gunicorn -w 2 --bind 0.0.0.0:$PORT app:app"])
+    ['/bin/sh', '-c', 'exec gunicorn -w 2 --bind fd://{fd} --bind fd://{probe_fd} app:app']
+    >>> held_socket(["/bin/sh", "-c", "exec uvicorn --host 0.0.0.0 --port ${PORT} app:app"])
+    ['/bin/sh', '-c', 'exec uvicorn --fd {fd} app:app']
+    """
+    if argv[:2] != ["/bin/sh", "-c"] or "PORT" not in argv[2]:
+        return argv
+    script = argv[2]
+    port = r"\$(?:PORT\b|\{PORT\})"
+    if re.search(r"\bgunicorn\b", script):
+        script = re.sub(rf"(?:--bind[= ]|-b ?)\S*{port}", "--bind fd://{fd} --bind fd://{probe_fd}", script)
+    elif re.search(r"\buvicorn\b", script):
+        script = re.sub(rf"--port[= ]{port}", "--fd {fd}", script)
+        script = re.sub(r"\s--host[= ]\S+", "", script)
+    return [*argv[:2], script]

@@ -29,6 +29,7 @@ from ..failure import Failure
 from .child import Child, Spec, describe_exit
 from .guard import Guard
 from .listener import Listeners
+from .procfile import held_socket
 from .readiness import Gate, Probe, start_ready
 
 log = logging.getLogger("supervisor.release")
@@ -97,14 +98,19 @@ class Web:
         return self.public.port if self.public else None
 
     def app_for(self, built: Built) -> AppSpec:
-        """The web process of ``built``: [app], with the command of its Procfile's web: line if it has one."""
+        """The web process of ``built``: [app], with the command of its Procfile's web: line if it has one
+        (binding the public port itself, a known server is pointed at the socket pushcd holds on it)."""
         web = (built.procfile or {}).get("web")
+        if web and self.public is not None:
+            web = held_socket(web)
         return dataclasses.replace(self.app, command=tuple(web)) if web else self.app
 
     def spec(self, built: Built) -> Spec:
         """How a process of ``built`` starts: in its folder ([app] cwd within it), with its environment."""
         app = self.app_for(built)
         env = {**app.env, **built.environ(app.env.get("PATH", os.environ.get("PATH", os.defpath)))}
+        if self.port and "PORT" not in app.env:
+            env["PORT"] = str(self.port)  # the public port, as Heroku gives it (Procfile lines say $PORT)
         if built.pycache is not None and not BYTECODE_SET & (set(os.environ) | set(app.env)):
             # Python cannot write __pycache__ into the read-only release: it keeps bytecode there instead.
             # Not when bytecode writing is off (the prefix would also hide the stdlib's own __pycache__).

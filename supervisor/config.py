@@ -154,7 +154,8 @@ class Control(_Section):
     public_url: str | None = None  # where people reach the page (for links in notifications)
 
 
-EVENTS = ("deploy_ok", "deploy_failed", "rolled_back", "restarted", "restart_failed", "crashed", "paused", "resumed")
+EVENTS = ("deploy_ok", "deploy_failed", "rolled_back", "restarted", "restart_failed", "crashed", "unhealthy", "paused",
+          "resumed")
 QUIET_EVENTS = ("deploy_ok", "restarted")  # successes: sent only when asked for
 
 
@@ -181,7 +182,8 @@ class Log(_Section):
 class Deploy(_Section):
     probation: SecondsOrNone = 30.0
     probation_failures: Count = 3  # health check failures in a row within probation that send a release back
-    probation_interval: Seconds = 2.0  # seconds between health checks within probation
+    probation_interval: Seconds = 2.0  # seconds between health checks of the live web process
+    restart_unhealthy: bool = False  # after probation: restart a web process whose health check keeps failing
     before_restart: list[list[str]] = []
     before_restart_timeout: Seconds = 300.0
     release_command: list[str] = []  # once per release, before anything of it serves (migrations)

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any, Callable, Sequence
 
 from .deploy import Deployer
+from .health import Health
 from .git.thread import GitThread
 from .git.tree import WorkTree, describe_commit
 from .ops.history import History
@@ -21,7 +22,7 @@ class Console:
 
     def __init__(self, deployer: Deployer, web: Web, git: GitThread, tree: WorkTree, history: History,
                  metrics: Metrics, lines: Sequence[tuple[float, int, str, str]],
-                 about: Callable[[], dict[str, Any]]) -> None:
+                 about: Callable[[], dict[str, Any]], health: Health | None = None) -> None:
         self.deployer = deployer
         self.web = web
         self.git = git
@@ -30,6 +31,7 @@ class Console:
         self.metrics = metrics
         self.lines = lines  # the app's recent output: (time, pid, line, process type)
         self.about = about  # what only the supervisor knows: its URLs, uptime, last reload
+        self.health = health
         self._described: dict[str, dict[str, str]] = {}
 
     async def describe(self, sha: str) -> dict[str, str]:
@@ -61,6 +63,8 @@ class Console:
             "last_deploy": d.last.as_dict() if d.last else None,
             "bad_commits": d.marks.as_dict(),
             "app_port": self.web.port,
+            "health": {"ok": self.healthy, "problem": str(self.health.problem) if self.health and not self.healthy
+                       else None},
             **self.about(),
             "paused": d.pause.as_dict(),
             "history": {"ok": self.history.problem is None, "problem": self.history.problem},
@@ -111,7 +115,7 @@ class Console:
                          paused=self.deployer.pause.reason is not None,
                          processes=tuple((str(p["name"]), int(p["index"]), p["state"] == "running")  # type: ignore
                                          for p in self.processes()),
-                         process_restarts=process_restarts)
+                         process_restarts=process_restarts, healthy=self.healthy)
 
     def ask(self, what: str, arg: str | None = None, force: bool = False) -> "asyncio.Future[Any]":
         d = self.deployer
@@ -129,3 +133,8 @@ class Console:
     @property
     def queued(self) -> list[str]:
         return self.deployer.queued
+
+    @property
+    def healthy(self) -> bool:
+        """The live release's health check passes (or has not failed its count of times in a row)."""
+        return self.health is None or self.health.problem is None

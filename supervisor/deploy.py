@@ -64,7 +64,7 @@ class Deployer:
         self._busy: Kind | None = None
         road.web.on_exit = lambda _release: self.mailbox.put(Kind.RECOVER, "crash")
         road.workers.on_early_exit = lambda why: self.mailbox.put(Kind.RECOVER, "crash", arg=why)
-        road.health.unhealthy = lambda why: self.mailbox.put(Kind.RECOVER, "unhealthy", arg=why)
+
 
     # -- handlers: one per job kind -------------------------------------------
     async def handle_deploy(self, trigger: str, arg: str | None = None) -> Result:

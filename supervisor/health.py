@@ -1,15 +1,19 @@
-"""Health watched through probation: a release that went live and then answers its health check with an
-error (or not at all) is as bad as one that crashed there.
+"""The live web process's health, watched after the swap: its health check ([app.ready] http, on its private
+probe socket) is asked every ``[deploy] probation_interval`` seconds for as long as it runs.
 
-While a release is in probation, its web process's health check ([app.ready] http, on its private probe
-socket) is asked every ``[deploy] probation_interval`` seconds; ``probation_failures`` failures in a row
-are reported (``unhealthy``: a job in the mailbox), and the release goes back to the one before it, as
-for a crash within probation, the failing answer and the output tail as the reason.
+``probation_failures`` failures in a row:
+
+- within probation (a release that replaced another, for ``[deploy] probation`` seconds): ``unhealthy`` is
+  told, and the release goes back to the one before it, as for a crash within probation;
+- after it: ``report`` is told (``/status`` ``health``, ``supervisor_app_healthy``, an ``unhealthy``
+  notification) and, with ``[deploy] restart_unhealthy``, the web process is restarted through its gate.
+  The first answer that passes again is reported too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Callable
 
@@ -17,37 +21,59 @@ import aiohttp
 
 from .failure import Failure
 from .process.readiness import probe_once
-from .process.web import WebProcess
+from .process.web import Web, WebProcess
+
+log = logging.getLogger("supervisor.health")
 
 
 class Health:
-    def __init__(self, failures: int = 3, interval: float = 2.0,
-                 unhealthy: Callable[[Failure], None] = lambda _why: None) -> None:
-        self.failures = failures  # replaced on SIGHUP, with interval
-        self.interval = interval
-        self.unhealthy = unhealthy  # the deploy worker puts a job in its mailbox
-        self._task: asyncio.Task[None] | None = None
+    def __init__(self, web: Web, failures: int = 3, interval: float = 2.0, probation: float = 30.0,
+                 restart: bool = False) -> None:
+        self.web = web
+        self.failures, self.interval = failures, interval  # replaced on SIGHUP, with probation and restart
+        self.probation, self.restart = probation, restart
+        self.unhealthy: Callable[[Failure], None] = lambda _why: None  # within probation: the release goes back
+        self.report: Callable[[Failure | None], None] = lambda _why: None  # after it: unhealthy, or well again
+        self.problem: Failure | None = None  # what the live process's check says now, when it keeps failing
+        self._watched: WebProcess | None = None
+        self._failed = 0
 
-    def watch(self, process: WebProcess, until: float) -> None:
-        """Watch ``process`` until the monotonic time ``until`` (the end of its probation)."""
-        self.stop()
-        if process.probe is not None:
-            self._task = asyncio.create_task(self._run(process, until), name=f"health-{process.child.pid}")
-
-    async def _run(self, process: WebProcess, until: float) -> None:
-        assert process.probe is not None
-        failed = 0
+    async def run(self) -> None:
+        """Forever (a task of the supervisor's): one check of the live web process per interval."""
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            while process.alive and time.monotonic() < until:
+            while True:
                 await asyncio.sleep(self.interval)  # the pace of the checks, not a synchronisation
-                why = await probe_once(process.probe, session)
-                failed = failed + 1 if why else 0
-                if why and failed >= self.failures and process.alive:
-                    self.unhealthy(Failure.of(f"health check failed {failed} times in a row within probation: "
-                                              f"{why}", process.child))
-                    return
+                live = self.web.live
+                if live is None or not live.alive or live.probe is None:
+                    continue
+                if live is not self._watched:  # a new process: its own count, and no problem yet
+                    self._watched, self._failed = live, 0
+                    self._set(None)
+                self.judge(live, await probe_once(live.probe, session))
 
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+    def judge(self, live: WebProcess, why: str | None) -> None:
+        """One answer of ``live``'s check (``why`` None: it passed)."""
+        if why is None:
+            self._failed = 0
+            self._set(None)
+            return
+        self._failed += 1
+        if self._failed < self.failures:
+            return
+        in_probation = live.previous is not None and time.monotonic() - live.live_since < self.probation
+        what = f"health check failed {self._failed} times in a row{' within probation' if in_probation else ''}"
+        if in_probation:
+            self._watched = None  # told once; the release goes back
+            self.unhealthy(Failure.of(f"{what}: {why}", live.child))
+        elif self.problem is None:
+            self._set(Failure.of(f"{what}: {why}", live.child))
+
+    def _set(self, problem: Failure | None) -> None:
+        if (problem is None) == (self.problem is None):
+            return
+        self.problem = problem
+        if problem is None:
+            log.info("health check passes again")
+        else:
+            log.warning("the live release is unhealthy: %s", problem)
+        self.report(problem)

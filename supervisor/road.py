@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterator
 
@@ -27,7 +26,6 @@ from .built import Built
 from .releases.builder import Builder
 from .config import ProcSpec, procfile_types
 from .failure import Failure
-from .health import Health
 from .ledger import Ledger, Ref
 from .marks import Marks
 from .ops.history import History
@@ -53,8 +51,7 @@ class Attempt:
 class Road:
     def __init__(self, web: Web, workers: Workers, builder: Builder, ledger: Ledger,
                  preparation: Preparation, *, marks: Marks, history: History | None = None,
-                 processes: dict[str, ProcSpec] | None = None, probation: float = 30.0,
-                 health: Health | None = None) -> None:
+                 processes: dict[str, ProcSpec] | None = None, probation: float = 30.0) -> None:
         self.web = web
         self.workers = workers
         self.builder = builder
@@ -64,7 +61,6 @@ class Road:
         self.history = history
         self.processes = dict(processes or {})  # [processes.NAME]; replaced whole on SIGHUP
         self.probation = probation
-        self.health = health or Health()  # what watches a release in probation besides its exit
         self.current: Built | None = None
         self._promotion: asyncio.TimerHandle | None = None
 
@@ -154,8 +150,6 @@ class Road:
             self._promotion = None
         if not good:
             self._promotion = asyncio.get_running_loop().call_later(self.probation, self._promote, built)
-            if self.web.live is not None and self.web.live.built == built:
-                self.health.watch(self.web.live, time.monotonic() + self.probation)
 
     def _promote(self, built: Built) -> None:
         """Probation passed: ``built`` is the last good release, the fallback from now on."""
@@ -183,6 +177,5 @@ class Road:
         return procfile_types(self.processes, built.procfile)
 
     def close(self) -> None:
-        self.health.stop()
         if self._promotion is not None:
             self._promotion.cancel()

@@ -33,7 +33,9 @@ from .releases.store import Store
 from .config import ConfigError, Settings
 from .console import Console
 from .deploy import Deployer
+from .failure import Failure
 from .health import Health
+from .jobs import Kind
 from .ledger import Ledger
 from .marks import Marks
 from .moves import Moves
@@ -176,8 +178,7 @@ def build(settings: Settings) -> "Supervisor":
                           raw.deploy.release_timeout)
     road = Road(web, workers, make_builder(settings, tree, git, guard),
                 Ledger.load(settings.state_dir / "ledger.json"), preparation, marks=marks, history=history,
-                processes=settings.processes, probation=raw.deploy.probation,
-                health=Health(raw.deploy.probation_failures, raw.deploy.probation_interval))
+                processes=settings.processes, probation=raw.deploy.probation)
     deployer = Deployer(tree, git, road, Moves(tree, git, expected), Recorder(history, metrics, notifier.send),
                         on_diverge=raw.repo.on_diverge, pause=Pause.load(settings.state_dir / "paused.json"),
                         marks=marks)
@@ -186,7 +187,9 @@ def build(settings: Settings) -> "Supervisor":
     return Supervisor(settings, tree=tree, owner=owner, recovered=recovered, history=history, control_token=token,
                       tls=tls,
                       lines=lines, guard=guard, web=web, git=git, expected=expected, metrics=metrics,
-                      deployer=deployer, notifier=notifier, armed=Armed(armed))
+                      deployer=deployer, notifier=notifier, armed=Armed(armed),
+                      health=Health(web, raw.deploy.probation_failures, raw.deploy.probation_interval,
+                                    raw.deploy.probation, raw.deploy.restart_unhealthy))
 
 
 def make_builder(settings: Settings, tree: WorkTree, git: GitThread, guard: Guard | None) -> Builder:
@@ -205,7 +208,7 @@ class Supervisor:
     def __init__(self, settings: Settings, *, tree: WorkTree, owner: int, recovered: str | None, history: History,
                  control_token: bytes, tls: ssl.SSLContext | None, lines: deque[tuple[float, int, str, str]],
                  guard: Guard, web: Web, git: GitThread, expected: Expected, metrics: Metrics,
-                 deployer: Deployer, notifier: Notifier, armed: Armed) -> None:
+                 deployer: Deployer, notifier: Notifier, armed: Armed, health: Health) -> None:
         self.settings = settings
         self.tree = tree
         self.owner = owner  # the lock that makes this the one pushcd of the work tree
@@ -221,6 +224,9 @@ class Supervisor:
         self.metrics = metrics
         self.deployer = deployer
         self.notifier = notifier
+        self.health = health
+        health.unhealthy = lambda why: deployer.mailbox.put(Kind.RECOVER, "unhealthy", arg=why)
+        health.report = self._health_changed
         raw = settings.raw
         self.intakes = {path: intake.Intake(
             branch=raw.repo.branch, request_deploy=deployer.request_deploy, seen=history.seen,
@@ -236,7 +242,7 @@ class Supervisor:
         self.armed = armed
         self.webhook_port = 0
         self.control_port = 0
-        self.console = Console(deployer, web, git, tree, history, metrics, lines, about=self._about)
+        self.console = Console(deployer, web, git, tree, history, metrics, lines, about=self._about, health=health)
         metrics.watch(self.console.live_facts)  # last: the registry reads it once right away
 
     def _about(self) -> dict[str, Any]:
@@ -244,6 +250,16 @@ class Supervisor:
         reload = self.last_reload and {**self.last_reload, "waiting_for_restart": self.console.waiting()}
         return {"webhook_url": self.webhook_url, "supervisor_uptime": round(time.time() - self.started, 3),
                 "last_reload": reload}
+
+    def _health_changed(self, problem: Failure | None) -> None:
+        """After probation, the live release's health check keeps failing (or passes again): told, and with
+        [deploy] restart_unhealthy the web process restarts through its gate."""
+        commit = self.deployer.deployed
+        if problem is None:
+            return
+        self.deployer.work.recorder.tell("unhealthy", commit, str(problem), problem.failing_line)
+        if self.settings.raw.deploy.restart_unhealthy:
+            self.deployer.request_restart("unhealthy", "web")
 
     def _proxy(self, peer: str) -> bool:
         """A trusted proxy ([webhook] trusted_proxies): every sender comes through it."""
@@ -293,6 +309,7 @@ class Supervisor:
         self._tasks.append(asyncio.create_task(self._flush_history(), name="history"))
         self._tasks.append(asyncio.create_task(self._reap(), name="reap"))
         self._tasks.append(asyncio.create_task(self.notifier.run(), name="notify"))
+        self._tasks.append(asyncio.create_task(self.health.run(), name="health"))
         if raw.watch.enabled:
             await self.armed.wait()  # ready means: a file written from now on restarts the app
 
@@ -373,7 +390,9 @@ class Supervisor:
         self.web.app = new.app  # whole, used from the next start on
         d = self.deployer
         d.on_diverge, d.road.probation, d.road.processes = raw.repo.on_diverge, raw.deploy.probation, new.processes
-        d.road.health.failures, d.road.health.interval = raw.deploy.probation_failures, raw.deploy.probation_interval
+        h = self.health
+        h.failures, h.interval, h.probation, h.restart = (raw.deploy.probation_failures, raw.deploy.probation_interval,
+                                                          raw.deploy.probation, raw.deploy.restart_unhealthy)
         d.road.preparation.configure(raw.deploy.before_restart, raw.deploy.before_restart_timeout,
                                      raw.deploy.release_command, raw.deploy.release_timeout)
         self.history.retention = raw.state.retention

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .conftest import DEMO_APP, Repos, eventually, last_is, supervised, write_config
+from .conftest import DEMO_APP, Repos, eventually, git, last_is, supervised, write_config
 
 # Healthy for its first second (so it passes its gate), then /health answers 500.
 TURNS_SICK = DEMO_APP.replace("HERE = Path(", "import time\nSTARTED = time.monotonic()\nHERE = Path(", 1).replace(
@@ -34,3 +34,36 @@ async def test_a_release_that_turns_unhealthy_within_probation_goes_back(
         assert "health check failed 3 times in a row within probation" in reason, reason
         assert "answered 500: database is gone" in reason and st["last_deploy"]["kind"] == "rollback", reason
         assert "commit " + good in await c.app_get()
+
+
+async def test_after_probation_an_unhealthy_release_is_reported(
+        tmp_path: Path, repos: Repos, session: aiohttp.ClientSession) -> None:
+    repos.commit({"app.py": TURNS_SICK}, "healthy at first, then not")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    cfg = write_config(tmp_path / "c.toml", repos, deploy="probation = 30\nprobation_interval = 0.2")
+    async with supervised(cfg, session) as (sup, c):  # a first start: nothing to go back to, so told
+        st = await eventually(lambda: _unhealthy(c), 20, "the health problem to be reported")
+        assert "health check failed 3 times in a row: " in st["health"]["problem"], st["health"]
+        assert "answered 500: database is gone" in st["health"]["problem"]
+        code, body = await c.control("GET", "/metrics")
+        assert "supervisor_app_healthy 0.0" in body["text"]
+        assert st["deployed_commit"] == repos.head() and st["child_pid"]  # reported, not restarted
+
+
+async def test_after_probation_an_unhealthy_web_process_can_be_restarted(
+        tmp_path: Path, repos: Repos, session: aiohttp.ClientSession) -> None:
+    repos.commit({"app.py": TURNS_SICK}, "healthy at first, then not")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    cfg = write_config(tmp_path / "c.toml", repos,
+                       deploy="probation = 30\nprobation_interval = 0.2\nrestart_unhealthy = true")
+    async with supervised(cfg, session) as (sup, c):
+        first = (await c.status())["child_pid"]
+        row = await eventually(lambda: next((d for d in sup.history.deploys(20) if d["trigger"] == "unhealthy"),
+                                            None), 20, "a restart for the failing health check")
+        assert row["kind"] == "restart" and row["result"] == "ok", row
+        assert (await c.status())["child_pid"] != first
+
+
+async def _unhealthy(c: object) -> dict | None:
+    st = await c.status()  # type: ignore[attr-defined]
+    return st if st["health"]["problem"] else None

@@ -26,6 +26,7 @@ class LiveFacts:
     paused: bool = False
     processes: tuple[tuple[str, int, bool], ...] = ()  # (process type, index, up)
     process_restarts: dict[str, int] = field(default_factory=dict)  # crash restarts per process type
+    healthy: bool = True  # the live web process's health check passes
 
 
 class _Live:
@@ -44,6 +45,9 @@ class _Live:
         info = InfoMetricFamily("supervisor_deployed_commit", "the commit the live release runs")
         info.add_metric([], {"commit": now.commit, "message": now.message[:200]})
         yield info
+        healthy = GaugeMetricFamily("supervisor_app_healthy", "1 while the live web process's health check passes")
+        healthy.add_metric([], 1.0 if now.healthy else 0.0)
+        yield healthy
         paused = GaugeMetricFamily("supervisor_paused", "1 while automatic deploys are paused")
         paused.add_metric([], 1.0 if now.paused else 0.0)
         yield paused

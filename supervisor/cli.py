@@ -294,7 +294,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if raw.demo.bootstrap:
         demo.bootstrap(raw, source.parent)  # before the secret and the work tree are checked: a fresh checkout runs
     settings = config.resolve(source, raw)
-    logs.setup(args.log_format or settings.raw.log.format, args.verbose)
+    logs.setup(args.log_format or settings.raw.log.format, args.verbose, settings.name)
     found = preflight.problems(settings)
     if found:
         for problem in found:

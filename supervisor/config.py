@@ -108,6 +108,7 @@ class Ready(_Section):
 
 
 class App(_Section):
+    name: str | None = None  # in the page, status, metrics, log lines, notifications; default: the repository's
     command: list[str] = []  # required, unless procfile gives a web: line
     procfile: str | None = None  # a Procfile in the repository: web, release and the process types, per commit
     cwd: str = "."
@@ -414,6 +415,7 @@ class Settings:
     auth: GitAuth = GitAuth()
     processes: dict[str, ProcSpec] = dataclasses.field(default_factory=dict)  # [processes.NAME], resolved
     notify_secrets: tuple[tuple[bytes | None, bytes | None], ...] = ()  # (signing secret, token) per [[notify]]
+    name: str = ""  # the app's: [app] name, or the repository's (full_name's, or the work tree folder's)
 
     def __repr__(self) -> str:  # never print the secret
         return f"Settings(source={self.source!s}, repo={self.repo_path!s})"
@@ -659,6 +661,7 @@ def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
         notify_secrets=tuple(_notify_secrets(n, f"[[notify]] #{i + 1}", base) if secret else (None, None)
                              for i, n in enumerate(raw.notify)),
         processes=_processes(raw, repo_path),
+        name=raw.app.name or (raw.repo.full_name or "").rpartition("/")[2] or repo_path.name,
     )
     return settings
 

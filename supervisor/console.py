@@ -115,7 +115,8 @@ class Console:
                          paused=self.deployer.pause.reason is not None,
                          processes=tuple((str(p["name"]), int(p["index"]), p["state"] == "running")  # type: ignore
                                          for p in self.processes()),
-                         process_restarts=process_restarts, healthy=self.healthy)
+                         process_restarts=process_restarts, healthy=self.healthy,
+                         app=str(self.about().get("app", "")))
 
     def ask(self, what: str, arg: str | None = None, force: bool = False) -> "asyncio.Future[Any]":
         d = self.deployer

@@ -168,7 +168,7 @@ def build(settings: Settings) -> "Supervisor":
     expected = Expected(settings.repo_path)
     metrics = Metrics()
     notifier = Notifier(raw.notify, metrics, full_name=raw.repo.full_name, link=raw.control.public_url,
-                        secrets=settings.notify_secrets,
+                        secrets=settings.notify_secrets, app=settings.name,
                         describe=lambda sha: git.run(describe_commit, tree.repo, sha))
     workers = Workers(guard, on_line=lambda name, pid, line: lines.append((time.time(), pid, line, name)),
                       env=lambda built, _spec: web.spec(built).env, unset=settings.app.unset)
@@ -248,7 +248,8 @@ class Supervisor:
     def _about(self) -> dict[str, Any]:
         """What only the supervisor knows, for /status."""
         reload = self.last_reload and {**self.last_reload, "waiting_for_restart": self.console.waiting()}
-        return {"webhook_url": self.webhook_url, "supervisor_uptime": round(time.time() - self.started, 3),
+        return {"app": self.settings.name, "webhook_url": self.webhook_url,
+                "supervisor_uptime": round(time.time() - self.started, 3),
                 "last_reload": reload}
 
     def _health_changed(self, problem: Failure | None) -> None:

@@ -13,7 +13,7 @@ import time
 
 from .redact import RedactFilter
 
-FIELDS = ("delivery", "commit", "duration", "peer", "verdict", "result", "trigger")
+FIELDS = ("app", "delivery", "commit", "duration", "peer", "verdict", "result", "trigger")
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,13 +33,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-def setup(fmt: str = "text", verbose: bool = False) -> None:
+class AppName(logging.Filter):
+    """Every line says which app it is about: several pushcds on one box log to one journal."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.app = name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.app = self.app
+        return True
+
+
+def setup(fmt: str = "text", verbose: bool = False, app: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactFilter())  # no password of a remote URL in any line
+    handler.addFilter(AppName(app))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s [%(app)s] %(name)s: %(message)s"
+                                               if app else "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -27,6 +27,7 @@ class LiveFacts:
     processes: tuple[tuple[str, int, bool], ...] = ()  # (process type, index, up)
     process_restarts: dict[str, int] = field(default_factory=dict)  # crash restarts per process type
     healthy: bool = True  # the live web process's health check passes
+    app: str = ""  # the app's name
 
 
 class _Live:
@@ -43,7 +44,7 @@ class _Live:
         restarts.add_metric([], float(now.restarts))
         yield restarts
         info = InfoMetricFamily("supervisor_deployed_commit", "the commit the live release runs")
-        info.add_metric([], {"commit": now.commit, "message": now.message[:200]})
+        info.add_metric([], {"app": now.app, "commit": now.commit, "message": now.message[:200]})
         yield info
         healthy = GaugeMetricFamily("supervisor_app_healthy", "1 while the live web process's health check passes")
         healthy.add_metric([], 1.0 if now.healthy else 0.0)

@@ -53,8 +53,8 @@ class Event:
     at: float = field(default_factory=time.time)
 
 
-def payload(event: Event, message: str, link: str | None) -> dict[str, Any]:
-    return {"event": event.name, "commit": event.commit, "message": message, "reason": event.reason,
+def payload(event: Event, message: str, link: str | None, app: str = "") -> dict[str, Any]:
+    return {"app": app, "event": event.name, "commit": event.commit, "message": message, "reason": event.reason,
             "failing_line": event.failing, "duration": event.duration, "at": event.at, "link": link}
 
 
@@ -62,7 +62,8 @@ def _slack_text(body: dict[str, Any]) -> str:
     mark = {"deploy_ok": ":white_check_mark:", "restarted": ":arrows_counterclockwise:", "resumed": ":arrow_forward:",
             "paused": ":pause_button:"}.get(
         body["event"], ":x:")
-    text = f"{mark} pushcd {body['event']}: `{body['commit'][:12]}` {body['message']}\n{body['reason']}"
+    app = f" {body['app']}" if body.get("app") else ""
+    text = f"{mark} pushcd{app} {body['event']}: `{body['commit'][:12]}` {body['message']}\n{body['reason']}"
     if body["failing_line"]:
         text += f"\n> {body['failing_line']}"
     return text + (f"\n{body['link']}" if body["link"] else "")
@@ -91,7 +92,8 @@ def request_for(target: Target, body: dict[str, Any], full_name: str | None, sec
 class Notifier:
     def __init__(self, targets: list[Target], metrics: Metrics, *, full_name: str | None, link: str | None,
                  describe: Callable[[str], Awaitable[dict[str, str]]],
-                 secrets: tuple[tuple[bytes | None, bytes | None], ...] = ()) -> None:
+                 secrets: tuple[tuple[bytes | None, bytes | None], ...] = (), app: str = "") -> None:
+        self.app = app  # which app the events are about (several pushcds may tell one channel)
         self.configure(targets, secrets)
         self.metrics = metrics
         self.full_name = full_name
@@ -139,7 +141,7 @@ class Notifier:
                     message = (await self.describe(event.commit))["message"] if event.commit else ""
                 except Exception:  # noqa: BLE001 - a message is nice to have, never a reason not to tell
                     message = ""
-                body = payload(event, message, self.link)
+                body = payload(event, message, self.link, self.app)
                 for target, secret, token in self.targets:
                     if event.name in target.events:
                         await self._deliver(session, target, body, secret, token)

@@ -160,9 +160,9 @@ def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_se
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>pushcd: {e(st['state'])} {e(sha[:12])}</title><style>{_CSS}</style></head>
+<title>{e(st.get('app') or 'pushcd')}: {e(st['state'])} {e(sha[:12])}</title><style>{_CSS}</style></head>
 <body data-page="{e(token)}">
-<h1>pushcd</h1>
+<h1>{e(st.get('app') or 'pushcd')} <small>pushcd</small></h1>
 <div class="card" id="deployed">
  <div>State: <span class="state {e(st['state'])}" id="state">{e(st['state'])}</span>
  {f"<span class='state paused' id='paused'>automatic deploys paused: {e(paused['reason'])}</span>" if paused else ""}</div>

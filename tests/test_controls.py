@@ -10,6 +10,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from .conftest import (PY, ROOT, Client, Repos, cli, deployed, eventually, gunicorn_app, running, sign,
@@ -299,3 +300,55 @@ async def test_a_reload_takes_a_new_secret_from_a_file(repos: Repos, tmp_path: P
         sup.reload()
         assert sup.last_reload["ok"] is True, sup.last_reload
         assert [(t.url, secret) for t, secret, _ in sup.notifier.targets] == [("http://127.0.0.1:9/x", b"from a file")]
+
+
+async def test_a_person_logs_in_to_the_page_when_a_token_guards_it(
+        repos: Repos, tmp_path: Path, session, monkeypatch: pytest.MonkeyPatch) -> None:
+    """#20, the page with a token set: a browser got a 401 JSON body and no way in."""
+    from .browser import Browser
+
+    monkeypatch.setenv("PUSHCD_PAGE_TOKEN", "a-long-random-token")
+    cfg = write_config(tmp_path / "c.toml", repos)
+    cfg.write_text(cfg.read_text().replace("[control]\n", '[control]\ntoken_env = "PUSHCD_PAGE_TOKEN"\n'))
+    async with running(cfg) as sup, Browser(tmp_path / "chrome") as browser:
+        base = f"http://127.0.0.1:{sup.control_port}"
+        page = await browser.open(base + "/")
+
+        async def at(path: str, selector: str) -> None:
+            await eventually(lambda: page.evaluate(f"location.pathname === {json.dumps(path)} && "
+                                                   f"!!document.querySelector({json.dumps(selector)})"), 30,
+                             f"{path} showing {selector}")
+
+        await at("/login", "#token")  # sent to the way in, not a 401
+        await page.evaluate("document.getElementById('token').value = 'not it'; "
+                            "document.getElementById('login').click()")
+        await at("/login", ".problem")
+        await page.evaluate("document.getElementById('token').value = 'a-long-random-token'; "
+                            "document.getElementById('login').click()")
+        await at("/", "#pause")
+        cookie = await page.evaluate("document.cookie")
+        assert "pushcd_session" not in cookie  # HttpOnly: no script of the page reads it
+        await page.evaluate("window.confirm = () => true; document.getElementById('pause').click()")
+        await eventually(lambda: sup.deployer.pause.reason == "paused from the page", 30, "the button's pause")
+        # Logged in, a page of another origin posts a form here: the session is no credential for it.
+        async def attacker(_request: web.Request) -> web.Response:
+            return web.Response(content_type="text/html", text=(
+                f'<form id=f method=POST action="{base}/resume"></form>'
+                '<script>document.getElementById("f").submit()</script>'))
+
+        evil = web.Application()
+        evil.router.add_get("/", attacker)
+        runner = web.AppRunner(evil)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            other = await browser.open(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/")
+            await eventually(lambda: other.evaluate("document.readyState === 'complete'"), 30, "the other page")
+        finally:
+            await runner.cleanup()
+        assert sup.deployer.pause.reason == "paused from the page"  # nothing changed
+        await page.evaluate("document.getElementById('logout').click()")
+        await at("/login", "#token")
+        status = await page.evaluate("fetch('/status').then(r => r.status)")
+        assert status == 401  # logged out: no way in without the token again

@@ -16,12 +16,20 @@ a web page may not even read through a rebound DNS name.
   (:mod:`supervisor.ops.controltoken`). Reads need it when ``token_env`` is set.
   The page's own buttons send a page token instead (:func:`~supervisor.ops.page.page_token`),
   accepted only on a request the browser marks as same-origin.
+- A browser logs in at ``/login`` with the token (when ``token_env`` makes reads need it): a session
+  cookie (``HttpOnly``, ``SameSite=Strict``, ``Secure`` behind TLS, 12 hours; an expiry and its HMAC
+  under the token, so nothing is stored) then stands for the token on reads, and the page it reads
+  carries the page token for its buttons. ``/login`` and ``/logout`` need no credential; the
+  cross-site checks hold for them as for every POST.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import html
+import time
 import ipaddress
 import logging
 import re
@@ -124,6 +132,30 @@ def _own_origin(request: web.Request) -> str:
     return f"{'https' if request.secure else 'http'}://{request.headers.get('Host', '')}".lower()
 
 
+SESSION = "pushcd_session"
+SESSION_SECONDS = 12 * 3600
+OPEN = frozenset({"/login", "/logout"})  # need no credential (the cross-site checks still hold)
+
+
+def session_value(token: bytes, expires: int) -> str:
+    """A session cookie's value: its expiry and the HMAC of it under the token (nothing kept server-side).
+
+    >>> v = session_value(b"t", 2_000_000_000); valid_session(b"t", v, now=1_900_000_000)
+    True
+    >>> valid_session(b"other", v, now=1_900_000_000), valid_session(b"t", v, now=2_100_000_000)
+    (False, False)
+    """
+    mac = hmac.new(token, f"pushcd-session:{expires}".encode(), hashlib.sha256).hexdigest()
+    return f"{expires}.{mac}"
+
+
+def valid_session(token: bytes, value: str | None, now: float | None = None) -> bool:
+    expires, _, _mac = (value or "").partition(".")
+    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):
+        return False
+    return hmac.compare_digest(session_value(token, int(expires)).encode(), (value or "").encode())
+
+
 def gate(token: bytes, reads_need_token: bool, hosts: Collection[str] = ()
          ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """The control API's middleware: Host, then cross-site, then the credential (see the module doc)."""
@@ -140,12 +172,22 @@ def gate(token: bytes, reads_need_token: bool, hosts: Collection[str] = ()
         writes = request.method not in SAFE_METHODS
         if writes and (why := cross_site(request)):
             return _refuse(403, f"cross-site request refused ({why})", request)
+        if request.path in OPEN:
+            return await handler(request)
         from_page = writes and same_origin(request) and hmac.compare_digest(
             request.headers.get("X-Pushcd-Page", "").encode(), page)
-        if (writes and not from_page) or reads_need_token:
+        # Writes: the page's own buttons (page token, same origin) or the bearer. Reads, when guarded: the
+        # session a person logged in with, or the bearer.
+        if writes:
+            needs_bearer = not from_page
+        else:
+            needs_bearer = reads_need_token and not valid_session(token, request.cookies.get(SESSION))
+        if needs_bearer:
             sent = request.headers.get("Authorization", "")
             given = sent[len("Bearer "):].encode() if sent.startswith("Bearer ") else b""
             if not hmac.compare_digest(given, token):
+                if request.method == "GET" and request.path == "/" and "text/html" in request.headers.get("Accept", ""):
+                    raise web.HTTPSeeOther("/login")  # a person with a browser: the way in
                 return _refuse(401, "a valid 'Authorization: Bearer <token>' is required (the CLI sends it: "
                                     "the [control] token_env token, or [state] dir/control-token)", request)
         return await handler(request)
@@ -231,8 +273,33 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
 
     async def get_page(_request: web.Request) -> web.Response:
         page = render_page(await sup.status(), sup.history.deploys(15), sup.history.deliveries(15),
-                           list(sup.lines)[-40:], page_token(token))
+                           list(sup.lines)[-40:], page_token(token), logout=reads_need_token)
         return web.Response(text=page, content_type="text/html")
+
+    async def get_login(request: web.Request, problem: str = "") -> web.Response:
+        note = f"<p class='problem'>{html.escape(problem)}</p>" if problem else ""
+        return web.Response(content_type="text/html", status=401 if problem else 200, text=(
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>pushcd: log in</title></head>"
+            "<body><h1>pushcd</h1><form method='post' action='/login'><label>Control token "
+            "<input type='password' name='token' id='token' autocomplete='current-password' autofocus></label> "
+            f"<button id='login'>Log in</button></form>{note}<p>The token is [control] token_env's.</p>"
+            "</body></html>"))
+
+    async def post_login(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        given = str(form.get("token", "")).encode()
+        if not hmac.compare_digest(given, token):
+            log.warning("control: a login with a wrong token from %s", request.remote)
+            return await get_login(request, "That is not the token.")
+        response = web.Response(status=303, headers={"Location": "/"})
+        response.set_cookie(SESSION, session_value(token, int(time.time()) + SESSION_SECONDS), max_age=SESSION_SECONDS,
+                            httponly=True, samesite="Strict", secure=request.secure, path="/")
+        return response
+
+    async def post_logout(request: web.Request) -> web.StreamResponse:
+        response = web.Response(status=303, headers={"Location": "/login"})
+        response.del_cookie(SESSION, path="/")
+        return response
 
     app = web.Application(middlewares=[gate(token, reads_need_token, hosts)])
     app.add_routes([
@@ -247,5 +314,8 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
         web.post("/pause", post_pause),
         web.post("/resume", post_resume),
         web.get("/metrics", get_metrics),
+        web.get("/login", get_login),
+        web.post("/login", post_login),
+        web.post("/logout", post_logout),
     ])
     return app

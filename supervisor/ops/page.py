@@ -121,9 +121,13 @@ def _processes(processes: list[dict[str, Any]]) -> str:
             f"<th>commit</th><th>restarts</th><th>up</th></tr>{rows}</table></div>")
 
 
+_LOGOUT = "<form method='post' action='/logout' id='logout-form'><button id='logout'>Log out</button></form>"
+
+
 def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_seen: list[dict[str, Any]],
-                lines_seen: list[tuple[float, int, str, str]], token: str) -> str:
-    """The page from data alone; ``token`` is the page token its buttons send."""
+                lines_seen: list[tuple[float, int, str, str]], token: str, logout: bool = False) -> str:
+    """The page from data alone; ``token`` is the page token its buttons send; ``logout``: a person logged in
+    to read it (a token guards the page), so it offers to log out."""
     e = html.escape
     sha = st["deployed_commit"]
     rows = []
@@ -162,7 +166,7 @@ def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_se
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{e(st.get('app') or 'pushcd')}: {e(st['state'])} {e(sha[:12])}</title><style>{_CSS}</style></head>
 <body data-page="{e(token)}">
-<h1>{e(st.get('app') or 'pushcd')} <small>pushcd</small></h1>
+<h1>{e(st.get('app') or 'pushcd')} <small>pushcd</small></h1>{_LOGOUT if logout else ''}
 <div class="card" id="deployed">
  <div>State: <span class="state {e(st['state'])}" id="state">{e(st['state'])}</span>
  {f"<span class='state paused' id='paused'>automatic deploys paused: {e(paused['reason'])}</span>" if paused else ""}</div>

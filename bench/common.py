@@ -15,11 +15,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (bound together: one at a time, two can be the same)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def wait_http(url: str, timeout: float = 60) -> None:
@@ -77,7 +87,7 @@ def pct(values: list[float], q: float) -> float:
 def start_pushcd(folder: Path, work: Path, command: list[str], secret: str, log: Path | None = None,
                  extra: str = "") -> tuple[subprocess.Popen, int, int, int]:
     """Write a config (held socket, probe on {probe_fd}) and start pushcd; (proc, app, hook, control) ports."""
-    app, hook, ctl = free_port(), free_port(), free_port()
+    app, hook, ctl = free_ports(3)
     cfg = folder / "pushcd.toml"
     argv = ", ".join(f'"{a}"' for a in command)
     cfg.write_text(f"""

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_seconds, free_port, pct, rss_mb, session_pids, wait_http  # noqa: E402
+from bench.common import cpu_seconds, free_port, free_ports, pct, rss_mb, session_pids, wait_http  # noqa: E402
 from bench.common import start_pushcd as start_pushcd_process  # noqa: E402
 from tests.gitrepos import Repos  # noqa: E402
 from tests.load import Load  # noqa: E402
@@ -163,7 +163,7 @@ def start_legacy(repos: Repos, logs: Path) -> Stack:
 
 
 def start_watchfiles(repos: Repos, logs: Path) -> Stack:
-    port, hook_port = free_port(), free_port()
+    port, hook_port = free_ports(2)
     env = {**os.environ, "WEBHOOK_SECRET": SECRET, "REPO_DIR": str(repos.work)}
     gun = f"{BIN / 'gunicorn'} --workers 2 --bind 127.0.0.1:{port} app:app"
     wf = subprocess.Popen([str(BIN / "watchfiles"), "--filter", "python", gun, "."], cwd=repos.work, env=env,

@@ -47,9 +47,19 @@ def sign(body: bytes, secret: str = SECRET) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: bound together, so no two are the same (one at a time, they can be)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
@@ -175,13 +185,14 @@ def write_config(path: Path, repos: Repos, *, app: dict[str, Any] | None = None,
     or PUSHCD_TEST_RELEASE_MODE=in-place runs the suite in place."""
     app = app or {}
     command = app.get("command", [PY, "app.py", "--fd", "{fd}", "--fd", "{probe_fd}"])
-    listen = app.get("listen", f"127.0.0.1:{free_port()}")
+    hook_port, app_port, control_port = free_ports(3)  # distinct: two listeners on one port are refused
+    listen = app.get("listen", f"127.0.0.1:{app_port}")
     ready = {"http": "/health", "min_uptime": 0.2, "timeout": 15, **(ready or {})}
     ready_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in ready.items() if v is not None)
     listen_line = f'listen = "{listen}"' if listen else ""
     text = f"""
 [webhook]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:{hook_port}"
 secret_env = "PUSHCD_TEST_SECRET"
 {webhook_extra}
 
@@ -206,7 +217,7 @@ PYTHONUNBUFFERED = "1"
 {watch}
 
 [control]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:{control_port}"
 
 [state]
 dir = "{path.parent / 'state'}"

@@ -167,8 +167,12 @@ def judge(
     full_name: str | None,
     seen: Collection[str],
     allow_sha1: bool = False,
+    digests: Streamed | None = None,
 ) -> Verdict:
-    denied = authenticate(headers, body, receiver, secret=secret, allow_sha1=allow_sha1)
+    """The verdict on a delivery; ``digests``: the body's HMACs, computed as it streamed in (the body is then
+    not hashed a second time)."""
+    denied = authenticate(headers, body if digests is None else digests, receiver, secret=secret,
+                          allow_sha1=allow_sha1)
     if denied is not None:
         return denied
     delivery = delivery_id(headers, receiver)

@@ -20,7 +20,7 @@ from typing import Callable, Collection, Protocol, Sequence
 from aiohttp import http_exceptions, web
 
 from .body import CHUNK, Budget, OverBudget, TooLarge, receive
-from .delivery import GITHUB, Receiver, SeenDeliveries, Verdict, authenticate, judge
+from .delivery import GITHUB, Receiver, SeenDeliveries, Streamed, Verdict, authenticate, judge
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -102,12 +102,13 @@ class Intake:
         peer = real_peer(request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
         delivery = (self.receiver.first(request.headers, self.receiver.delivery_headers) or "-")[:200]
         body: bytes | None = None
+        digests: Streamed | None = None
         verdict = self._before_the_body(request, peer)
         if verdict is None:
-            verdict, body = await self._read(request)
+            verdict, body, digests = await self._read(request)
         if body is not None:
             verdict = judge(request.headers, body, self.receiver, secret=self._secret, branch=self.branch,
-                            full_name=self.full_name, seen=self.seen, allow_sha1=self.allow_sha1)
+                            full_name=self.full_name, seen=self.seen, allow_sha1=self.allow_sha1, digests=digests)
             reason = self.paused() if verdict.verdict == "queued" else None
             if reason is not None:
                 verdict = Verdict(200, "paused", f"deploys are paused ({reason}); recorded, not deployed",
@@ -136,8 +137,9 @@ class Intake:
             return Verdict(413, "too_large", f"body over {MAX_BODY} bytes")
         return authenticate(request.headers, None, self.receiver, secret=self._secret, allow_sha1=self.allow_sha1)
 
-    async def _read(self, request: web.Request) -> tuple[Verdict | None, bytes | None]:
-        """The body of a genuine delivery, or the verdict that refuses it; an unsigned body is never held whole."""
+    async def _read(self, request: web.Request) -> tuple[Verdict | None, bytes | None, Streamed | None]:
+        """The body of a genuine delivery and its digests, or the verdict that refuses it; an unsigned body is
+        never held whole."""
         try:
             # bounded in size (413), in time (408: a slow sender cannot hold a connection open forever)
             # and, with every other connection's, in unverified bytes (503)
@@ -146,20 +148,20 @@ class Intake:
                                          ("sha256", "sha1") if self.allow_sha1 else ("sha256",), self.budget,
                                          MAX_BODY)
         except TooLarge:
-            return Verdict(413, "too_large", f"body over {MAX_BODY} bytes"), None
+            return Verdict(413, "too_large", f"body over {MAX_BODY} bytes"), None, None
         except OverBudget:
-            return Verdict(503, "busy", "too many unverified bodies in flight; send again later"), None
+            return Verdict(503, "busy", "too many unverified bodies in flight; send again later"), None, None
         except asyncio.TimeoutError:
-            return Verdict(408, "too_slow", f"body not received within {BODY_TIMEOUT:g}s"), None
+            return Verdict(408, "too_slow", f"body not received within {BODY_TIMEOUT:g}s"), None, None
         except (ConnectionError, http_exceptions.HttpProcessingError, web.RequestPayloadError) as exc:
             # a sender that hung up mid-body, or a malformed chunked body. We answer and close: aiohttp must not
             # read on after the answer (its lingering close would meet the same error again and log a traceback).
             request.content.feed_eof()
-            return Verdict(400, "bad_request", f"body could not be read: {type(exc).__name__}"), None
+            return Verdict(400, "bad_request", f"body could not be read: {type(exc).__name__}"), None, None
         try:
             denied = authenticate(request.headers, received.streamed, self.receiver, secret=self._secret,
                                   allow_sha1=self.allow_sha1)
-            return (denied, None) if denied is not None else (None, received.read())
+            return (denied, None, None) if denied is not None else (None, received.read(), received.streamed)
         finally:
             received.close()
 

@@ -11,25 +11,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.ports import free_port, free_ports  # noqa: F401 - re-exported for the benchmarks
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (bound together: one at a time, two can be the same)."""
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def wait_http(url: str, timeout: float = 60) -> None:

@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 
 from .gitrepos import ROOT, Repos, git  # noqa: F401 - re-exported for the tests
+from .ports import free_port, free_ports  # noqa: F401 - re-exported for the tests
 
 # The project's shared copy when this checkout sits beside it; otherwise ours, the same files byte for
 # byte (tests/payloads, with their sources and licenses), so a clone anywhere runs the suite.
@@ -44,22 +45,6 @@ def payload(name: str) -> bytes:
 
 def sign(body: bytes, secret: str = SECRET) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports: bound together, so no two are the same (one at a time, they can be)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition",

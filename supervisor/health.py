@@ -27,11 +27,11 @@ log = logging.getLogger("supervisor.health")
 
 
 class Health:
-    def __init__(self, web: Web, failures: int = 3, interval: float = 2.0, probation: float = 30.0,
-                 restart: bool = False) -> None:
+    def __init__(self, web: Web, failures: int = 3, interval: float = 2.0,
+                 probation: Callable[[], float] = lambda: 30.0) -> None:
         self.web = web
-        self.failures, self.interval = failures, interval  # replaced on SIGHUP, with probation and restart
-        self.probation, self.restart = probation, restart
+        self.failures, self.interval = failures, interval  # replaced on SIGHUP
+        self.probation = probation  # [deploy] probation, as the road has it now
         self.unhealthy: Callable[[Failure], None] = lambda _why: None  # within probation: the release goes back
         self.report: Callable[[Failure | None], None] = lambda _why: None  # after it: unhealthy, or well again
         self.problem: Failure | None = None  # what the live process's check says now, when it keeps failing
@@ -60,7 +60,7 @@ class Health:
         self._failed += 1
         if self._failed < self.failures:
             return
-        in_probation = live.previous is not None and time.monotonic() - live.live_since < self.probation
+        in_probation = live.previous is not None and time.monotonic() - live.live_since < self.probation()
         what = f"health check failed {self._failed} times in a row{' within probation' if in_probation else ''}"
         if in_probation:
             self._watched = None  # told once; the release goes back

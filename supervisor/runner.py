@@ -189,7 +189,7 @@ def build(settings: Settings) -> "Supervisor":
                       lines=lines, guard=guard, web=web, git=git, expected=expected, metrics=metrics,
                       deployer=deployer, notifier=notifier, armed=Armed(armed),
                       health=Health(web, raw.deploy.probation_failures, raw.deploy.probation_interval,
-                                    raw.deploy.probation, raw.deploy.restart_unhealthy))
+                                    probation=lambda: road.probation))
 
 
 def make_builder(settings: Settings, tree: WorkTree, git: GitThread, guard: Guard | None) -> Builder:
@@ -255,10 +255,9 @@ class Supervisor:
     def _health_changed(self, problem: Failure | None) -> None:
         """After probation, the live release's health check keeps failing (or passes again): told, and with
         [deploy] restart_unhealthy the web process restarts through its gate."""
-        commit = self.deployer.deployed
         if problem is None:
             return
-        self.deployer.work.recorder.tell("unhealthy", commit, str(problem), problem.failing_line)
+        self.deployer.work.recorder.tell("unhealthy", self.deployer.deployed, str(problem), problem.failing_line)
         if self.settings.raw.deploy.restart_unhealthy:
             self.deployer.request_restart("unhealthy", "web")
 
@@ -391,9 +390,7 @@ class Supervisor:
         self.web.app = new.app  # whole, used from the next start on
         d = self.deployer
         d.on_diverge, d.road.probation, d.road.processes = raw.repo.on_diverge, raw.deploy.probation, new.processes
-        h = self.health
-        h.failures, h.interval, h.probation, h.restart = (raw.deploy.probation_failures, raw.deploy.probation_interval,
-                                                          raw.deploy.probation, raw.deploy.restart_unhealthy)
+        self.health.failures, self.health.interval = raw.deploy.probation_failures, raw.deploy.probation_interval
         d.road.preparation.configure(raw.deploy.before_restart, raw.deploy.before_restart_timeout,
                                      raw.deploy.release_command, raw.deploy.release_timeout)
         self.history.retention = raw.state.retention

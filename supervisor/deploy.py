@@ -23,6 +23,7 @@ import logging
 from . import memory
 from .built import Built
 from .deploys import Deploys, RollbackTo
+from .failure import Failure
 from .git.thread import GitThread
 from .git.tree import WorkTree
 from .jobs import Job, Kind, Mailbox
@@ -70,13 +71,13 @@ class Deployer:
     async def handle_deploy(self, trigger: str, arg: str | None = None) -> Result:
         return await self.deploying.deploy(trigger, arg)
 
-    async def handle_rollback(self, trigger: str, arg: str | None = None) -> Result:
+    async def handle_rollback(self, trigger: str, arg: RollbackTo | None = None) -> Result:
         return await self.deploying.rollback(trigger, arg)
 
     async def handle_restart(self, trigger: str, arg: str | None = None) -> Result:
         return await self.restarts.restart(trigger, arg)
 
-    async def handle_recover(self, trigger: str, arg: str | None = None) -> Result:
+    async def handle_recover(self, trigger: str, arg: Failure | None = None) -> Result:
         return await self.recovery.recover(trigger, arg)
 
     # -- what others read ----------------------------------------------------

@@ -46,7 +46,7 @@ def release(settings: Settings, ref: str | None, live: dict[str, object] | None)
         running = (live or {}).get("release") or {}
         ref = str(running.get("id") or "") if isinstance(running, dict) else ""
         if not ref:
-            good = Ledger.load(state / "ledger.json").good if (state / "ledger.json").exists() else None
+            good = Ledger.load(state / "ledger.json").good  # an empty ledger when there is none yet
             if good is None:
                 raise ExecError(f"no release has gone live yet in {state}; start pushcd first, or give --release")
             ref = good.id or good.commit

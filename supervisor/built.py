@@ -24,6 +24,7 @@ class Built:
     fresh: bool = field(default=False, compare=False)  # built just now: before_restart runs in it, then seal()
     procfile: dict[str, list[str]] | None = field(default=None, compare=False)  # its Procfile ([app] procfile)
     pycache: Path | None = None  # where Python may keep its bytecode: the release's own folders are read-only
+    config: str = ""  # the digest of the config vars it runs with (:mod:`supervisor.configvars`; "" for none)
 
     def environ(self, base_path: str) -> dict[str, str]:
         """Variables every process of this release gets."""

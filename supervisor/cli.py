@@ -11,6 +11,7 @@
     pause      stop deploying pushes and polls (still verified and recorded); resume: deploy again
     logs       the app's recent output, with times (-f to follow)
     exec       run a command in the live release, as its processes see it (pushcd exec -- CMD ...)
+    config     config vars: list, set KEY=VALUE, unset KEY, import .env (a change is a release, gated)
 
 The client commands find the control API through the same config file.
 User errors (config, ports, work tree) print one line and exit 2; no traceback.
@@ -32,17 +33,15 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import config, demo, execute, memory, preflight
+from . import config, configcli, demo, execute, memory, preflight
+from .client import ClientError, NotRunning, call
+from .configvars import ConfigVarsError
 from .config import ConfigError, Settings
-from .ops import controltoken, logs
+from .ops import logs
 from .process import child, reaper
 
 if TYPE_CHECKING:
     from .runner import Supervisor
-
-
-class ClientError(Exception):
-    pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,7 +85,13 @@ def _parser() -> argparse.ArgumentParser:
                                   help="go to this kept release (`pushcd releases` lists them)")
     acts["rollback"].add_argument("--force", action="store_true",
                                   help="with --to: even a release that never went live (it failed)")
-    add("releases", "the kept releases: id, commit, environment, state")
+    add("releases", "the kept releases: id, commit, environment, config vars, state")
+    cfg = add("config", "config vars: list (masked), set KEY=VALUE..., unset KEY..., import FILE (.env format)")
+    cfg.add_argument("action", nargs="?", choices=["list", "set", "unset", "import"], default="list")
+    cfg.add_argument("words", nargs="*", metavar="KEY=VALUE | KEY | FILE")
+    cfg.add_argument("--show", action="store_true", help="list the values too (they are secrets)")
+    cfg.add_argument("--no-restart", action="store_true",
+                     help="keep them for the next deploy instead of restarting the app with them now")
     pause = add("pause", "stop deploying pushes and polls (they are still verified and recorded)")
     pause.add_argument("--reason", default="paused by hand")
     log_cmd = add("logs", "tail the app's output")
@@ -98,25 +103,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # -- the client side ----------------------------------------------------------
-
-def call(settings: Settings, method: str, path: str, timeout: float = 10.0) -> Any:
-    token = settings.control_token or controltoken.read(settings.state_dir)
-    headers = {"Authorization": f"Bearer {token.decode()}"} if token else {}
-    req = urllib.request.Request(settings.control_listen.url() + path, method=method, headers=headers,
-                                 data=b"" if method == "POST" else None)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:300]
-        if exc.code == 401 and not token:
-            detail += (f" (no token: {settings.state_dir / controltoken.FILE} cannot be read; run this as the "
-                       f"user pushcd runs as, or set [control] token_env)")
-        raise ClientError(f"{method} {path} answered {exc.code}: {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise ClientError(f"no supervisor answers at {settings.control_listen.url()} ({exc}); is `pushcd run` running "
-                          f"with this config?") from None
-
 
 def _short(sha: str | None) -> str:
     return (sha or "-")[:12]
@@ -215,15 +201,20 @@ def _cmd_act(args: argparse.Namespace, settings: Settings) -> int:
              "process": getattr(args, "process", None),
              "wait": None if args.no_wait else "1"}
     path = f"/{args.command}?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
-    if args.no_wait:
-        data = call(settings, "POST", path)
-        print(json.dumps(data, indent=2) if args.json else f"queued: {data['queued']}")
+    return _act(settings, path, args.command, args.json, args.no_wait)
+
+
+def _act(settings: Settings, path: str, command: str, as_json: bool, no_wait: bool, body: Any = None) -> int:
+    """POST a job and wait for its result, showing the worker's state meanwhile."""
+    if no_wait:
+        data = call(settings, "POST", path, body=body)
+        print(json.dumps(data, indent=2) if as_json else f"queued: {data['queued']}")
         return 0
     box: dict[str, Any] = {}
 
     def post() -> None:
         try:
-            box["data"] = call(settings, "POST", path, timeout=960)
+            box["data"] = call(settings, "POST", path, timeout=960, body=body)
         except ClientError as exc:
             box["error"] = exc
 
@@ -232,22 +223,22 @@ def _cmd_act(args: argparse.Namespace, settings: Settings) -> int:
     seen = ""
     while worker.is_alive():
         worker.join(0.25)
-        if not args.json and worker.is_alive():
+        if not as_json and worker.is_alive():
             try:
                 state = call(settings, "GET", "/status")["state"]
             except ClientError:
                 continue
             if state != seen:
-                print(f"... {args.command}: {state}", flush=True)
+                print(f"... {command}: {state}", flush=True)
                 seen = state
     if "error" in box:
         raise box["error"]
     data = box["data"]
     result = data.get("result") or {}
-    if args.json:
+    if as_json:
         print(json.dumps(data, indent=2))
     elif not data.get("done"):
-        print(f"{args.command} still running after the wait limit; see `pushcd status`")
+        print(f"{command} still running after the wait limit; see `pushcd status`")
     elif not result:
         print(data.get("note", "nothing to do"))
         if (data.get("status") or {}).get("paused"):
@@ -256,6 +247,24 @@ def _cmd_act(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{result['result']}: {result['reason']}")
         _print_status(data["status"])
     return 0 if (not result or result.get("result") == "ok") and data.get("done", True) else 1
+
+
+def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    """List, set, unset or import config vars: through the running pushcd, else in the state dir directly."""
+    body = configcli.change(args.action, args.words, restart=not args.no_restart)
+    try:
+        if body is None:
+            data = call(settings, "GET", "/config" + ("?show=1" if args.show else ""))
+            print(json.dumps(data, indent=2) if args.json else configcli.listing(data))
+            return 0
+        if body["restart"]:
+            return _act(settings, "/config?wait=1", "config", args.json, no_wait=False, body=body)
+        data = call(settings, "POST", "/config", body=body)
+    except NotRunning:
+        return configcli.offline(settings.state_dir, body, args.show, args.json)
+    print(json.dumps(data, indent=2) if args.json else f"config vars {data['config'] or '(none)'} saved; they "
+                                                        f"apply at the next deploy or `pushcd restart`")
+    return 0
 
 
 def _cmd_pause(args: argparse.Namespace, settings: Settings) -> int:
@@ -385,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as exc:
         print(f"pushcd: {exc}", file=sys.stderr)
         return 1
+    except ConfigVarsError as exc:
+        print(f"pushcd: config vars: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -395,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     clients = {"status": _cmd_status, "history": _cmd_history, "deploy": _cmd_act, "rollback": _cmd_act,
-               "releases": _cmd_releases, "restart": _cmd_act, "resume": _cmd_act, "pause": _cmd_pause, "logs": _cmd_logs}
+               "releases": _cmd_releases, "restart": _cmd_act, "resume": _cmd_act, "pause": _cmd_pause,
+               "logs": _cmd_logs, "config": _cmd_config}
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "check":

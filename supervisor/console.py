@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Sequence
 
+from .configvars import masked
 from .deploy import Deployer
 from .health import Health
 from .git.thread import GitThread
@@ -82,7 +83,7 @@ class Console:
         if built is None:
             return None
         return {"mode": self.deployer.builder.mode, "id": built.id, "dir": str(built.root),
-                "env": built.env_key, "dirty": built.dirty}
+                "env": built.env_key, "dirty": built.dirty, "config": built.config}
 
     def releases_listing(self) -> list[dict[str, Any]]:
         """The kept releases, newest use first, each with its state (live, previous, failed, pruned soon)."""
@@ -96,7 +97,8 @@ class Console:
                      else "failed" if kept.commit in d.marks and not kept.dirty
                      else "pruned soon" if kept.id in doomed else "kept")
             out.append({"id": kept.id, "commit": kept.commit, "dirty": kept.dirty, "env": kept.env,
-                        "built_at": kept.built_at, "build_seconds": kept.build_seconds, "state": state})
+                        "built_at": kept.built_at, "build_seconds": kept.build_seconds, "state": state,
+                        "config": d.road.config_of(kept.commit)})
         return out
 
     def waiting(self) -> list[str]:
@@ -127,6 +129,16 @@ class Console:
         if what == "resume":
             return d.resume()
         return d.request_deploy("manual", commit=arg, retry=what == "retry")
+
+    def config_vars(self, show: bool = False) -> dict[str, Any]:
+        """The config vars new releases take (values masked unless ``show``), and which set the live one runs."""
+        store, current = self.deployer.work.config_vars, self.deployer.current
+        values = store.values(store.current)
+        return {"config": store.current, "live": current.config if current else None,
+                "vars": values if show else masked(values)}
+
+    def configure(self, set_: dict[str, str], unset: list[str], restart: bool) -> "asyncio.Future[Any] | str":
+        return self.deployer.request_config(set_, unset, restart)
 
     def pause(self, reason: str) -> None:
         self.deployer.hold(reason)

@@ -22,7 +22,8 @@ import logging
 
 from . import memory
 from .built import Built
-from .deploys import Deploys, RollbackTo
+from .configvars import ConfigVars
+from .deploys import ConfigChange, Deploys, RollbackTo
 from .failure import Failure
 from .git.thread import GitThread
 from .git.tree import WorkTree
@@ -52,8 +53,10 @@ class Deployer:
     """The single worker: takes jobs and dispatches them, one at a time."""
 
     def __init__(self, tree: WorkTree, git: GitThread, road: Road, moves: Moves, recorder: Recorder, *,
-                 on_diverge: str, pause: Pause | None = None, marks: Marks | None = None) -> None:
-        self.work = Work(tree, git, road, moves, recorder, marks or Marks())
+                 on_diverge: str, pause: Pause | None = None, marks: Marks | None = None,
+                 config_vars: ConfigVars | None = None) -> None:
+        self.work = Work(tree, git, road, moves, recorder, marks or Marks(),
+                         config_vars=config_vars or ConfigVars(None))
         self.mailbox = Mailbox()
         self.pause = pause or Pause()
         self.recovery = Recovery(self.work, self.mailbox, start_up=lambda trigger: self.startup.run(trigger))
@@ -73,6 +76,9 @@ class Deployer:
 
     async def handle_rollback(self, trigger: str, arg: RollbackTo | None = None) -> Result:
         return await self.deploying.rollback(trigger, arg)
+
+    async def handle_config(self, trigger: str, arg: ConfigChange) -> Result:
+        return await self.deploying.configure(trigger, arg)
 
     async def handle_restart(self, trigger: str, arg: str | None = None) -> Result:
         return await self.restarts.restart(trigger, arg)
@@ -126,7 +132,7 @@ class Deployer:
     def state(self) -> State:
         if not self._started:
             return State.STARTING
-        if self._busy in (Kind.DEPLOY, Kind.ROLLBACK, Kind.RESTART):
+        if self._busy in (Kind.DEPLOY, Kind.ROLLBACK, Kind.CONFIG, Kind.RESTART):
             return State.DEPLOYING
         return State.CRASHED if self.recovery.needed() else State.RUNNING
 
@@ -160,6 +166,20 @@ class Deployer:
     def request_restart(self, trigger: str, process: str | None = None) -> "asyncio.Future[Result]":
         """Restart every process (or ``process``: "web" or a process type's name) of the running release."""
         return self.mailbox.put(Kind.RESTART, trigger, wait=True, arg=process)  # type: ignore[return-value]
+
+    def request_config(self, set_: dict[str, str], unset: list[str], restart: bool = True
+                       ) -> "asyncio.Future[Result] | str":
+        """New config vars: the current ones with ``set_`` and without ``unset`` (ConfigVarsError if a key is
+        wrong). With ``restart``, a future of the job that puts them live; without, their digest: they apply
+        at the next deploy."""
+        store = self.work.config_vars
+        values = store.changed(set_, unset)  # a wrong key is refused here, before anything is queued
+        if not restart:
+            name = store.add(values)
+            store.make_current(name)
+            return name
+        change = ConfigChange(tuple(sorted(set_.items())), tuple(unset))  # applied to what is current then
+        return self.mailbox.put(Kind.CONFIG, "config", wait=True, arg=change)  # type: ignore[return-value]
 
     def hold(self, reason: str) -> None:
         """Pause automatic deploys (webhook, poll); a person's requests still run."""
@@ -215,7 +235,7 @@ class Deployer:
                 self.recovery.retry()
             else:
                 self.mailbox.put(Kind.RECOVER, "crash")
-        if job.kind != Kind.RECOVER and not self.mailbox.has(Kind.DEPLOY, Kind.ROLLBACK, Kind.RESTART):
+        if job.kind != Kind.RECOVER and not self.mailbox.has(Kind.DEPLOY, Kind.ROLLBACK, Kind.CONFIG, Kind.RESTART):
             await self._quiet()
 
     async def _quiet(self) -> None:

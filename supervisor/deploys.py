@@ -8,12 +8,14 @@ preparation) and the tree follows.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Callable
 
 from .backoff import Backoff
 from .built import Built
+from .configvars import ConfigVarsError
 from .releases.builder import BuildFailed
 from .failure import Failure
 from .git.tree import Facts, FetchError, GitFailure
@@ -35,6 +37,15 @@ class RollbackTo:
 
     ref: str
     force: bool = False
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """`pushcd config set/unset`: applied to the config vars current when its job runs, so two changes
+    queued one after the other both count."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    unset: tuple[str, ...] = ()
 
 
 class Deploys:
@@ -92,8 +103,9 @@ class Deploys:
                 w.marks.unmark(sha)
 
     async def go(self, facts: Facts, reason: str, trigger: str, phases: Phases, backup: bool = False,
-                 kind: str = "deploy") -> Result:
-        """Move the tree to ``facts.target``, make its release, take the road; back if it does not come up."""
+                 kind: str = "deploy", config: str | None = None) -> Result:
+        """Move the tree to ``facts.target``, make its release, take the road; back if it does not come up.
+        ``config``: the config vars it runs with (a rollback's: the ones it ran with; default the current)."""
         w = self.work
         previous, target, fallback = w.deployed, facts.target, w.road.current
         try:
@@ -105,13 +117,16 @@ class Deploys:
                             previous, kind=kind)
         undo = w.undo(Built(target, w.tree.path), fallback or Built(previous, w.tree.path))
         try:
-            built = await w.road.builder.of_commit(target, phases, fallback)
+            built = w.new_release(await w.road.builder.of_commit(target, phases, fallback))
+            if config is not None:
+                built = dataclasses.replace(built, config=config)
         except BuildFailed as exc:
             why: Failure | None = Failure(str(exc))
             await undo(why)
         else:
             why = await w.road.go(Attempt(kind, built, fallback, probation=kind == "deploy"), phases, undo)
         if why is None:
+            w.config_vars.make_current(built.config)  # a rollback brings its config vars back
             return w.finish("ok", f"{reason} in {phases.total():.2f}s", target, trigger, phases, previous, kind=kind)
         head = await w.git.run(w.tree.head)
         stuck = "" if head == previous else f" (the work tree could not follow and stays at {head[:12]}: see the log)"
@@ -120,20 +135,27 @@ class Deploys:
 
     async def rollback(self, trigger: str, to: RollbackTo | None = None) -> Result:
         """Back to the newest good release that is not the running one (or to ``to``: a kept release's id or
-        commit; one that never went live only with ``force``)."""
+        commit; one that never went live only with ``force``), with the config vars it ran with."""
         w, phases = self.work, Phases()
-        current, builder = w.deployed, w.road.builder
+        current, builder, running = w.deployed, w.road.builder, w.road.current
         arg = to.ref if to else None
         kept = builder.kept(arg) if arg else None
-        target = kept.commit if kept else self._commit_of(arg) if arg else w.road.rollback_target()
-        if target is None:
+        found = ((kept.commit, w.road.config_of(kept.commit)) if kept else self._good_release(arg) if arg
+                 else w.road.rollback_target())
+        if found is None:
             why = (f"{arg}: no kept release or earlier good release has that id or commit (`pushcd releases` "
                    f"lists them)" if arg else "no earlier good release to roll back to")
             return w.finish("refused", why, current, trigger, phases, current, kind="rollback")
-        if target == current and (kept is None or kept == w.road.current):
+        target, config = found
+        if not w.config_vars.knows(config):
+            return w.finish("refused", f"{target[:12]} ran with config vars {config}, which are no longer kept; "
+                                       f"deploy it with `pushcd deploy --commit {target[:12]}` (current config "
+                                       f"vars) instead", target, trigger, phases, current, kind="rollback")
+        kept = kept or builder.kept(target)
+        kept = dataclasses.replace(kept, config=config) if kept is not None else None
+        if target == current and (kept is None or kept == running) and config == (running.config if running else ""):
             return w.finish("refused", f"{target[:12]} is the running release already", current, trigger, phases,
                             current, kind="rollback")
-        kept = kept or builder.kept(target)
         if kept is not None and builder.never_live(kept) and not (to and to.force):
             why = w.marks.why(kept.commit) or "it failed its preparation or its gates"
             return w.finish("refused", f"release {kept.id} ({kept.commit[:12]}) never went live ({why}); "
@@ -146,17 +168,19 @@ class Deploys:
             return w.finish("refused", "local edits would be overwritten: " + ", ".join(facts.blocking), target,
                             trigger, phases, current, kind="rollback")
         # Until a newer commit arrives, the webhook must not bring the rolled-back one back.
-        w.marks.mark(current, "rolled back by hand")
-        result = await self.go(facts, f"roll back {current[:12]} to {target[:12]}", trigger, phases, kind="rollback")
+        if target != current:
+            w.marks.mark(current, "rolled back by hand")
+        result = await self.go(facts, f"roll back {current[:12]} to {target[:12]}", trigger, phases, kind="rollback",
+                               config=config)
         if w.deployed != target:
             w.marks.unmark(current)  # the rollback itself failed: current still runs (and is not bad)
         return result
 
-    def _commit_of(self, ref: str) -> str | None:
-        """A good release's full commit id from an abbreviation (7 digits or more)."""
+    def _good_release(self, ref: str) -> tuple[str, str] | None:
+        """A good release (commit, config vars) from a commit's abbreviation (7 digits or more)."""
         if len(ref) < 7:
             return None
-        return next((c for c in self.work.road.good_releases() if c.startswith(ref)), None)
+        return next((r for r in self.work.road.good_releases() if r[0].startswith(ref)), None)
 
     async def _to_kept(self, kept: Built, trigger: str, phases: Phases) -> Result:
         """Start a kept release as it is (no checkout, no preparation), then bring the work tree back to it."""
@@ -171,5 +195,32 @@ class Deploys:
                                       f"keeps serving: {why}", kept.commit, trigger, phases, current, failure=why,
                             kind="rollback")
         await w.moves.follow(kept.commit, phases)
+        w.config_vars.make_current(kept.config)
         return w.finish("ok", f"roll back {current[:12]} to {kept.commit[:12]} (kept release {kept.id}) in "
                               f"{phases.total():.2f}s", kept.commit, trigger, phases, current, kind="rollback")
+
+    async def configure(self, trigger: str, change: ConfigChange) -> Result:
+        """New config vars: the running release again with them, through every gate and probation, as a
+        deploy; new releases take them once they serve."""
+        w, phases = self.work, Phases()
+        try:
+            config = w.config_vars.add(w.config_vars.changed(dict(change.set), change.unset))
+        except ConfigVarsError as exc:
+            return w.finish("refused", str(exc), w.deployed, trigger, phases, w.deployed, kind="config")
+        running = w.road.current
+        if running is None:  # nothing serves yet: the next start takes them
+            w.config_vars.make_current(config)
+            return None
+        if running.config == config:
+            w.config_vars.make_current(config)
+            return LastDeploy("none", "the running release has these config vars already", running.commit, trigger)
+        target = dataclasses.replace(running, config=config)
+        why = await w.road.go(Attempt("config", target, running, probation=True), phases)
+        name = config or "(none)"
+        if why is not None:
+            return w.finish("failed", f"config vars {name} did not come up; {running.config or '(none)'} keep "
+                                      f"serving: {why}", running.commit, trigger, phases, running.commit,
+                            failure=why, kind="config")
+        w.config_vars.make_current(config)
+        return w.finish("ok", f"config vars {name} live in {phases.total():.2f}s (were {running.config or '(none)'})",
+                        running.commit, trigger, phases, running.commit, kind="config")

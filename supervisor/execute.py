@@ -3,7 +3,8 @@
 The release is the live one: the running pushcd's, asked through its control API, or, when it is not
 running, the one its ledger says last went live. ``--release`` picks another kept release by id or
 commit. The command runs in the release's folder ([app] cwd within it, or the process type's), with
-its Python environment first on PATH and the app's environment ([app.env], ``SUPERVISOR_*``), without
+its Python environment first on PATH and the app's environment ([app.env], the config vars it runs with,
+``SUPERVISOR_*``), without
 the variables pushcd reads its own secrets from. pushcd then *becomes* the command (exec): the terminal,
 stdin and stdout, signals (Ctrl-C) and the exit status are the command's own, with nothing in between.
 
@@ -19,6 +20,7 @@ import pygit2
 
 from .built import Built
 from .config import Settings, procfile_types
+from .configvars import CONFIG_VARS, ConfigVars, ConfigVarsError
 from .ledger import Ledger
 from .process.web import Web
 from .releases.builder import read_procfile
@@ -40,7 +42,8 @@ def release(settings: Settings, ref: str | None, live: dict[str, object] | None)
     raw, state = settings.raw, settings.state_dir
     if raw.release.mode == "in-place":
         commit = str((live or {}).get("deployed_commit") or pygit2.Repository(str(settings.repo_path)).head.target)
-        return Built(commit, settings.repo_path, procfile=_procfile(settings, settings.repo_path))
+        return Built(commit, settings.repo_path, procfile=_procfile(settings, settings.repo_path),
+                     config=_config(state, "", live))
     store = Store(state / "releases", tidy=False)
     if ref is None:
         running = (live or {}).get("release") or {}
@@ -58,7 +61,18 @@ def release(settings: Settings, ref: str | None, live: dict[str, object] | None)
         raise ExecError(f"release {kept.id}: its environment {env} is gone; deploy it again to rebuild it")
     root = store.path(kept.id)
     return Built(kept.commit, root, kept.id, env, kept.env, kept.dirty, procfile=_procfile(settings, root),
-                 pycache=state / "pycache")
+                 pycache=state / "pycache", config=_config(state, kept.id, live))
+
+
+def _config(state: Path, release_id: str, live: dict[str, object] | None) -> str:
+    """The config vars the release runs with: the live one's, else the last good one's, else the current ones."""
+    running = (live or {}).get("release")
+    if isinstance(running, dict) and running.get("id", "") == release_id and "config" in running:
+        return str(running["config"])
+    good = Ledger.load(state / "ledger.json").good
+    if good is not None and good.id == release_id:
+        return good.config
+    return ConfigVars(state / CONFIG_VARS).current
 
 
 def _procfile(settings: Settings, root: Path) -> dict[str, list[str]] | None:
@@ -70,7 +84,10 @@ def _procfile(settings: Settings, root: Path) -> dict[str, list[str]] | None:
 
 def environment(settings: Settings, built: Built, process: str | None) -> tuple[Path, dict[str, str]]:
     """Where the command runs and with what environment: the web process's, or ``process``'s."""
-    spec = Web(settings.app).spec(built)
+    try:
+        spec = Web(settings.app, config_vars=ConfigVars(settings.state_dir / CONFIG_VARS).values).spec(built)
+    except ConfigVarsError as exc:
+        raise ExecError(str(exc)) from None
     cwd, env = Path(spec.cwd), dict(spec.env)
     if process is not None and process != "web":
         types = {t.name: t for t in procfile_types(settings.processes, built.procfile)}

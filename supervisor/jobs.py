@@ -12,8 +12,8 @@ Two rules, both here and nowhere else:
   Any number of pushes during a deploy become one next deploy of the branch
   tip; a deploy of a given commit is a job of its own.
 - **Precedence**: :class:`Kind` is declared in the order jobs are taken:
-  a person's rollback first, then a deploy, then crash recovery, then a
-  restart (watched files, or asked for); within a kind, first come first
+  a person's rollback first, then a deploy, then a change of config vars,
+  then crash recovery, then a restart (watched files, or asked for); within a kind, first come first
   served. A crash-restart waiting out its backoff is a
   timer that puts a request later, never a wait inside a job, so a rollback
   asked for meanwhile is taken at once.
@@ -44,6 +44,7 @@ class Kind(enum.Enum):
 
     ROLLBACK = "rollback"  # a person asked to go back
     DEPLOY = "deploy"  # bring the branch tip live
+    CONFIG = "config"  # the running release again, with new config vars
     RECOVER = "recover"  # the live release died
     RESTART = "restart"  # watched files changed: same commit, new process
 

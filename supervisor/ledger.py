@@ -22,7 +22,7 @@ The one road (:mod:`supervisor.road`) writes here before it acts:
 ('deploy', 'prepare', True)
 >>> again.went_live(Ref("b" * 40, "r2"), good=True)
 >>> Ledger.load(path).good, Ledger.load(path).intent
-(Ref(commit='bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb', id='r2', dirty=False), None)
+(Ref(commit='bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb', id='r2', dirty=False, config=''), None)
 """
 
 from __future__ import annotations
@@ -43,25 +43,30 @@ class Startable(Protocol):
     commit: str
     id: str
     dirty: bool
+    config: str
 
 
 @dataclass(frozen=True)
 class Ref:
-    """A release by name: its commit, its folder's id ("" in place), whether it holds hand edits."""
+    """A release by name: its commit, its folder's id ("" in place), whether it holds hand edits, the digest
+    of its config vars."""
 
     commit: str
     id: str = ""
     dirty: bool = False
+    config: str = ""
 
     @classmethod
     def of(cls, release: Startable) -> "Ref":
-        return cls(release.commit, release.id, release.dirty)
+        return cls(release.commit, release.id, release.dirty, release.config)
 
     @property
     def key(self) -> str:
         """One release: a commit and its folder's content (the commit alone in place). A new commit with an
-        old tree (a revert) is a new release: its preparation runs, as a deploy on Heroku does."""
-        return f"{self.commit}/{self.id}" if self.id else self.commit
+        old tree (a revert) is a new release: its preparation runs, as a deploy on Heroku does; so is a change
+        of config vars (Heroku runs its release phase then too)."""
+        key = f"{self.commit}/{self.id}" if self.id else self.commit
+        return f"{key}+{self.config}" if self.config else key
 
 
 class Ledger:

@@ -81,13 +81,19 @@ class Recovery:
 
     async def _probation_failed(self, bad_release: Built, good_release: Built, live_since: float, why: Failure
                                 ) -> Result:
-        """Marked bad, the tree back, the release before it serves again."""
+        """Marked bad, the tree back, the release before it serves again. A change of config vars alone is not
+        the commit's fault: the config vars go back instead."""
         w, phases = self.work, Phases()
         bad, good = bad_release.commit, good_release.commit
-        w.marks.mark(bad, f"failed {time.monotonic() - live_since:.1f}s after going live: {why}")
+        what = f"failed {time.monotonic() - live_since:.1f}s after going live: {why}"
+        if bad == good:
+            w.config_vars.went_back(bad_release.config, good_release.config)
+            what = f"config vars {bad_release.config or '(none)'} {what}"
+        else:
+            w.marks.mark(bad, what)
         await w.moves.follow(good, phases)  # in place, the files first: the app runs from them
         failed = await w.road.go(Attempt("rollback", good_release, None, prepare=False), phases)
-        outcome = w.finish("failed", f"probation: {bad[:12]} {w.marks.why(bad)}; back to {good[:12]}", bad,
+        outcome = w.finish("failed", f"probation: {bad[:12]} {what}; back to {good[:12]}", bad,
                            "rollback", phases, good, failure=why, kind="rollback")
         if failed is not None:
             self.retry()

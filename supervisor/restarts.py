@@ -27,13 +27,16 @@ class Restarts:
             return await self._one(arg, trigger, phases)
         if trigger == "watch":
             try:
-                built = await w.road.builder.of_work_tree(phases, current)
+                built = w.new_release(await w.road.builder.of_work_tree(phases, current))
             except BuildFailed as exc:
                 return w.finish("failed", f"the work tree's release cannot be made, the running release keeps "
                                           f"serving: {exc}", before, trigger, phases, before, kind="restart")
             kind, done = ("deploy", f"{before[:12]}..{built.commit[:12]} pulled by hand") \
                 if built.commit != before else ("restart", "restarted after file changes")
             attempt = Attempt(kind, built, current)
+        elif w.config_vars.current != current.config:  # config vars set with --no-restart apply now
+            kind, done = "config", f"restarted by hand with config vars {w.config_vars.current or '(none)'}"
+            attempt = Attempt(kind, w.new_release(current), current, probation=True)
         else:
             kind, done = "restart", "restarted by hand, with the current config"
             attempt = Attempt(kind, current, current, prepare=False)

@@ -18,6 +18,7 @@ serves, or, crashed, what is to be started again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterator
@@ -41,7 +42,7 @@ Undo = Callable[[Failure], Awaitable[None]]  # called with why the attempt faile
 
 @dataclass(frozen=True)
 class Attempt:
-    kind: str  # deploy, restart, rollback, start (what history and notifications call it)
+    kind: str  # deploy, restart, rollback, start, config (what history and notifications call it)
     target: Built
     fallback: Built | None  # what serves if the target does not (None: nothing to go back to)
     prepare: bool = True  # a release serving for the first time runs its preparation; a kept one never
@@ -121,7 +122,8 @@ class Road:
     async def _fall_back(self, fallback: Built, phases: Phases) -> None:
         """After a failed attempt (and its undo): the fallback serves, web process and process types."""
         if self.builder.mode == "in-place":  # its Procfile as the tree holds it now that it is back
-            fallback = await self.builder.of_commit(fallback.commit, phases, None)
+            fallback = dataclasses.replace(await self.builder.of_commit(fallback.commit, phases, None),
+                                           config=fallback.config)
         live = self.web.live
         if live is None or not live.alive or live.built != fallback:
             with phases("fallback"):
@@ -141,7 +143,7 @@ class Road:
     def _went_live(self, built: Built, probation: bool) -> None:
         self.current = built
         if self.history and not built.dirty:  # a rollback goes to commits, never to a hand edit
-            self.history.record_release(built.commit)
+            self.history.record_release(built.commit, built.config)
         self.builder.went_live(built, [self.previous_release()])
         good = not probation or self.probation <= 0
         self.ledger.went_live(Ref.of(built), good=good)
@@ -159,19 +161,24 @@ class Road:
             self.ledger.went_live(Ref.of(built), good=True)
 
     # -- what a rollback would go to ------------------------------------------------------------
-    def good_releases(self) -> Iterator[str]:
-        """Commits that went live and passed their checks, newest first."""
+    def good_releases(self) -> Iterator[tuple[str, str]]:
+        """(commit, config vars digest) of the releases that went live and passed their checks, newest first."""
         return self.history.good_releases() if self.history else iter(())
 
-    def rollback_target(self) -> str | None:
-        """The newest good release that is not the running one."""
-        current = self.current.commit if self.current else ""
-        return next((c for c in self.good_releases() if c != current and c not in self.marks), None)
+    def rollback_target(self) -> tuple[str, str] | None:
+        """The newest good release that is not the running one: its commit and config vars digest (a config
+        change is a release of its own, so the release before it may be the same commit)."""
+        current = (self.current.commit, self.current.config) if self.current else ("", "")
+        return next((r for r in self.good_releases() if r != current and r[0] not in self.marks), None)
+
+    def config_of(self, commit: str) -> str:
+        """The config vars a commit last went live with ("" when it never went live with any)."""
+        return next((config for c, config in self.good_releases() if c == commit), "")
 
     def previous_release(self) -> Built | None:
         """The kept release a rollback would start (None in place, or when there is none)."""
         target = self.rollback_target()
-        return self.builder.kept(target) if target else None
+        return self.builder.kept(target[0]) if target else None
 
     def types(self, built: Built) -> list[ProcSpec]:
         return procfile_types(self.processes, built.procfile)

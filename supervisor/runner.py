@@ -31,6 +31,7 @@ from .releases.builder import Builder, InPlace, Snapshots
 from .releases.pyenv import Environments
 from .releases.store import Store
 from .config import ConfigError, Settings
+from .configvars import CONFIG_VARS, ConfigVars, ConfigVarsError
 from .console import Console
 from .deploy import Deployer
 from .failure import Failure
@@ -155,11 +156,17 @@ def build(settings: Settings) -> "Supervisor":
     # POSTs always need a token; reads too when the operator chose one ([control] token_env).
     token = settings.control_token or controltoken.ensure(settings.state_dir)
     lines: deque[tuple[float, int, str, str]] = deque(maxlen=LOG_LINES)
+    try:
+        config_vars = ConfigVars(settings.state_dir / CONFIG_VARS)
+    except ConfigVarsError as exc:
+        os.close(owner)
+        raise StartupError(str(exc)) from None
     guard = Guard()
     try:
         web = Web(settings.app, guard,
-                            on_line=lambda pid, line: lines.append((time.time(), pid, line, "web")),
-                            public=Listeners(settings.app.listen) if settings.app.listen else None)
+                  on_line=lambda pid, line: lines.append((time.time(), pid, line, "web")),
+                  public=Listeners(settings.app.listen) if settings.app.listen else None,
+                  config_vars=config_vars.values)
     except ListenError as exc:
         guard.close()
         os.close(owner)
@@ -181,7 +188,7 @@ def build(settings: Settings) -> "Supervisor":
                 processes=settings.processes, probation=raw.deploy.probation)
     deployer = Deployer(tree, git, road, Moves(tree, git, expected), Recorder(history, metrics, notifier.send),
                         on_diverge=raw.repo.on_diverge, pause=Pause.load(settings.state_dir / "paused.json"),
-                        marks=marks)
+                        marks=marks, config_vars=config_vars)
     armed = settings.state_dir / "watch-armed"
     armed.mkdir(exist_ok=True)
     return Supervisor(settings, tree=tree, owner=owner, recovered=recovered, history=history, control_token=token,

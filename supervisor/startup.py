@@ -41,7 +41,7 @@ class Startup:
             ledger.end()
         good = self._last_good()
         try:
-            target: Built | None = await w.road.builder.of_work_tree(phases, good)
+            target: Built | None = w.new_release(await w.road.builder.of_work_tree(phases, good))
             why = Failure("")
         except BuildFailed as exc:
             target, why = None, Failure(str(exc))
@@ -64,11 +64,14 @@ class Startup:
         good = w.road.ledger.good
         if good is None:
             return None
+        if not w.config_vars.knows(good.config):
+            log.error("the last good release ran with config vars %s, which are no longer kept", good.config)
+            return None
         if w.road.builder.mode == "in-place":
-            return Built(good.commit, w.tree.path)
+            return Built(good.commit, w.tree.path, config=good.config)
         kept = w.road.builder.kept(good.id)
         # A folder is shared by the commits with its content (a revert): it starts as the commit that was good.
-        return dataclasses.replace(kept, commit=good.commit) if kept is not None else None
+        return dataclasses.replace(kept, commit=good.commit, config=good.config) if kept is not None else None
 
     async def _start(self, attempt: Attempt, trigger: str, phases: Phases) -> Result:
         w, target, fallback = self.work, attempt.target, attempt.fallback

@@ -6,9 +6,11 @@ and a fallback for one kind of job and take the road; this is the little they sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 from .built import Built
+from .configvars import ConfigVars
 from .failure import Failure
 from .git.thread import GitThread
 from .git.tree import WorkTree
@@ -29,6 +31,11 @@ class Work:
     recorder: Recorder
     marks: Marks  # commits not to deploy again; the road reads them too
     head: str = ""  # the work tree's HEAD at start-up, until a release serves
+    config_vars: ConfigVars = field(default_factory=lambda: ConfigVars(None))
+
+    def new_release(self, built: Built) -> Built:
+        """A release made just now runs with the current config vars (a kept one keeps its own)."""
+        return dataclasses.replace(built, config=self.config_vars.current)
 
     @property
     def deployed(self) -> str:
@@ -37,7 +44,8 @@ class Work:
 
     def finish(self, result: str, reason: str, commit: str, trigger: str, phases: Phases,
                from_commit: str, failure: Failure | None = None, kind: str = "deploy") -> LastDeploy:
-        return self.recorder.finish(result, reason, commit, trigger, phases, from_commit, failure, kind)
+        config = self.road.current.config if self.road.current else ""
+        return self.recorder.finish(result, reason, commit, trigger, phases, from_commit, failure, kind, config)
 
     def undo(self, target: Built, fallback: Built | None) -> Undo:
         """After a failed attempt: the target is marked bad (unless it holds hand edits), the tree goes back."""

@@ -1,6 +1,7 @@
 """The control API and the status page, on ``[control] listen``.
 
 ``GET /status``, ``GET /history``, ``GET /logs``, ``GET /releases``, ``POST /deploy``, ``POST /rollback``,
+``GET /config`` and ``POST /config`` (config vars; reading them always needs the credential),
 ``GET /metrics`` (Prometheus text) and ``GET /`` (an HTML page that refreshes
 itself).
 
@@ -64,6 +65,12 @@ class Console(Protocol):
         ``force``: even to a release that never went live), "restart" (``arg``: one process type), "resume"."""
 
     def pause(self, reason: str) -> None: ...
+
+    def config_vars(self, show: bool = False) -> dict[str, Any]: ...
+
+    def configure(self, set_: dict[str, str], unset: list[str], restart: bool) -> "asyncio.Future[Any] | str":
+        """New config vars (ConfigVarsError, a ValueError, for a wrong key): with ``restart`` a job that puts
+        them live, else their digest (applied at the next deploy)."""
 
     @property
     def queued(self) -> list[str]: ...
@@ -135,6 +142,7 @@ def _own_origin(request: web.Request) -> str:
 SESSION = "pushcd_session"
 SESSION_SECONDS = 12 * 3600
 OPEN = frozenset({"/login", "/logout"})  # need no credential (the cross-site checks still hold)
+SECRET_READS = frozenset({"/config"})  # need the credential even when other reads do not
 
 
 def session_value(token: bytes, expires: int) -> str:
@@ -181,7 +189,8 @@ def gate(token: bytes, reads_need_token: bool, hosts: Collection[str] = ()
         if writes:
             needs_bearer = not from_page
         else:
-            needs_bearer = reads_need_token and not valid_session(token, request.cookies.get(SESSION))
+            needs_bearer = ((reads_need_token or request.path in SECRET_READS)
+                            and not valid_session(token, request.cookies.get(SESSION)))
         if needs_bearer:
             sent = request.headers.get("Authorization", "")
             given = sent[len("Bearer "):].encode() if sent.startswith("Bearer ") else b""
@@ -267,13 +276,37 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
     async def post_resume(request: web.Request) -> web.Response:
         return await act(request, sup.ask("resume"), "deploy")
 
+    async def get_config(request: web.Request) -> web.Response:
+        return web.json_response(sup.config_vars(show=_flag(request, "show")))
+
+    async def post_config(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(text="the body must be JSON: {\"set\": {KEY: VALUE}, \"unset\": [KEY], "
+                                          "\"restart\": true}") from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text="the body must be a JSON object")
+        set_, unset = body.get("set") or {}, body.get("unset") or []
+        if not (isinstance(set_, dict) and all(isinstance(v, str) for v in set_.values())
+                and isinstance(unset, list) and all(isinstance(k, str) for k in unset)):
+            raise web.HTTPBadRequest(text="set must map keys to strings, unset must list keys")
+        try:
+            outcome = sup.configure(set_, unset, restart=body.get("restart", True) is not False)
+        except ValueError as exc:  # ConfigVarsError: which key, and why
+            return web.json_response({"error": str(exc)}, status=400)
+        if isinstance(outcome, str):
+            return web.json_response({"config": outcome, "applied": "at the next deploy"})
+        return await act(request, outcome, "config")
+
     async def get_metrics(_request: web.Request) -> web.Response:
         await sup.status()  # reads the deployed commit's message (in the git thread) for the info metric
         return web.Response(body=sup.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def get_page(_request: web.Request) -> web.Response:
         page = render_page(await sup.status(), sup.history.deploys(15), sup.history.deliveries(15),
-                           list(sup.lines)[-40:], page_token(token), logout=reads_need_token)
+                           list(sup.lines)[-40:], page_token(token), logout=reads_need_token,
+                           config=sup.config_vars())
         return web.Response(text=page, content_type="text/html")
 
     async def get_login(request: web.Request, problem: str = "") -> web.Response:
@@ -312,6 +345,8 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
         web.post("/rollback", post_rollback),
         web.post("/restart", post_restart),
         web.post("/pause", post_pause),
+        web.get("/config", get_config),
+        web.post("/config", post_config),
         web.post("/resume", post_resume),
         web.get("/metrics", get_metrics),
         web.get("/login", get_login),

@@ -55,6 +55,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE deploys ADD COLUMN kind TEXT NOT NULL DEFAULT 'deploy';
     """,
+    # 4: config vars: a release is a commit and the digest of its config vars (a rollback brings both back);
+    # a row records the digest the release serving after it runs with.
+    """
+    CREATE TABLE releases_4 (sha TEXT NOT NULL, config TEXT NOT NULL DEFAULT '', live_at REAL NOT NULL,
+                             PRIMARY KEY (sha, config));
+    INSERT INTO releases_4 (sha, config, live_at) SELECT sha, '', live_at FROM releases;
+    DROP TABLE releases;
+    ALTER TABLE releases_4 RENAME TO releases;
+    ALTER TABLE deploys ADD COLUMN config TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 
@@ -69,7 +79,8 @@ class DeployRecord:
     reason: str
     output_tail: str = ""
     phases: dict[str, float] | None = None
-    kind: str = "deploy"  # deploy, restart, rollback, start
+    kind: str = "deploy"  # deploy, restart, rollback, start, config
+    config: str = ""  # the config vars digest of the release serving after it
 
 
 class History:
@@ -173,10 +184,10 @@ class History:
     def record_deploy(self, rec: DeployRecord) -> None:
         self._write(
             "INSERT INTO deploys (from_commit, to_commit, trigger, started_at, ended_at, duration, result, reason,"
-            " output_tail, phases, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " output_tail, phases, kind, config) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (rec.from_commit, rec.to_commit, rec.trigger, rec.started_at, rec.ended_at,
              round(rec.ended_at - rec.started_at, 4), rec.result, rec.reason, rec.output_tail,
-             json.dumps(rec.phases or {}), rec.kind))
+             json.dumps(rec.phases or {}), rec.kind, rec.config))
 
     def mark_bad(self, sha: str, reason: str) -> None:
         self._write("INSERT OR REPLACE INTO bad_commits (sha, reason, marked_at) VALUES (?,?,?)",
@@ -205,13 +216,14 @@ class History:
         rows = self.db.execute(sql, ((before, limit) if before else (limit,))).fetchall()
         return [dict(r) for r in rows]
 
-    def record_release(self, sha: str) -> None:
-        self._write("INSERT OR REPLACE INTO releases (sha, live_at) VALUES (?, ?)", (sha, time.time()))
+    def record_release(self, sha: str, config: str = "") -> None:
+        self._write("INSERT OR REPLACE INTO releases (sha, config, live_at) VALUES (?, ?, ?)",
+                    (sha, config, time.time()))
 
-    def good_releases(self) -> Iterator[str]:
-        """Commits that went live successfully, newest first."""
-        for row in self.db.execute("SELECT sha FROM releases ORDER BY live_at DESC LIMIT 1000"):
-            yield row["sha"]
+    def good_releases(self) -> Iterator[tuple[str, str]]:
+        """(commit, config vars digest) of the releases that went live successfully, newest first."""
+        for row in self.db.execute("SELECT sha, config FROM releases ORDER BY live_at DESC LIMIT 1000"):
+            yield row["sha"], row["config"]
 
     def prune(self) -> None:
         try:

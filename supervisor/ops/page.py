@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import json
 import time
 from typing import Any
 
@@ -52,7 +53,9 @@ async function act(button) {
   const out = document.getElementById('result');
   out.textContent = button.textContent + ': working...';
   try {
-    const r = await fetch(button.dataset.act, {method: 'POST', headers: {'X-Pushcd-Page': TOKEN}});
+    const headers = {'X-Pushcd-Page': TOKEN};
+    if (button.dataset.body) headers['Content-Type'] = 'application/json';
+    const r = await fetch(button.dataset.act, {method: 'POST', headers, body: button.dataset.body});
     const b = await r.json().catch(() => ({}));
     out.textContent = button.textContent + ': ' + (b.result ? b.result.result + ': ' + b.result.reason
       : b.note || b.error || (b.paused ? 'paused (' + b.paused.reason + ')' : 'answered ' + r.status));
@@ -64,6 +67,18 @@ async function act(button) {
   }
 }
 document.querySelectorAll('button[data-act]').forEach(b => b.addEventListener('click', () => act(b)));
+const setVar = document.getElementById('config-set');
+if (setVar) {
+  setVar.addEventListener('focusin', () => { busy = true; });  // no reload while a value is typed
+  setVar.addEventListener('submit', ev => {
+    ev.preventDefault();
+    const button = setVar.querySelector('button');
+    button.dataset.act = '/config?wait=1';
+    const field = name => setVar.elements.namedItem(name).value;
+    button.dataset.body = JSON.stringify({set: {[field('key')]: field('value')}});
+    act(button);
+  });
+}
 setInterval(() => { if (!busy) location.reload(); }, 5000);
 const logs = document.getElementById('logs');
 logs.scrollTop = logs.scrollHeight;  // the newest line first in view
@@ -92,11 +107,31 @@ def chart(deploys: list[dict[str, Any]]) -> str:
             f" <small>longest {top:.2f}s</small>")
 
 
-def _button(label: str, path: str, ask: str, ident: str = "") -> str:
-    """A console button: ``path`` is POSTed after the person confirms ``ask``."""
+def _button(label: str, path: str, ask: str, ident: str = "", body: Any = None) -> str:
+    """A console button: ``path`` is POSTed (with ``body`` as JSON) after the person confirms ``ask``."""
     e = html.escape
     id_attr = f" id='{e(ident)}'" if ident else ""
-    return f"<button{id_attr} data-act='{e(path)}' data-ask='{e(ask)}'>{e(label)}</button>"
+    body_attr = f" data-body='{e(json.dumps(body))}'" if body is not None else ""
+    return f"<button{id_attr} data-act='{e(path)}' data-ask='{e(ask)}'{body_attr}>{e(label)}</button>"
+
+
+def _config_vars(config: dict[str, Any] | None) -> str:
+    """The config vars, masked, each with a button to remove it, and a form to set one (each a release)."""
+    if config is None:
+        return ""
+    e = html.escape
+    rows = "".join(f"<tr><td><code>{e(k)}</code></td><td>{e(v)}</td><td>"
+                   + _button("unset", "/config?wait=1", f"Remove {k}? The app restarts without it (health-gated).",
+                             body={"unset": [k]})
+                   + "</td></tr>" for k, v in sorted(config["vars"].items()))
+    pending = (f"<div>The live release runs with {e(config['live'] or '(none)')}; these apply at the next deploy "
+               f"or restart.</div>" if config.get("live") not in (None, config["config"]) else "")
+    return f"""<h2>Config vars <small><code>{e(config['config'] or '(none)')}</code></small></h2>
+<div class="card" id="config">{pending}<table id="config-vars">{rows or '<tr><td>none set</td></tr>'}</table>
+<form id="config-set"><input name="key" placeholder="KEY" required pattern="[A-Za-z_][A-Za-z0-9_]*">
+<input name="value" placeholder="value" type="password" autocomplete="off">
+<button id="config-save" data-ask="Set this config var? The app restarts with it (health-gated).">set</button>
+</form></div>"""
 
 
 def _release(release: dict[str, Any] | None) -> str:
@@ -125,7 +160,8 @@ _LOGOUT = "<form method='post' action='/logout' id='logout-form'><button id='log
 
 
 def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_seen: list[dict[str, Any]],
-                lines_seen: list[tuple[float, int, str, str]], token: str, logout: bool = False) -> str:
+                lines_seen: list[tuple[float, int, str, str]], token: str, logout: bool = False,
+                config: dict[str, Any] | None = None) -> str:
     """The page from data alone; ``token`` is the page token its buttons send; ``logout``: a person logged in
     to read it (a token guards the page), so it offers to log out."""
     e = html.escape
@@ -186,6 +222,7 @@ def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_se
           "restart")}
  {pause}<span id="result"></span>
 </div>
+{_config_vars(config)}
 <h2>Deploys</h2>
 <div class="card">{chart(deploys)}
 <table id="deploys"><tr><th>result</th><th>commit</th><th>trigger</th><th>took</th>

@@ -82,7 +82,9 @@ class Recorder:
         self.count = 0  # results recorded (ok, refused, failed)
 
     def finish(self, result: str, reason: str, commit: str, trigger: str, phases: Phases,
-               from_commit: str, failure: Failure | None = None, kind: str = "deploy") -> LastDeploy:
+               from_commit: str, failure: Failure | None = None, kind: str = "deploy", config: str = ""
+               ) -> LastDeploy:
+        """``config``: the config vars digest of the release serving now."""
         reason, tail = redact(reason), redact(str(failure) if failure else "")
         failing = redact(failure.failing_line) if failure and failure.failing_line else None
         self.last = LastDeploy(result, reason, commit, trigger, phases=phases.done, kind=kind)
@@ -96,7 +98,8 @@ class Recorder:
             self.metrics.deploy_duration.observe(duration)
         if self.history:
             self.history.record_deploy(DeployRecord(from_commit, commit, trigger, phases.started_wall,
-                                                    time.time(), result, reason, tail, phases.done, kind))
+                                                    time.time(), result, reason, tail, phases.done, kind,
+                                                    config))
         self.tell(event_of(kind, result), commit, reason, failing, round(duration, 3))
         return self.last
 

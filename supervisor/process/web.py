@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from ..built import Built
 from ..config import AppSpec, probe_problem
@@ -76,8 +76,10 @@ class Web:
     """Owns the public sockets and the live release; one swap at a time."""
 
     def __init__(self, app: AppSpec, guard: Guard | None = None,
-                 on_line: Callable[[int, str], None] | None = None, public: Listeners | None = None) -> None:
+                 on_line: Callable[[int, str], None] | None = None, public: Listeners | None = None,
+                 config_vars: Callable[[str], Mapping[str, str]] | None = None) -> None:
         self.app = app  # replaced whole on SIGHUP; read at each start
+        self.config_vars = config_vars or (lambda _name: {})  # a release's config vars, by their digest
         self.public = public  # the sockets of [app] listen (bound by the caller), or None
         self.live: WebProcess | None = None
         self.starts = 0
@@ -108,10 +110,11 @@ class Web:
     def spec(self, built: Built) -> Spec:
         """How a process of ``built`` starts: in its folder ([app] cwd within it), with its environment."""
         app = self.app_for(built)
-        env = {**app.env, **built.environ(app.env.get("PATH", os.environ.get("PATH", os.defpath)))}
-        if self.port and "PORT" not in app.env:
+        env = {**app.env, **self.config_vars(built.config)}  # config vars over [app.env]
+        env.update(built.environ(env.get("PATH", os.environ.get("PATH", os.defpath))))
+        if self.port and "PORT" not in env:
             env["PORT"] = str(self.port)  # the public port, as Heroku gives it (Procfile lines say $PORT)
-        if built.pycache is not None and not BYTECODE_SET & (set(os.environ) | set(app.env)):
+        if built.pycache is not None and not BYTECODE_SET & (set(os.environ) | set(env)):
             # Python cannot write __pycache__ into the read-only release: it keeps bytecode there instead.
             # Not when bytecode writing is off (the prefix would also hide the stdlib's own __pycache__).
             env["PYTHONPYCACHEPREFIX"] = str(built.pycache)
@@ -120,7 +123,10 @@ class Web:
 
     async def _spawn(self, built: Built, sock: socket.socket | None) -> tuple[Child | Failure, Probe | None]:
         """Start a child for ``built`` and wait until it is ready; SpawnError if it cannot even start."""
-        app, spec = self.app_for(built), self.spec(built)
+        try:
+            app, spec = self.app_for(built), self.spec(built)
+        except ValueError as exc:  # its config vars are gone (ConfigVarsError)
+            raise SpawnError(str(exc)) from None
         if not app.command:
             raise SpawnError("no web process: [app] procfile has no web: line and [app] command is empty")
         problem = probe_problem(app)

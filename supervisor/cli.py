@@ -37,7 +37,7 @@ from . import config, configcli, demo, execute, memory, preflight
 from .client import ClientError, NotRunning, call
 from .configvars import ConfigVarsError
 from .config import ConfigError, Settings
-from .ops import logs
+from .ops import applog, logs
 from .process import child, reaper
 
 if TYPE_CHECKING:
@@ -94,10 +94,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="keep them for the next deploy instead of restarting the app with them now")
     pause = add("pause", "stop deploying pushes and polls (they are still verified and recorded)")
     pause.add_argument("--reason", default="paused by hand")
-    log_cmd = add("logs", "tail the app's output")
-    log_cmd.add_argument("-f", "--follow", action="store_true")
-    log_cmd.add_argument("-n", "--lines", type=int, default=50)
+    log_cmd = add("logs", "the app's output, kept on disk across restarts ([log] dir)")
+    log_cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    log_cmd.add_argument("-n", "--lines", type=int, default=50, help="how many of the newest lines (default 50)")
     log_cmd.add_argument("--process", metavar="NAME", help="only the output of this process type (web, worker...)")
+    log_cmd.add_argument("--since", metavar="WHEN", help="only lines after: 10m, 2h, 1d, or 2026-12-07 14:00")
+    log_cmd.add_argument("--release", metavar="ID", help="only the output of this release (an id or a commit)")
     add("demo-push", "demo: commit to the demo origin and send a signed webhook", json_flag=False)
     return parser
 
@@ -275,19 +277,29 @@ def _cmd_pause(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
-    since = 0.0
-    first = True
+    """The app's output from the running pushcd, or from [log] dir when it is not running (also in -f)."""
+    try:
+        since = applog.since_of(args.since, time.time()) if args.since else 0.0
+    except ValueError as exc:
+        raise ClientError(str(exc)) from None
+    limit = max(1, min(5000, args.lines))
     while True:
-        query = {"since": since, "limit": max(1, min(500, args.lines)) if first else 500, "process": args.process}
-        data = call(settings, "GET", "/logs?" + urllib.parse.urlencode({k: v for k, v in query.items() if v}))
-        for item in data["lines"]:
+        query = {"since": since, "limit": limit, "process": args.process, "release": args.release}
+        try:
+            lines = call(settings, "GET", "/logs?" + urllib.parse.urlencode({k: v for k, v in query.items() if v}))
+            lines = lines["lines"]
+        except NotRunning:
+            lines = [{"time": r["t"], "pid": r["pid"], "line": r["line"], "process": r["p"], "release": r["r"]}
+                     for r in applog.read(settings.log_dir, process=args.process, since=since,
+                                          release=args.release, limit=limit)]
+        for item in lines:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["time"]))
             print(json.dumps(item) if args.json else f"{when} {item['process']}[{item['pid']}] {item['line']}",
                   flush=True)
             since = max(since, item["time"])
-        first = False
         if not args.follow:
             return 0
+        limit = 5000
         time.sleep(1.0)  # polling interval of `logs -f`
 
 

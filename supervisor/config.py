@@ -177,7 +177,12 @@ class State(_Section):
 
 
 class Log(_Section):
-    format: Literal["text", "json"] = "text"
+    format: Literal["text", "json"] = "text"  # pushcd's own log lines (on stderr: the journal under systemd)
+    # The app's output, kept on disk (one file per process type and job, rotated): `pushcd logs`.
+    dir: str = ""  # default: [state] dir/logs
+    max_bytes: Count = 10_000_000  # a file is rotated past this
+    keep: Annotated[int, msgspec.Meta(ge=0)] = 5  # rotated files kept per process type
+    max_total: Count = 200_000_000  # all rotated files together; the oldest go first
 
 
 class Deploy(_Section):
@@ -416,6 +421,7 @@ class Settings:
     processes: dict[str, ProcSpec] = dataclasses.field(default_factory=dict)  # [processes.NAME], resolved
     notify_secrets: tuple[tuple[bytes | None, bytes | None], ...] = ()  # (signing secret, token) per [[notify]]
     name: str = ""  # the app's: [app] name, or the repository's (full_name's, or the work tree folder's)
+    log_dir: Path = Path("logs")  # [log] dir: the app's output on disk
 
     def __repr__(self) -> str:  # never print the secret
         return f"Settings(source={self.source!s}, repo={self.repo_path!s})"
@@ -662,6 +668,7 @@ def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
                              for i, n in enumerate(raw.notify)),
         processes=_processes(raw, repo_path),
         name=raw.app.name or (raw.repo.full_name or "").rpartition("/")[2] or repo_path.name,
+        log_dir=(base / raw.log.dir).resolve() if raw.log.dir else state_dir / "logs",
     )
     return settings
 

@@ -5,9 +5,10 @@ they may ask for. It reads the parts' state and changes none of it (an ask only 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from .configvars import masked
+from .ops.applog import AppLog, read as read_output
 from .deploy import Deployer
 from .health import Health
 from .git.thread import GitThread
@@ -22,7 +23,7 @@ class Console:
     """The control API's :class:`~supervisor.ops.control.Console`."""
 
     def __init__(self, deployer: Deployer, web: Web, git: GitThread, tree: WorkTree, history: History,
-                 metrics: Metrics, lines: Sequence[tuple[float, int, str, str]],
+                 metrics: Metrics, applog: AppLog,
                  about: Callable[[], dict[str, Any]], health: Health | None = None) -> None:
         self.deployer = deployer
         self.web = web
@@ -30,7 +31,7 @@ class Console:
         self.tree = tree
         self.history = history
         self.metrics = metrics
-        self.lines = lines  # the app's recent output: (time, pid, line, process type)
+        self.applog = applog  # the app's output, on disk
         self.about = about  # what only the supervisor knows: its URLs, uptime, last reload
         self.health = health
         self._described: dict[str, dict[str, str]] = {}
@@ -139,6 +140,12 @@ class Console:
 
     def configure(self, set_: dict[str, str], unset: list[str], restart: bool) -> "asyncio.Future[Any] | str":
         return self.deployer.request_config(set_, unset, restart)
+
+    async def output(self, process: str | None = None, since: float = 0.0, release: str | None = None,
+                     limit: int = 200) -> list[dict[str, Any]]:
+        """The app's output lines, newest ``limit``, read from disk in a thread (across restarts)."""
+        return await asyncio.to_thread(read_output, self.applog.dir, process=process, since=since, release=release,
+                                       limit=limit)
 
     def pause(self, reason: str) -> None:
         self.deployer.hold(reason)

@@ -22,7 +22,6 @@ import signal
 import socket
 import ssl
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,6 +46,7 @@ from .git.options import set_network_timeouts, use_known_hosts
 from .git.thread import GitThread
 from .git.tree import GitFailure, WorkTree, clone, describe_commit
 from .ops import control, controltoken
+from .ops.applog import AppLog
 from .ops.history import History
 from .ops.metrics import Metrics
 from .ops.notify import Notifier
@@ -65,7 +65,6 @@ from .webhook.delivery import GITEA, GITHUB, GITLAB, Verdict
 log = logging.getLogger("supervisor")
 
 RECEIVERS = {"github": GITHUB, "gitlab": GITLAB, "gitea": GITEA}
-LOG_LINES = 500  # the child's recent output, for /logs and the status page
 
 
 def sd_notify(state: str) -> None:
@@ -155,7 +154,12 @@ def build(settings: Settings) -> "Supervisor":
     history = History.open(settings.state_dir / "history.db", retention=raw.state.retention)
     # POSTs always need a token; reads too when the operator chose one ([control] token_env).
     token = settings.control_token or controltoken.ensure(settings.state_dir)
-    lines: deque[tuple[float, int, str, str]] = deque(maxlen=LOG_LINES)
+    try:
+        applog = AppLog(settings.log_dir, max_bytes=raw.log.max_bytes, keep=raw.log.keep,
+                        max_total=raw.log.max_total)
+    except OSError as exc:
+        os.close(owner)
+        raise StartupError(f"[log] dir: cannot use {settings.log_dir} ({exc.strerror or exc})") from None
     try:
         config_vars = ConfigVars(settings.state_dir / CONFIG_VARS)
     except ConfigVarsError as exc:
@@ -164,7 +168,7 @@ def build(settings: Settings) -> "Supervisor":
     guard = Guard()
     try:
         web = Web(settings.app, guard,
-                  on_line=lambda pid, line: lines.append((time.time(), pid, line, "web")),
+                  on_line=lambda child, line: applog.line("web", child.pid, child.release, line),
                   public=Listeners(settings.app.listen) if settings.app.listen else None,
                   config_vars=config_vars.values)
     except ListenError as exc:
@@ -177,7 +181,7 @@ def build(settings: Settings) -> "Supervisor":
     notifier = Notifier(raw.notify, metrics, full_name=raw.repo.full_name, link=raw.control.public_url,
                         secrets=settings.notify_secrets, app=settings.name,
                         describe=lambda sha: git.run(describe_commit, tree.repo, sha))
-    workers = Workers(guard, on_line=lambda name, pid, line: lines.append((time.time(), pid, line, name)),
+    workers = Workers(guard, on_line=lambda name, child, line: applog.line(name, child.pid, child.release, line),
                       env=lambda built, _spec: web.spec(built).env, unset=settings.app.unset)
     marks = Marks(history, history.bad_commits())
     preparation = Preparation(web, guard)
@@ -193,7 +197,7 @@ def build(settings: Settings) -> "Supervisor":
     armed.mkdir(exist_ok=True)
     return Supervisor(settings, tree=tree, owner=owner, recovered=recovered, history=history, control_token=token,
                       tls=tls,
-                      lines=lines, guard=guard, web=web, git=git, expected=expected, metrics=metrics,
+                      applog=applog, guard=guard, web=web, git=git, expected=expected, metrics=metrics,
                       deployer=deployer, notifier=notifier, armed=Armed(armed),
                       health=Health(web, raw.deploy.probation_failures, raw.deploy.probation_interval,
                                     probation=lambda: road.probation))
@@ -213,7 +217,7 @@ class Supervisor:
     """The wired parts (see :func:`build`) and what runs them; the control API sees its :class:`Console`."""
 
     def __init__(self, settings: Settings, *, tree: WorkTree, owner: int, recovered: str | None, history: History,
-                 control_token: bytes, tls: ssl.SSLContext | None, lines: deque[tuple[float, int, str, str]],
+                 control_token: bytes, tls: ssl.SSLContext | None, applog: AppLog,
                  guard: Guard, web: Web, git: GitThread, expected: Expected, metrics: Metrics,
                  deployer: Deployer, notifier: Notifier, armed: Armed, health: Health) -> None:
         self.settings = settings
@@ -223,7 +227,7 @@ class Supervisor:
         self.history = history
         self.control_token = control_token
         self.tls = tls
-        self.lines = lines
+        self.applog = applog
         self.guard = guard
         self.web = web
         self.git = git
@@ -249,7 +253,7 @@ class Supervisor:
         self.armed = armed
         self.webhook_port = 0
         self.control_port = 0
-        self.console = Console(deployer, web, git, tree, history, metrics, lines, about=self._about, health=health)
+        self.console = Console(deployer, web, git, tree, history, metrics, applog, about=self._about, health=health)
         metrics.watch(self.console.live_facts)  # last: the registry reads it once right away
 
     def _about(self) -> dict[str, Any]:
@@ -431,6 +435,7 @@ class Supervisor:
             await site.close()
         self.web.close()
         self.guard.close()
+        self.applog.close()  # after every child: their last lines are written
         # A git operation in flight (a fetch hanging on a dead remote) may delay the exit a little, not for
         # its whole timeout: what it leaves half-done, the journal repairs at the next start.
         if not await asyncio.get_running_loop().run_in_executor(None, self.git.close, GIT_CLOSE_WAIT):

@@ -36,10 +36,10 @@ async def test_same_kind_coalesces_and_every_waiter_hears_the_one_result() -> No
 
 async def test_precedence_is_the_declared_order_not_arrival() -> None:
     box = Mailbox()
-    for kind in (Kind.RESTART, Kind.RECOVER, Kind.DEPLOY, Kind.ROLLBACK):
+    for kind in (Kind.RESTART, Kind.RECOVER, Kind.CONFIG, Kind.DEPLOY, Kind.ROLLBACK):
         box.put(kind, kind.value)
-    taken = [(await box.take()).kind for _ in range(4)]
-    assert taken == [Kind.ROLLBACK, Kind.DEPLOY, Kind.RECOVER, Kind.RESTART] == list(Kind)
+    taken = [(await box.take()).kind for _ in range(5)]
+    assert taken == [Kind.ROLLBACK, Kind.DEPLOY, Kind.CONFIG, Kind.RECOVER, Kind.RESTART] == list(Kind)
 
 
 async def test_take_waits_for_a_put_made_while_it_waits() -> None:

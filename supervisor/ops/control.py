@@ -34,7 +34,7 @@ import time
 import ipaddress
 import logging
 import re
-from typing import Any, Awaitable, Callable, Collection, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Collection, Protocol
 
 from aiohttp import web
 
@@ -53,12 +53,15 @@ class Console(Protocol):
     """What the control API reads and asks of the supervisor; nothing else of it is reachable from here."""
 
     history: History
-    lines: Sequence[tuple[float, int, str, str]]  # the app's recent output: (time, pid, line, process type)
     metrics: Metrics
 
     async def status(self) -> dict[str, Any]: ...
 
     def releases_listing(self) -> list[dict[str, Any]]: ...
+
+    async def output(self, process: str | None = None, since: float = 0.0, release: str | None = None,
+                     limit: int = 200) -> list[dict[str, Any]]:
+        """The app's output, from disk: ``{"t", "pid", "p" (process type), "r" (release), "line"}``, oldest first."""
 
     def ask(self, what: str, arg: str | None = None, force: bool = False) -> "asyncio.Future[Any]":
         """A job for the worker: "deploy" (the tip, or ``arg``: a commit), "retry", "rollback" (to ``arg``;
@@ -223,10 +226,13 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
             since = float(request.query.get("since", "0") or 0)
         except ValueError:
             raise web.HTTPBadRequest(text="since must be a number (seconds since the epoch)") from None
-        process = request.query.get("process")
-        lines = [{"time": t, "pid": pid, "line": line, "process": name} for t, pid, line, name in sup.lines
-                 if t > since and (process is None or name == process)]
-        return web.json_response({"lines": lines[-(_int(request, "limit", 200, 1, 500) or 200):]})
+        process, release = request.query.get("process"), request.query.get("release")
+        for name, value in (("process", process), ("release", release)):
+            if value is not None and not PROCESS.fullmatch(value):
+                raise web.HTTPBadRequest(text=f"{name} must be a name (letters, digits, - and _)")
+        records = await sup.output(process, since, release, _int(request, "limit", 200, 1, 5000) or 200)
+        return web.json_response({"lines": [{"time": r["t"], "pid": r["pid"], "line": r["line"], "process": r["p"],
+                                             "release": r["r"]} for r in records]})
 
     async def act(request: web.Request, future: "asyncio.Future[Any]", what: str) -> web.Response:
         if request.query.get("wait") not in ("1", "true", "yes"):
@@ -305,7 +311,7 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
 
     async def get_page(_request: web.Request) -> web.Response:
         page = render_page(await sup.status(), sup.history.deploys(15), sup.history.deliveries(15),
-                           list(sup.lines)[-40:], page_token(token), logout=reads_need_token,
+                           await sup.output(limit=40), page_token(token), logout=reads_need_token,
                            config=sup.config_vars())
         return web.Response(text=page, content_type="text/html")
 

@@ -160,7 +160,7 @@ _LOGOUT = "<form method='post' action='/logout' id='logout-form'><button id='log
 
 
 def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_seen: list[dict[str, Any]],
-                lines_seen: list[tuple[float, int, str, str]], token: str, logout: bool = False,
+                lines_seen: list[dict[str, Any]], token: str, logout: bool = False,
                 config: dict[str, Any] | None = None) -> str:
     """The page from data alone; ``token`` is the page token its buttons send; ``logout``: a person logged in
     to read it (a token guards the page), so it offers to log out."""
@@ -184,7 +184,7 @@ def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_se
             f"<tr><td><span class='state {e(d['verdict'])}'>{e(d['verdict'])}</span></td>"
             f"<td>{e(d['event'] or '')}</td><td class='wide'><code>{e(ident[:36])}</code></td>"
             f"<td>{e(_ago(d['received_at']))}</td><td class='reason'>{e(d['reason'] or '')}</td></tr>")
-    lines = "\n".join(f"{name}[{pid}] {line}" for _, pid, line, name in lines_seen)
+    lines = "\n".join(f"{r['p']}[{r['pid']}] {r['line']}" for r in lines_seen)
     last = st["last_deploy"]
     last_html = (f"<span class='state {e(last['result'])}'>{e(last['result'])}</span> "
                  f"<span class='reason'>{e(last['reason'])}</span>") if last else "none yet"

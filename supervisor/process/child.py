@@ -111,11 +111,20 @@ def _preexec(parent: int, fds: Sequence[int]) -> Callable[[], None]:
     return run
 
 
+OnLine = Callable[["Child", str], None]  # a line of a child's output, as it arrives
+
+
 class Child:
     """A started process: ``wait()`` for it or ``stop()`` it; always reaped."""
 
+    @property
+    def release(self) -> str:
+        """What it runs, for its output lines: its release's id, or in place its commit."""
+        env = self.spec.env
+        return env.get("SUPERVISOR_RELEASE") or env.get("SUPERVISOR_COMMIT", "")[:12]
+
     def __init__(self, proc: asyncio.subprocess.Process, spec: Spec, label: str,
-                 on_line: Callable[[int, str], None] | None, guard: "Guard | None" = None,
+                 on_line: "OnLine | None", guard: "Guard | None" = None,
                  instance: str = "", sockets: frozenset[int] = frozenset()) -> None:
         self.proc = proc
         self.spec = spec
@@ -137,7 +146,7 @@ class Child:
     @classmethod
     async def start(cls, spec: Spec, *, fds: Sequence[int] = (), extra_env: Mapping[str, str] | None = None,
                     listen_pid: bool = True, label: str = "app", guard: "Guard | None" = None,
-                    on_line: Callable[[int, str], None] | None = None) -> "Child":
+                    on_line: "OnLine | None" = None) -> "Child":
         """Start ``spec``; ``fds`` become fd 3, 4, ... with ``LISTEN_FDS`` set.
 
         ``listen_pid`` sets ``LISTEN_PID`` to the child's own pid (socket
@@ -194,7 +203,7 @@ class Child:
                 self.telling = line.strip()
             log.info("%s[%d] %s", self.label, self.pid, line)
             if self._on_line:
-                self._on_line(self.pid, line)
+                self._on_line(self, line)
 
     @property
     def returncode(self) -> int | None:

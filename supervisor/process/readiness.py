@@ -32,7 +32,7 @@ from typing import Callable, Mapping, Sequence
 import aiohttp
 
 from ..failure import Failure
-from .child import Child, Spec, describe_exit
+from .child import Child, OnLine, Spec, describe_exit
 from .guard import Guard
 
 
@@ -81,7 +81,7 @@ class Gate:
 
 async def start_ready(spec: Spec, gate: Gate | None, *, where: str = "", fds: Sequence[int] = (),
                       extra_env: Mapping[str, str] | None = None, listen_pid: bool = True, label: str = "app",
-                      guard: Guard | None = None, on_line: Callable[[int, str], None] | None = None,
+                      guard: Guard | None = None, on_line: OnLine | None = None,
                       started: Callable[[Child], None] | None = None) -> Child | Failure:
     """Start one process and, with a ``gate``, wait until it is ready: the web process and every instance of a
     process type start so. The child, or why it is not ready (then it is stopped and reaped; a cancel stops

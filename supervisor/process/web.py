@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 from ..built import Built
 from ..config import AppSpec, probe_problem
 from ..failure import Failure
-from .child import Child, Spec, describe_exit
+from .child import Child, OnLine, Spec, describe_exit
 from .guard import Guard
 from .listener import Listeners
 from .procfile import held_socket
@@ -76,7 +76,7 @@ class Web:
     """Owns the public sockets and the live release; one swap at a time."""
 
     def __init__(self, app: AppSpec, guard: Guard | None = None,
-                 on_line: Callable[[int, str], None] | None = None, public: Listeners | None = None,
+                 on_line: OnLine | None = None, public: Listeners | None = None,
                  config_vars: Callable[[str], Mapping[str, str]] | None = None) -> None:
         self.app = app  # replaced whole on SIGHUP; read at each start
         self.config_vars = config_vars or (lambda _name: {})  # a release's config vars, by their digest

@@ -64,7 +64,7 @@ def process_facts(name: str, index: int, child: Child, built: Built, restarts: i
 class Workers:
     """Owns every instance of every process type; one change at a time (:attr:`_lock`)."""
 
-    def __init__(self, guard: Guard | None = None, on_line: Callable[[int, str, str], None] | None = None,
+    def __init__(self, guard: Guard | None = None, on_line: Callable[[str, Child, str], None] | None = None,
                  env: Callable[[Built, ProcSpec], Mapping[str, str]] | None = None,
                  unset: frozenset[str] = frozenset()) -> None:
         self.guard = guard
@@ -95,7 +95,7 @@ class Workers:
             started = await start_ready(
                 child_spec, Gate(ready.min_uptime, ready.timeout, ready.notify) if gate else None,
                 where=f"{spec.name}[{index}] of {built.commit[:12]}", label=label, guard=self.guard,
-                on_line=(lambda pid, line: self.on_line(label, pid, line)) if self.on_line else None)
+                on_line=(lambda child, line: self.on_line(label, child, line)) if self.on_line else None)
         except OSError as exc:
             return None, Failure(f"cannot start {spec.command[0]}: {exc.strerror or exc}", where=spec.name)
         if isinstance(started, Failure):

@@ -12,6 +12,7 @@
     logs       the app's recent output, with times (-f to follow)
     exec       run a command in the live release, as its processes see it (pushcd exec -- CMD ...)
     config     config vars: list, set KEY=VALUE, unset KEY, import .env (a change is a release, gated)
+    jobs       scheduled jobs: next run, last result; jobs run NAME runs one now
 
 The client commands find the control API through the same config file.
 User errors (config, ports, work tree) print one line and exit 2; no traceback.
@@ -100,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     log_cmd.add_argument("--process", metavar="NAME", help="only the output of this process type (web, worker...)")
     log_cmd.add_argument("--since", metavar="WHEN", help="only lines after: 10m, 2h, 1d, or 2026-12-07 14:00")
     log_cmd.add_argument("--release", metavar="ID", help="only the output of this release (an id or a commit)")
+    jobs = add("jobs", "the scheduled jobs ([jobs.NAME]): next run, last result; `jobs run NAME` runs one now")
+    jobs.add_argument("action", nargs="?", choices=["list", "run"], default="list")
+    jobs.add_argument("name", nargs="?", help="the job to run now")
     add("demo-push", "demo: commit to the demo origin and send a signed webhook", json_flag=False)
     return parser
 
@@ -269,6 +273,31 @@ def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    """List the scheduled jobs, or run one now and wait for its end (exit 0 when it ended well)."""
+    if args.action == "run":
+        if not args.name:
+            raise ClientError("pushcd jobs run: give the job's name (`pushcd jobs` lists them)")
+        run = call(settings, "POST", "/jobs/run?" + urllib.parse.urlencode({"name": args.name, "wait": "1"}),
+                   timeout=960)["run"]
+        print(json.dumps(run, indent=2) if args.json else f"{run['result'] or 'running'}: {run['reason']}"
+              + (f"\n{run['output_tail']}" if run.get("output_tail") else ""))
+        return 0 if run["result"] == "ok" else 1
+    data = call(settings, "GET", "/jobs")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    rows = []
+    for job in data["jobs"]:
+        last = job["last"] or {}
+        state = "running" if job["running"] else f"{last.get('result', '-')} {_when(last['ended_at'])}" if last \
+            else "never ran"
+        rows.append(f"{job['name']:<16} {job['schedule']:<16} {_when(job['next_run']) if job['next_run'] else '-':<20} "
+                    f"{state:<28} {last.get('reason') or ''}")
+    _table(f"{'job':<16} {'schedule':<16} {'next run':<20} {'last':<28} reason", rows, "(no [jobs.NAME] configured)")
+    return 0
+
+
 def _cmd_pause(args: argparse.Namespace, settings: Settings) -> int:
     data = call(settings, "POST", "/pause?" + urllib.parse.urlencode({"reason": args.reason}))
     print(json.dumps(data, indent=2) if args.json else f"paused: {data['paused']['reason']}; pushes are recorded, "
@@ -420,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     clients = {"status": _cmd_status, "history": _cmd_history, "deploy": _cmd_act, "rollback": _cmd_act,
                "releases": _cmd_releases, "restart": _cmd_act, "resume": _cmd_act, "pause": _cmd_pause,
-               "logs": _cmd_logs, "config": _cmd_config}
+               "logs": _cmd_logs, "config": _cmd_config, "jobs": _cmd_jobs}
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "check":

@@ -28,11 +28,15 @@ import re
 import signal
 import tomllib
 import urllib.parse
+import zoneinfo
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
+
+from .commandline import argv_of
 
 
 class ConfigError(Exception):
@@ -156,7 +160,7 @@ class Control(_Section):
 
 
 EVENTS = ("deploy_ok", "deploy_failed", "rolled_back", "restarted", "restart_failed", "crashed", "unhealthy", "paused",
-          "resumed")
+          "resumed", "job_failed")
 QUIET_EVENTS = ("deploy_ok", "restarted")  # successes: sent only when asked for
 
 
@@ -209,6 +213,21 @@ class Release(_Section):
     build_timeout: Seconds = 900.0  # seconds an environment's install may take
 
 
+class Job(_Section):
+    """[jobs.NAME]: a command run on a schedule, in the release live at that moment."""
+
+    schedule: str  # cron: "*/15 * * * *" (or six fields, the first the second)
+    command: list[str] | str  # an argv, or a shell line (run as a Procfile line is)
+    cwd: str = "."
+    env: dict[str, str] = {}
+    timeout: Seconds = 3600.0  # a run is stopped past this
+    stop_signal: str = "SIGTERM"
+    stop_timeout: Seconds = 10.0
+    concurrency: Literal["skip", "queue"] = "skip"  # a run due while the last one runs: skipped (recorded), or next
+    catch_up: bool = False  # a run missed while pushcd was down runs once at start
+    timezone: str = "UTC"  # the schedule's clock
+
+
 class Demo(_Section):
     # When true and repo.path does not exist, `run` creates the bundled demo:
     # a local bare origin seeded from examples/app and a clone of it.
@@ -230,6 +249,7 @@ class Config(_Section):
     log: Log = msgspec.field(default_factory=Log)
     notify: list[Notify] = []
     processes: dict[str, Process] = {}
+    jobs: dict[str, Job] = {}
 
 
 @dataclass(frozen=True)
@@ -329,6 +349,53 @@ def probe_problem(app: AppSpec) -> str | None:
 
 
 @dataclass(frozen=True)
+class JobSpec:
+    """A scheduled job, resolved: its schedule checked, its command an argv, its clock a time zone."""
+
+    name: str
+    schedule: str
+    argv: tuple[str, ...]
+    subdir: str
+    env: dict[str, str]
+    timeout: float
+    stop_signal: signal.Signals
+    stop_timeout: float
+    concurrency: str
+    catch_up: bool
+    tz: tzinfo
+
+
+def _jobs(raw: Config, repo_path: Path) -> dict[str, JobSpec]:
+    from cronsim import CronSim, CronSimError  # only a config with jobs needs it
+
+    out = {}
+    for name, job in raw.jobs.items():
+        key = f"[jobs.{name}]"
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", name):
+            raise ConfigError(f"{key}: a job's name is letters, digits, - and _")
+        try:
+            tz = zoneinfo.ZoneInfo(job.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f'{key} timezone = "{job.timezone}" is not a time zone; use e.g. "UTC" or '
+                              f'"Europe/Paris"') from None
+        try:
+            CronSim(job.schedule, datetime.now(tz))
+        except CronSimError as exc:
+            raise ConfigError(f'{key} schedule = "{job.schedule}": {exc}; write cron\'s five fields, e.g. '
+                              f'"*/15 * * * *"') from None
+        try:
+            argv = argv_of(job.command) if isinstance(job.command, str) else list(job.command)
+        except ValueError as exc:
+            raise ConfigError(f"{key} command: {exc}") from None
+        if not argv:
+            raise ConfigError(f"{key} command is empty")
+        subdir = str(_folder_in(repo_path, job.cwd, key).relative_to(repo_path))
+        out[name] = JobSpec(name, job.schedule, tuple(argv), subdir, dict(job.env), job.timeout,
+                            _signal(job.stop_signal, key), job.stop_timeout, job.concurrency, job.catch_up, tz)
+    return out
+
+
+@dataclass(frozen=True)
 class ProcSpec:
     """A process type as the config file describes it ([processes.NAME]); the command may come from a Procfile."""
 
@@ -419,6 +486,7 @@ class Settings:
     hooks: tuple[tuple[str, str, bytes], ...] = ()  # (kind, path, secret) per receiver
     auth: GitAuth = GitAuth()
     processes: dict[str, ProcSpec] = dataclasses.field(default_factory=dict)  # [processes.NAME], resolved
+    jobs: dict[str, JobSpec] = dataclasses.field(default_factory=dict)  # [jobs.NAME], resolved
     notify_secrets: tuple[tuple[bytes | None, bytes | None], ...] = ()  # (signing secret, token) per [[notify]]
     name: str = ""  # the app's: [app] name, or the repository's (full_name's, or the work tree folder's)
     log_dir: Path = Path("logs")  # [log] dir: the app's output on disk
@@ -667,6 +735,7 @@ def resolve(source: Path, raw: Config, *, secret: bool = True) -> Settings:
         notify_secrets=tuple(_notify_secrets(n, f"[[notify]] #{i + 1}", base) if secret else (None, None)
                              for i, n in enumerate(raw.notify)),
         processes=_processes(raw, repo_path),
+        jobs=_jobs(raw, repo_path),
         name=raw.app.name or (raw.repo.full_name or "").rpartition("/")[2] or repo_path.name,
         log_dir=(base / raw.log.dir).resolve() if raw.log.dir else state_dir / "logs",
     )

@@ -5,11 +5,13 @@ they may ask for. It reads the parts' state and changes none of it (an ask only 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from typing import Any, Callable
 
 from .configvars import masked
 from .ops.applog import AppLog, read as read_output
 from .deploy import Deployer
+from .schedule import Scheduler
 from .health import Health
 from .git.thread import GitThread
 from .git.tree import WorkTree, describe_commit
@@ -24,7 +26,8 @@ class Console:
 
     def __init__(self, deployer: Deployer, web: Web, git: GitThread, tree: WorkTree, history: History,
                  metrics: Metrics, applog: AppLog,
-                 about: Callable[[], dict[str, Any]], health: Health | None = None) -> None:
+                 about: Callable[[], dict[str, Any]], health: Health | None = None,
+                 scheduler: Scheduler | None = None) -> None:
         self.deployer = deployer
         self.web = web
         self.git = git
@@ -34,6 +37,7 @@ class Console:
         self.applog = applog  # the app's output, on disk
         self.about = about  # what only the supervisor knows: its URLs, uptime, last reload
         self.health = health
+        self.scheduler = scheduler
         self._described: dict[str, dict[str, str]] = {}
 
     async def describe(self, sha: str) -> dict[str, str]:
@@ -146,6 +150,16 @@ class Console:
         """The app's output lines, newest ``limit``, read from disk in a thread (across restarts)."""
         return await asyncio.to_thread(read_output, self.applog.dir, process=process, since=since, release=release,
                                        limit=limit)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """The scheduled jobs: schedule, next run, the run under way, the last one."""
+        return self.scheduler.listing() if self.scheduler else []
+
+    async def run_job(self, name: str, wait: float) -> dict[str, Any] | None:
+        """A run of job ``name`` now (None: no such job); with ``wait``, as it ended."""
+        if self.scheduler is None or name not in self.scheduler.jobs:
+            return None
+        return asdict(await self.scheduler.run_now(name, wait))
 
     def pause(self, reason: str) -> None:
         self.deployer.hold(reason)

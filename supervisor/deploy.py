@@ -1,7 +1,7 @@
 """The deploy worker: one job at a time, taken from one mailbox, dispatched to its handler.
 
 Everything that changes the tree or the live release is a job in the
-:class:`~supervisor.jobs.Mailbox` (webhook and manual deploys, rollbacks,
+:class:`~supervisor.mailbox.Mailbox` (webhook and manual deploys, rollbacks,
 watched file changes, crash recovery), and :meth:`Deployer.run` is its only
 consumer: it takes the most urgent job and calls ``handle_<kind>``. So no two
 jobs ever interleave, no request is lost, and any number of requests that
@@ -27,7 +27,7 @@ from .deploys import ConfigChange, Deploys, RollbackTo
 from .failure import Failure
 from .git.thread import GitThread
 from .git.tree import WorkTree
-from .jobs import Job, Kind, Mailbox
+from .mailbox import Kind, Mailbox, Request
 from .marks import Marks
 from .moves import Moves
 from .ops.record import LastDeploy, Recorder
@@ -212,7 +212,7 @@ class Deployer:
         finally:
             self.mailbox.close()  # shutting down: whoever still waits hears "nothing done"
 
-    async def _one(self, job: Job) -> None:
+    async def _one(self, job: Request) -> None:
         handler = getattr(self, f"handle_{job.kind.value}")
         self._busy = job.kind
         result: Result = None

@@ -19,7 +19,7 @@ from .configvars import ConfigVarsError
 from .releases.builder import BuildFailed
 from .failure import Failure
 from .git.tree import Facts, FetchError, GitFailure
-from .jobs import Kind, Mailbox
+from .mailbox import Kind, Mailbox
 from .ops.record import LastDeploy, Phases
 from .pause import Pause
 from .plan import plan

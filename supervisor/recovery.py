@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 
 from .backoff import Backoff
 from .built import Built
-from .jobs import Kind, Mailbox
+from .mailbox import Kind, Mailbox
 from .ops.record import Phases
 from .failure import Failure
 from .process.child import describe_exit

@@ -63,6 +63,7 @@ class Road:
         self.processes = dict(processes or {})  # [processes.NAME]; replaced whole on SIGHUP
         self.probation = probation
         self.current: Built | None = None
+        self.in_use: Callable[[], list[Built]] = lambda: []  # releases something still runs in (a scheduled job)
         self._promotion: asyncio.TimerHandle | None = None
 
     async def go(self, attempt: Attempt, phases: Phases, undo: Undo | None = None) -> Failure | None:
@@ -144,7 +145,7 @@ class Road:
         self.current = built
         if self.history and not built.dirty:  # a rollback goes to commits, never to a hand edit
             self.history.record_release(built.commit, built.config)
-        self.builder.went_live(built, [self.previous_release()])
+        self.builder.went_live(built, [self.previous_release(), *self.in_use()])
         good = not probation or self.probation <= 0
         self.ledger.went_live(Ref.of(built), good=good)
         if self._promotion is not None:

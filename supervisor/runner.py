@@ -35,12 +35,13 @@ from .console import Console
 from .deploy import Deployer
 from .failure import Failure
 from .health import Health
-from .jobs import Kind
+from .mailbox import Kind
 from .ledger import Ledger
 from .marks import Marks
 from .moves import Moves
 from .prepare import Preparation
 from .road import Road
+from .schedule import Scheduler
 from .git.journal import Journal
 from .git.options import set_network_timeouts, use_known_hosts
 from .git.thread import GitThread
@@ -193,12 +194,15 @@ def build(settings: Settings) -> "Supervisor":
     deployer = Deployer(tree, git, road, Moves(tree, git, expected), Recorder(history, metrics, notifier.send),
                         on_diverge=raw.repo.on_diverge, pause=Pause.load(settings.state_dir / "paused.json"),
                         marks=marks, config_vars=config_vars)
+    scheduler = Scheduler(settings.jobs, web, lambda: road.current, guard=guard, applog=applog, history=history,
+                          metrics=metrics, notify=notifier.send)
+    road.in_use = scheduler.in_use  # a release a job runs in is not pruned under it
     armed = settings.state_dir / "watch-armed"
     armed.mkdir(exist_ok=True)
     return Supervisor(settings, tree=tree, owner=owner, recovered=recovered, history=history, control_token=token,
                       tls=tls,
                       applog=applog, guard=guard, web=web, git=git, expected=expected, metrics=metrics,
-                      deployer=deployer, notifier=notifier, armed=Armed(armed),
+                      deployer=deployer, notifier=notifier, armed=Armed(armed), scheduler=scheduler,
                       health=Health(web, raw.deploy.probation_failures, raw.deploy.probation_interval,
                                     probation=lambda: road.probation))
 
@@ -219,7 +223,7 @@ class Supervisor:
     def __init__(self, settings: Settings, *, tree: WorkTree, owner: int, recovered: str | None, history: History,
                  control_token: bytes, tls: ssl.SSLContext | None, applog: AppLog,
                  guard: Guard, web: Web, git: GitThread, expected: Expected, metrics: Metrics,
-                 deployer: Deployer, notifier: Notifier, armed: Armed, health: Health) -> None:
+                 deployer: Deployer, notifier: Notifier, armed: Armed, health: Health, scheduler: Scheduler) -> None:
         self.settings = settings
         self.tree = tree
         self.owner = owner  # the lock that makes this the one pushcd of the work tree
@@ -236,6 +240,7 @@ class Supervisor:
         self.deployer = deployer
         self.notifier = notifier
         self.health = health
+        self.scheduler = scheduler
         health.unhealthy = lambda why: deployer.mailbox.put(Kind.RECOVER, "unhealthy", arg=why)
         health.report = self._health_changed
         raw = settings.raw
@@ -253,7 +258,8 @@ class Supervisor:
         self.armed = armed
         self.webhook_port = 0
         self.control_port = 0
-        self.console = Console(deployer, web, git, tree, history, metrics, applog, about=self._about, health=health)
+        self.console = Console(deployer, web, git, tree, history, metrics, applog, about=self._about, health=health,
+                               scheduler=scheduler)
         metrics.watch(self.console.live_facts)  # last: the registry reads it once right away
 
     def _about(self) -> dict[str, Any]:
@@ -321,6 +327,7 @@ class Supervisor:
         self._tasks.append(asyncio.create_task(self._reap(), name="reap"))
         self._tasks.append(asyncio.create_task(self.notifier.run(), name="notify"))
         self._tasks.append(asyncio.create_task(self.health.run(), name="health"))
+        self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
         if raw.watch.enabled:
             await self.armed.wait()  # ready means: a file written from now on restarts the app
 
@@ -402,6 +409,7 @@ class Supervisor:
         d = self.deployer
         d.on_diverge, d.road.probation, d.road.processes = raw.repo.on_diverge, raw.deploy.probation, new.processes
         self.health.failures, self.health.interval = raw.deploy.probation_failures, raw.deploy.probation_interval
+        self.scheduler.configure(new.jobs)
         d.road.preparation.configure(raw.deploy.before_restart, raw.deploy.before_restart_timeout,
                                      raw.deploy.release_command, raw.deploy.release_timeout)
         self.history.retention = raw.state.retention
@@ -428,6 +436,7 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.deployer.road.close()
+        await self.scheduler.stop()
         await self.web.stop()
         await self.deployer.workers.stop()
         await reaper.stop(reaper.adopted(), self.settings.raw.app.stop_timeout, "the app left behind, at shutdown")

@@ -18,9 +18,9 @@ CHATTY_WORKER = "import os, time\nprint('worker of', os.environ['SUPERVISOR_COMM
 def test_rotation_keeps_every_cap(tmp_path: Path) -> None:
     where = tmp_path / "logs"
     log = AppLog(where, max_bytes=2_000, keep=3, max_total=5_000)
+    log.line("../etc/passwd", 1, "r1", "a process name is never a path")
     for n in range(3_000):
         log.line("web" if n % 2 else "worker", 1, "r1", f"line {n} " + "x" * 40)
-    log.line("../etc/passwd", 1, "r1", "a process name is never a path")
     log.close()
     files = {p.name: p.stat().st_size for p in where.iterdir()}
     assert all(size < 2_000 + 200 for size in files.values()), files  # one line past max_bytes at most

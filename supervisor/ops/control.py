@@ -2,6 +2,7 @@
 
 ``GET /status``, ``GET /history``, ``GET /logs``, ``GET /releases``, ``POST /deploy``, ``POST /rollback``,
 ``GET /config`` and ``POST /config`` (config vars; reading them always needs the credential),
+``GET /jobs`` and ``POST /jobs/run?name=NAME`` (scheduled jobs),
 ``GET /metrics`` (Prometheus text) and ``GET /`` (an HTML page that refreshes
 itself).
 
@@ -47,6 +48,7 @@ log = logging.getLogger("supervisor.control")
 WAIT_LIMIT = 900.0  # POST /deploy?wait=1 answers within this, finished or not
 COMMIT = re.compile(r"[0-9a-fA-F]{4,40}")
 PROCESS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+OUTPUT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,80}")  # whose output: a process type, job.NAME, a release
 
 
 class Console(Protocol):
@@ -70,6 +72,11 @@ class Console(Protocol):
     def pause(self, reason: str) -> None: ...
 
     def config_vars(self, show: bool = False) -> dict[str, Any]: ...
+
+    def jobs(self) -> list[dict[str, Any]]: ...
+
+    async def run_job(self, name: str, wait: float) -> dict[str, Any] | None:
+        """A run of scheduled job ``name`` now; None when there is no such job."""
 
     def configure(self, set_: dict[str, str], unset: list[str], restart: bool) -> "asyncio.Future[Any] | str":
         """New config vars (ConfigVarsError, a ValueError, for a wrong key): with ``restart`` a job that puts
@@ -228,8 +235,8 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
             raise web.HTTPBadRequest(text="since must be a number (seconds since the epoch)") from None
         process, release = request.query.get("process"), request.query.get("release")
         for name, value in (("process", process), ("release", release)):
-            if value is not None and not PROCESS.fullmatch(value):
-                raise web.HTTPBadRequest(text=f"{name} must be a name (letters, digits, - and _)")
+            if value is not None and not OUTPUT.fullmatch(value):
+                raise web.HTTPBadRequest(text=f"{name} must be a name (letters, digits, ., - and _)")
         records = await sup.output(process, since, release, _int(request, "limit", 200, 1, 5000) or 200)
         return web.json_response({"lines": [{"time": r["t"], "pid": r["pid"], "line": r["line"], "process": r["p"],
                                              "release": r["r"]} for r in records]})
@@ -305,6 +312,20 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
             return web.json_response({"config": outcome, "applied": "at the next deploy"})
         return await act(request, outcome, "config")
 
+    async def get_jobs(request: web.Request) -> web.Response:
+        return web.json_response({"jobs": sup.jobs(),
+                                  "runs": sup.history.job_runs(request.query.get("job"),
+                                                               _int(request, "limit", 20) or 20)})
+
+    async def post_job_run(request: web.Request) -> web.Response:
+        name = request.query.get("name", "")
+        if not PROCESS.fullmatch(name):
+            raise web.HTTPBadRequest(text="name must be a job's name (letters, digits, - and _)")
+        run = await sup.run_job(name, WAIT_LIMIT if _flag(request, "wait") else 0)
+        if run is None:
+            return web.json_response({"error": f"no job {name}; `pushcd jobs` lists them"}, status=404)
+        return web.json_response({"run": run})
+
     async def get_metrics(_request: web.Request) -> web.Response:
         await sup.status()  # reads the deployed commit's message (in the git thread) for the info metric
         return web.Response(body=sup.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
@@ -312,7 +333,7 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
     async def get_page(_request: web.Request) -> web.Response:
         page = render_page(await sup.status(), sup.history.deploys(15), sup.history.deliveries(15),
                            await sup.output(limit=40), page_token(token), logout=reads_need_token,
-                           config=sup.config_vars())
+                           config=sup.config_vars(), jobs=sup.jobs())
         return web.Response(text=page, content_type="text/html")
 
     async def get_login(request: web.Request, problem: str = "") -> web.Response:
@@ -352,6 +373,8 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
         web.post("/restart", post_restart),
         web.post("/pause", post_pause),
         web.get("/config", get_config),
+        web.get("/jobs", get_jobs),
+        web.post("/jobs/run", post_job_run),
         web.post("/config", post_config),
         web.post("/resume", post_resume),
         web.get("/metrics", get_metrics),

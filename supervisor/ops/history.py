@@ -65,6 +65,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE releases_4 RENAME TO releases;
     ALTER TABLE deploys ADD COLUMN config TEXT NOT NULL DEFAULT '';
     """,
+    # 5: every run of a scheduled job (skipped ones too: nothing a schedule decides is silent).
+    """
+    CREATE TABLE job_runs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, trigger TEXT NOT NULL, scheduled_at REAL NOT NULL,
+        started_at REAL, ended_at REAL NOT NULL, result TEXT NOT NULL, exit_code INTEGER, release TEXT,
+        commit_sha TEXT, reason TEXT, output_tail TEXT);
+    CREATE INDEX job_runs_job ON job_runs (job, seq);
+    """,
 ]
 
 
@@ -139,7 +147,7 @@ class History:
                     self.db.execute("ROLLBACK")
                 raise
 
-    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+    def _write(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> None:
         try:
             self.db.execute(sql, params)
         except sqlite3.Error as exc:
@@ -225,8 +233,29 @@ class History:
         for row in self.db.execute("SELECT sha, config FROM releases ORDER BY live_at DESC LIMIT 1000"):
             yield row["sha"], row["config"]
 
+    def record_job_run(self, run: dict[str, Any]) -> None:
+        """One run of a scheduled job (see :class:`supervisor.schedule.JobRun`), ended or skipped."""
+        self._write("INSERT INTO job_runs (job, trigger, scheduled_at, started_at, ended_at, result, exit_code, release,"
+                    " commit_sha, reason, output_tail) VALUES (:job, :trigger, :scheduled_at, :started_at, :ended_at,"
+                    " :result, :exit_code, :release, :commit_sha, :reason, :output_tail)", run)
+
+    def job_runs(self, job: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM job_runs" + (" WHERE job = ?" if job else "") + " ORDER BY seq DESC LIMIT ?"
+        return [dict(r) for r in self.db.execute(sql, ((job, limit) if job else (limit,)))]
+
+    def last_job_runs(self) -> dict[str, dict[str, Any]]:
+        """Each job's newest run, and (``last_success``) when one last ended well."""
+        out: dict[str, dict[str, Any]] = {}
+        for row in self.db.execute("SELECT * FROM job_runs WHERE seq IN (SELECT MAX(seq) FROM job_runs GROUP BY job)"):
+            out[row["job"]] = dict(row)
+        for row in self.db.execute("SELECT job, MAX(ended_at) AS t FROM job_runs WHERE result = 'ok' GROUP BY job"):
+            out.setdefault(row["job"], {})["last_success"] = row["t"]
+        return out
+
     def prune(self) -> None:
         try:
+            self.db.execute("DELETE FROM job_runs WHERE seq <= (SELECT seq FROM job_runs ORDER BY seq DESC "
+                            "LIMIT 1 OFFSET ?)", (self.retention * 10,))
             self.db.execute("DELETE FROM deploys WHERE seq <= (SELECT seq FROM deploys ORDER BY seq DESC "
                             "LIMIT 1 OFFSET ?)", (self.retention,))
             self.db.execute("DELETE FROM deliveries WHERE received_at <= (SELECT received_at FROM deliveries "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -73,6 +73,10 @@ class Metrics:
                                "start)", ["result", "kind"], registry=self.registry)
         self.notifications = Counter("supervisor_notifications", "notifications by receiver kind and result",
                                      ["kind", "result"], registry=self.registry)
+        self.job_runs = Counter("supervisor_job_runs", "scheduled job runs by job and result (ok, failed, timeout, "
+                                "skipped, stopped)", ["job", "result"], registry=self.registry)
+        self.job_last_success = Gauge("supervisor_job_last_success_timestamp_seconds",
+                                      "when each scheduled job last ended well", ["job"], registry=self.registry)
         self.deploy_duration = Histogram(
             "supervisor_deploy_duration_seconds", "time from fetch to the new release live (or refused/failed)",
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=self.registry)

@@ -58,6 +58,7 @@ async function act(button) {
     const r = await fetch(button.dataset.act, {method: 'POST', headers, body: button.dataset.body});
     const b = await r.json().catch(() => ({}));
     out.textContent = button.textContent + ': ' + (b.result ? b.result.result + ': ' + b.result.reason
+      : b.run ? (b.run.result || 'running') + ': ' + b.run.reason
       : b.note || b.error || (b.paused ? 'paused (' + b.paused.reason + ')' : 'answered ' + r.status));
   } catch (err) {
     out.textContent = button.textContent + ': ' + err;
@@ -115,6 +116,25 @@ def _button(label: str, path: str, ask: str, ident: str = "", body: Any = None) 
     return f"<button{id_attr} data-act='{e(path)}' data-ask='{e(ask)}'{body_attr}>{e(label)}</button>"
 
 
+def _jobs(jobs: list[dict[str, Any]]) -> str:
+    """The scheduled jobs: schedule, next run, the last run's result, and a button to run one now."""
+    if not jobs:
+        return ""
+    e = html.escape
+    rows = []
+    for job in jobs:
+        last = job["last"] or {}
+        state = ("running" if job["running"] else last.get("result", "never ran"))
+        when = _ago(last["ended_at"]) if last.get("ended_at") else ""
+        rows.append(f"<tr><td><code>{e(job['name'])}</code></td><td><code>{e(job['schedule'])}</code></td>"
+                    f"<td><span class='state {e(state)}'>{e(state)}</span> {e(when)}</td>"
+                    f"<td class='reason'>{e(last.get('reason') or '')}</td><td>"
+                    + _button("run now", f"/jobs/run?name={job['name']}&wait=1", f"Run {job['name']} now?")
+                    + "</td></tr>")
+    return (f"<h2>Jobs</h2>\n<div class='card'><table id='jobs'><tr><th>job</th><th>schedule</th><th>last run</th>"
+            f"<th>reason</th><th></th></tr>{''.join(rows)}</table></div>")
+
+
 def _config_vars(config: dict[str, Any] | None) -> str:
     """The config vars, masked, each with a button to remove it, and a form to set one (each a release)."""
     if config is None:
@@ -161,7 +181,7 @@ _LOGOUT = "<form method='post' action='/logout' id='logout-form'><button id='log
 
 def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_seen: list[dict[str, Any]],
                 lines_seen: list[dict[str, Any]], token: str, logout: bool = False,
-                config: dict[str, Any] | None = None) -> str:
+                config: dict[str, Any] | None = None, jobs: list[dict[str, Any]] | None = None) -> str:
     """The page from data alone; ``token`` is the page token its buttons send; ``logout``: a person logged in
     to read it (a token guards the page), so it offers to log out."""
     e = html.escape
@@ -222,6 +242,7 @@ def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_se
           "restart")}
  {pause}<span id="result"></span>
 </div>
+{_jobs(jobs or [])}
 {_config_vars(config)}
 <h2>Deploys</h2>
 <div class="card">{chart(deploys)}

@@ -21,7 +21,8 @@ supervisor.process.procfile.ProcfileError: Procfile line 1: "web gunicorn" is no
 from __future__ import annotations
 
 import re
-import shlex
+
+from ..commandline import argv_of
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
@@ -43,24 +44,10 @@ def parse(text: str, where: str = "Procfile") -> dict[str, list[str]]:
         if name in out:
             raise ProcfileError(f"{where} line {number}: {name} is declared twice")
         try:
-            argv = shlex.split(command)
-            tokens = list(shlex.shlex(command, posix=True, punctuation_chars=True))
+            out[name] = argv_of(command)
         except ValueError as exc:
             raise ProcfileError(f"{where} line {number}: {exc} in the command of {name}") from None
-        if not argv:
-            raise ProcfileError(f"{where} line {number}: {name} has no command")
-        command = command.strip()
-        if any(t in SEVERAL for t in tokens):
-            argv = ["/bin/sh", "-c", command]
-        elif any(t in SHELL for t in tokens) or SUBSTITUTION.search(command):
-            argv = ["/bin/sh", "-c", f"exec {command}"]
-        out[name] = argv
     return out
-
-
-SEVERAL = {"&&", "||", ";", "|", "&"}  # more than one command: the shell stays, and the group stop reaches all
-SHELL = {"<", ">", ">>", "(", ")"}
-SUBSTITUTION = re.compile(r"\$[{(A-Za-z_]|`")  # $PORT, ${PORT}, $(...), `...`
 
 
 def held_socket(argv: list[str]) -> list[str]:

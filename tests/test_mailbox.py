@@ -12,7 +12,7 @@ import pytest
 
 from supervisor.releases.builder import Built, InPlace
 from supervisor.deploy import Deployer, State
-from supervisor.jobs import Kind, Mailbox
+from supervisor.mailbox import Kind, Mailbox
 from supervisor.ledger import Ledger
 from supervisor.marks import Marks
 from supervisor.ops.record import LastDeploy, Recorder

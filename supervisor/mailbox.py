@@ -40,7 +40,7 @@ from typing import Any
 
 
 class Kind(enum.Enum):
-    """Job kinds, in the order the worker takes them (first = most urgent)."""
+    """Request kinds, in the order the worker takes them (first = most urgent)."""
 
     ROLLBACK = "rollback"  # a person asked to go back
     DEPLOY = "deploy"  # bring the branch tip live
@@ -50,7 +50,7 @@ class Kind(enum.Enum):
 
 
 @dataclass
-class Job:
+class Request:
     kind: Kind
     trigger: str
     arg: Any = None  # what exactly: a commit to deploy, "retry", a Failure to recover from; None = the usual
@@ -67,7 +67,7 @@ class Mailbox:
     """Single-consumer queue of jobs with coalescing and precedence (see module doc)."""
 
     def __init__(self) -> None:
-        self._jobs: dict[tuple[Kind, Any], Job] = {}  # in arrival order
+        self._jobs: dict[tuple[Kind, Any], Request] = {}  # in arrival order
         self._ready = asyncio.Event()  # set while _jobs is not empty: a put can never be missed
         self._timers: set[asyncio.TimerHandle] = set()
         self.closed = False
@@ -83,7 +83,7 @@ class Mailbox:
                 return future
         if self.closed:
             return future
-        job = self._jobs.setdefault((kind, arg), Job(kind, trigger, arg))
+        job = self._jobs.setdefault((kind, arg), Request(kind, trigger, arg))
         if future is not None:
             job.waiters.append(future)
         self._ready.set()
@@ -98,7 +98,7 @@ class Mailbox:
         handle = asyncio.get_running_loop().call_later(delay, fire)
         self._timers.add(handle)
 
-    async def take(self) -> Job:
+    async def take(self) -> Request:
         """The most urgent queued job; waits while there is none."""
         while not self._jobs:
             self._ready.clear()

@@ -127,6 +127,9 @@ class ProcessReady(_Section):
     notify: bool = False
     min_uptime: SecondsOrNone = 1.0
     timeout: Seconds = 60.0
+    # A health check of its own, asked at the gate and through probation (as the web process's is):
+    http: str | None = None  # a URL the instance answers 2xx on (it listens itself): "http://127.0.0.1:8081/health"
+    command: list[str] = []  # or a command run in its folder and environment: exit 0 within 10 s is healthy
 
 
 class Process(_Section):
@@ -460,6 +463,11 @@ def _processes(raw: Config, repo_path: Path) -> dict[str, ProcSpec]:
             raise ConfigError(f"{key}: a process type's name is letters, digits, - and _")
         if not p.command and not raw.app.procfile:
             raise ConfigError(f"{key} needs command (an argv list), or [app] procfile with a {name}: line")
+        if p.ready.http is not None and not re.match(r"https?://[^/\s]+(/\S*)?$", p.ready.http):
+            raise ConfigError(f'{key}.ready http = "{p.ready.http}" is not a URL; write the whole address the '
+                              f'instance answers on, e.g. "http://127.0.0.1:8081/health"')
+        if p.ready.http is not None and p.ready.command:
+            raise ConfigError(f"{key}.ready: give http or command, not both")
         subdir = str(_folder_in(repo_path, p.cwd, key).relative_to(repo_path))
         out[name] = ProcSpec(name, tuple(p.command), subdir, dict(p.env), _signal(p.stop_signal, key),
                              p.stop_timeout, p.count, p.overlap, p.ready)

@@ -204,7 +204,7 @@ def build(settings: Settings) -> "Supervisor":
                       applog=applog, guard=guard, web=web, git=git, expected=expected, metrics=metrics,
                       deployer=deployer, notifier=notifier, armed=Armed(armed), scheduler=scheduler,
                       health=Health(web, raw.deploy.probation_failures, raw.deploy.probation_interval,
-                                    probation=lambda: road.probation))
+                                    probation=lambda: road.probation, workers=workers))
 
 
 def make_builder(settings: Settings, tree: WorkTree, git: GitThread, guard: Guard | None) -> Builder:
@@ -269,14 +269,14 @@ class Supervisor:
                 "supervisor_uptime": round(time.time() - self.started, 3),
                 "last_reload": reload}
 
-    def _health_changed(self, problem: Failure | None) -> None:
-        """After probation, the live release's health check keeps failing (or passes again): told, and with
-        [deploy] restart_unhealthy the web process restarts through its gate."""
+    def _health_changed(self, name: str, problem: Failure | None) -> None:
+        """After probation, a process's health check keeps failing (or passes again): told, and with
+        [deploy] restart_unhealthy that process type restarts through its gate."""
         if problem is None:
             return
         self.deployer.work.recorder.tell("unhealthy", self.deployer.deployed, str(problem), problem.failing_line)
         if self.settings.raw.deploy.restart_unhealthy:
-            self.deployer.request_restart("unhealthy", "web")
+            self.deployer.request_restart("unhealthy", name)
 
     def _proxy(self, peer: str) -> bool:
         """A trusted proxy ([webhook] trusted_proxies): every sender comes through it."""

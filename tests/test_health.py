@@ -67,3 +67,37 @@ async def test_after_probation_an_unhealthy_web_process_can_be_restarted(
 async def _unhealthy(c: object) -> dict | None:
     st = await c.status()  # type: ignore[attr-defined]
     return st if st["health"]["problem"] else None
+
+
+# A worker whose own health check ([processes.worker.ready] command) fails once the test names its commit sick.
+CHECK = ("import os, sys\nfrom pathlib import Path\n"
+         "sick = Path(os.environ['SICK_FILE'])\n"
+         "if sick.exists() and sick.read_text() == os.environ['SUPERVISOR_COMMIT']:\n"
+         "    print('queue is stuck'); sys.exit(1)\n")
+
+
+async def test_a_worker_whose_health_check_fails_within_probation_sends_the_release_back(
+        tmp_path: Path, repos: Repos, session: aiohttp.ClientSession) -> None:
+    """#21.1, the optional part: process types are watched through probation by a check of their own, not only
+    by their liveness."""
+    sick = tmp_path / "sick"
+    repos.commit({"check.py": CHECK, "worker.py": "import time\ntime.sleep(600)\n"}, "a worker with a check")
+    git("pull", "-q", "--ff-only", cwd=repos.work)
+    cfg = write_config(tmp_path / "c.toml", repos,
+                       deploy="probation = 30\nprobation_failures = 3\nprobation_interval = 0.2",
+                       extra=f'[processes.worker]\ncommand = ["python3", "worker.py"]\n'
+                             f'[processes.worker.env]\nSICK_FILE = "{sick}"\n'
+                             f'[processes.worker.ready]\nmin_uptime = 0.2\ncommand = ["python3", "check.py"]\n')
+    async with supervised(cfg, session) as (sup, c):
+        good = repos.head()
+        bad = await c.ship(repos, {"message.txt": "v2\n"}, "v2: passes its gate")
+        sick.write_text(bad)  # then its worker's check fails
+        st = await eventually(lambda: last_is(c, bad, "failed"), 30, "the release to go back")
+        assert st["deployed_commit"] == good and bad in st["bad_commits"], st
+        reason = st["last_deploy"]["reason"]
+        assert "worker: health check failed 3 times in a row within probation" in reason, reason
+        assert "exited with status 1: queue is stuck" in reason, reason
+        # After probation (a first start has none): reported, the worker named.
+        sick.write_text(good)
+        st = await eventually(lambda: _unhealthy(c), 20, "the worker's problem reported")
+        assert st["health"]["problem"].startswith("worker: health check failed 3 times in a row: ")

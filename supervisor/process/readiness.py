@@ -32,8 +32,10 @@ from typing import Callable, Mapping, Sequence
 import aiohttp
 
 from ..failure import Failure
-from .child import Child, OnLine, Spec, describe_exit
+from .child import Child, OnLine, Spec, describe_exit, run_to_end
 from .guard import Guard
+
+COMMAND_TIMEOUT = 10.0  # a health check command must end within this
 
 
 class Notify:
@@ -66,7 +68,15 @@ class Notify:
 
 @dataclass(frozen=True)
 class Probe:
-    url: str
+    """A health check: a GET of ``url`` answered 2xx, or ``command`` run to its end with status 0."""
+
+    url: str = ""
+    command: Spec | None = None
+
+    @property
+    def pace(self) -> float:
+        """Seconds between two tries while a process starts: a command costs a process each time."""
+        return 0.5 if self.command is not None else 0.05
 
 
 @dataclass(frozen=True)
@@ -121,8 +131,18 @@ class Progress:
 
 
 async def probe_once(probe: Probe, session: aiohttp.ClientSession) -> str | None:
-    """One GET of a health check: None on a 2xx, else what it said (status and the start of its body) or
-    why there was no answer."""
+    """One try of a health check: None when it passes, else what it said (an HTTP status and the start of its
+    body, a command's exit and last line) or why there was no answer."""
+    if probe.command is not None:
+        shown = " ".join(probe.command.argv)[:80]
+        try:
+            code, child = await run_to_end(probe.command, "check", COMMAND_TIMEOUT)
+        except OSError as exc:
+            return f"check {shown} cannot start: {exc.strerror or exc}"
+        if code == 0:
+            return None
+        last = f": {child.tail[-1][:120]}" if child.tail else ""
+        return f"check {shown} {describe_exit(code) if code is not None else 'timed out'}{last}"
     try:
         async with session.get(probe.url, allow_redirects=False) as resp:
             if 200 <= resp.status < 300:
@@ -133,20 +153,17 @@ async def probe_once(probe: Probe, session: aiohttp.ClientSession) -> str | None
         return f"{probe.url} failed: {type(exc).__name__}"
 
 
-async def _http_ok(probe: Probe, deadline: float, progress: Progress) -> str | None:
-    """Poll until 2xx; None on success, else the last answer."""
+async def _probe_passes(probe: Probe, deadline: float, progress: Progress) -> str | None:
+    """Try the check until it passes; None then, else its last answer."""
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         while time.monotonic() < deadline:
-            try:
-                async with session.get(probe.url, allow_redirects=False) as resp:
-                    if 200 <= resp.status < 300:
-                        return None
-                    progress.last_probe = f"probe {probe.url} answered {resp.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                progress.last_probe = f"probe {probe.url} failed: {type(exc).__name__}"
-            await asyncio.sleep(0.05)
-    return progress.last_probe or f"probe {probe.url}: no answer"
+            why = await probe_once(probe, session)
+            if why is None:
+                return None
+            progress.last_probe = why
+            await asyncio.sleep(probe.pace)
+    return progress.last_probe or f"{probe.url or 'the check'}: no answer"
 
 
 async def wait_ready(child: Child, *, min_uptime: float = 1.0, timeout: float = 60.0,
@@ -159,7 +176,7 @@ async def wait_ready(child: Child, *, min_uptime: float = 1.0, timeout: float = 
         if notify is not None:
             await notify.ready.wait()
         if probe is not None:
-            why = await _http_ok(probe, deadline, progress)
+            why = await _probe_passes(probe, deadline, progress)
             if why:
                 return why
         remaining = child.started + min_uptime - time.monotonic()
@@ -184,7 +201,7 @@ async def wait_ready(child: Child, *, min_uptime: float = 1.0, timeout: float = 
         if notify is not None and not notify.ready.is_set():
             waiting.append("READY=1")
         if probe is not None:
-            waiting.append(progress.last_probe or f"a 2xx from {probe.url}")
+            waiting.append(progress.last_probe or (f"a 2xx from {probe.url}" if probe.url else "the check to pass"))
         return f"not ready within {timeout:g}s" + (f" (waiting for {'; '.join(waiting)})" if waiting else "")
     finally:
         for task in (check, exited):

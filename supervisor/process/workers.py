@@ -31,7 +31,7 @@ from ..config import ProcSpec
 from ..failure import Failure
 from .child import Child, Spec, describe_exit
 from .guard import Guard
-from .readiness import Gate, start_ready
+from .readiness import Gate, Probe, start_ready
 
 log = logging.getLogger("supervisor.workers")
 
@@ -44,6 +44,7 @@ class Instance:
     child: Child
     restarts: int = 0
     backoff: Backoff = field(default_factory=Backoff)
+    probe: Probe | None = None  # its health check ([processes.NAME.ready] http or command), watched by Health
 
     @property
     def alive(self) -> bool:
@@ -91,16 +92,19 @@ class Workers:
         child_spec = Spec(spec.command, built.root / spec.subdir, env, spec.stop_signal, spec.stop_timeout,
                           unset=self.unset)
         label, ready = spec.name, spec.ready
+        probe = (Probe(url=ready.http) if ready.http else
+                 Probe(command=Spec(tuple(ready.command), child_spec.cwd, env, unset=self.unset)) if ready.command
+                 else None)
         try:
             started = await start_ready(
-                child_spec, Gate(ready.min_uptime, ready.timeout, ready.notify) if gate else None,
+                child_spec, Gate(ready.min_uptime, ready.timeout, ready.notify, probe) if gate else None,
                 where=f"{spec.name}[{index}] of {built.commit[:12]}", label=label, guard=self.guard,
                 on_line=(lambda child, line: self.on_line(label, child, line)) if self.on_line else None)
         except OSError as exc:
             return None, Failure(f"cannot start {spec.command[0]}: {exc.strerror or exc}", where=spec.name)
         if isinstance(started, Failure):
             return None, started
-        instance = Instance(spec, index, built, started)
+        instance = Instance(spec, index, built, started, probe=probe)
         self._keep(asyncio.create_task(self._watch(instance), name=f"watch-{spec.name}-{index}"))
         return instance, None
 
@@ -148,7 +152,7 @@ class Workers:
                 self.instances.pop(k, None)
             for instance in started:
                 self.instances[(instance.spec.name, instance.index)] = instance
-            if probation > 0:
+            if only is None:  # a release's own probation (none: a rollback, a start), not the one before's
                 self.probation_until = time.monotonic() + probation
             return None
 

@@ -74,6 +74,7 @@ class Console:
             **self.about(),
             "paused": d.pause.as_dict(),
             "history": {"ok": self.history.problem is None, "problem": self.history.problem},
+            "logs": {"dir": str(self.applog.dir), "dropped": self.applog.dropped_total, "problem": self.applog.problem},
         }
 
     def processes(self) -> list[dict[str, Any]]:

@@ -46,7 +46,8 @@ class AppLog:
         self.max_bytes = max_bytes
         self.keep = keep
         self.max_total = max_total
-        self.dropped = 0
+        self.dropped = 0  # since the last line that said so
+        self.dropped_total = 0  # since start (/status)
         self.problem: str | None = None  # why lines are not being written (a disk error), for /status
         self._queue: deque[tuple[float, int, str, str, str]] = deque()
         self._wake = threading.Condition()
@@ -61,6 +62,7 @@ class AppLog:
         """One line of a process's output (called on the event loop: never waits for the disk)."""
         if len(self._queue) >= QUEUED:
             self.dropped += 1
+            self.dropped_total += 1
             return
         self._queue.append((time.time(), pid, process, release, text))
         with self._wake:
@@ -91,6 +93,7 @@ class AppLog:
                               self.dir, exc.strerror or exc)
                 self.problem = f"cannot write to {self.dir}: {exc.strerror or exc}"
                 self.dropped += len(batch)
+                self.dropped_total += len(batch)
                 self._close_files()
             else:
                 self.problem = None

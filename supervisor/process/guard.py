@@ -6,23 +6,27 @@ So every process group we start is registered with this small helper over a
 pipe; when the pipe closes without a clean ``exit`` (the supervisor died), it
 SIGKILLs every group still registered, then exits itself.
 
-    python -m supervisor.process.guard     # reads "+PGID", "-PGID", "exit" lines on stdin
+The helper is :mod:`supervisor.process.guard_program`, run as a plain script without ``site``
+(``python -S -I``): it imports nothing but ``os``, ``signal`` and ``sys``, so it costs a bare interpreter
+(about 9 MB), not pushcd's imports.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 
+from pathlib import Path
+
 from . import reaper
+
+PROGRAM = Path(__file__).with_name("guard_program.py")
 
 
 class Guard:
     def __init__(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.process.guard"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            [sys.executable, "-S", "-I", str(PROGRAM)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C meant for us must not kill the guard first
         )
         reaper.OURS.add(self._proc.pid)  # ours, waited for below: not an orphan to reap
@@ -51,23 +55,3 @@ class Guard:
             self._proc.kill()
             self._proc.wait()
         reaper.OURS.discard(self._proc.pid)
-
-
-def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    groups: set[int] = set()
-    for line in sys.stdin:
-        line = line.strip()
-        if line == "exit":
-            return
-        if line[:1] in "+-" and line[1:].isdigit():
-            (groups.add if line[0] == "+" else groups.discard)(int(line[1:]))
-    for pgid in groups:  # EOF without "exit": the supervisor died
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-if __name__ == "__main__":
-    main()

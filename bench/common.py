@@ -78,6 +78,7 @@ def start_pushcd(folder: Path, work: Path, command: list[str], secret: str, log:
 [webhook]
 listen = "127.0.0.1:{hook}"
 secret_env = "WEBHOOK_SECRET"
+max_connections = 1024  # the benches' bursts come from one address: a peer may hold an eighth
 [repo]
 path = "{work}"
 [app]

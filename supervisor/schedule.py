@@ -131,9 +131,10 @@ class Scheduler:
                     self.due[name] = next_due(job.schedule, job.tz, now)  # runs missed meanwhile are not piled up
             sleep = min([RECHECK, *(due - time.time() for due in self.due.values())])
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), max(0.0, sleep))
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout, not wait_for: in 3.11 wait_for loses a cancel that meets a set event
+                async with asyncio.timeout(max(0.0, sleep)):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
 
     def _catch_up(self, now: float) -> None:

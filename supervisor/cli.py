@@ -21,7 +21,6 @@ User errors (config, ports, work tree) print one line and exit 2; no traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -34,12 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import config, configcli, demo, execute, memory, preflight
+from . import config, configcli
 from .client import ClientError, NotRunning, call
 from .configvars import ConfigVarsError
 from .config import ConfigError, Settings
-from .ops import applog, logs
-from .process import child, reaper
+from .ops import applog
+
+# What only `run`, `check`, `exec` and `demo-push` need (aiohttp, pygit2 and the rest) is imported in those
+# commands: a client command (status, deploy, logs, config...) starts without it.
 
 if TYPE_CHECKING:
     from .runner import Supervisor
@@ -335,6 +336,11 @@ def _cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
 # -- the server side ----------------------------------------------------------
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from . import demo, memory, preflight
+    from .ops import logs
+    from .process import child, reaper
     from .runner import StartupError, serve
 
     memory.one_arena()  # before any thread (git, watcher) exists
@@ -365,6 +371,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     """Everything run checks (and whether the branch is on the remote); each problem one line, exit 2."""
+    from . import preflight
     settings = config.load(args.config)
     found = preflight.problems(settings)
     on_remote, notes = preflight.remote_branch(settings)
@@ -410,6 +417,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_exec(args: argparse.Namespace, settings: Settings) -> int:
     """Become the command in the release (see supervisor/execute.py); only an error comes back."""
+    from . import execute
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     try:
         live = call(settings, "GET", "/status", timeout=3)
@@ -455,6 +463,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
         return _cmd_check(args)
     if args.command == "demo-push":
+        from . import demo
+
         return demo.push(config.load(args.config))
     if args.command == "exec":
         return _cmd_exec(args, config.load(args.config, secret=False))

@@ -28,7 +28,6 @@ import re
 import signal
 import tomllib
 import urllib.parse
-import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -369,7 +368,9 @@ class JobSpec:
 
 
 def _jobs(raw: Config, repo_path: Path) -> dict[str, JobSpec]:
-    from cronsim import CronSim, CronSimError  # only a config with jobs needs it
+    import zoneinfo
+
+    from cronsim import CronSim, CronSimError  # only a config with jobs needs these
 
     out = {}
     for name, job in raw.jobs.items():

@@ -31,7 +31,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_seconds, free_port, pct, rss_mb, start_pushcd, wait_http  # noqa: E402
+from bench.common import cpu_seconds, free_port, pct, rss_mb, session_pids, start_pushcd, wait_http  # noqa: E402
 from tests.gitrepos import Repos  # noqa: E402
 
 SECRET = b"bench-secret"
@@ -172,6 +172,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     totals.append(time.monotonic() - t)
                     phases.append(status(ctl)["last_deploy"]["phases"])
             rss_after = rss_mb(proc.pid)
+            rss_guard = max((rss_mb(pid) for pid in session_pids(proc.pid)
+                             if "guard_program" in Path(f"/proc/{pid}/cmdline").read_text()), default=0.0)
             own = app_start_time(repos.work)
             bare = floor(other, args.rounds, args.concurrency)
         finally:
@@ -188,10 +190,15 @@ async def main_async(args: argparse.Namespace) -> None:
           f"{max(totals) * 1000:.0f} ms ({args.deploys} deploys); the app's own start (spawn -> first answer, "
           f"standalone) median {own * 1000:.0f} ms; difference median {statistics.median(over) * 1000:.0f} ms, "
           f"max {max(over) * 1000:.0f} ms")
-    for key in ("fetch", "checkout"):
+    keys = list(dict.fromkeys(k for p in phases for k in p))  # every phase a deploy recorded, in order
+    for key in keys:
         vals = [p.get(key, 0.0) for p in phases]
         print(f"  phase {key}: median {statistics.median(vals) * 1000:.1f} ms")
-    print(f"supervisor RSS: {rss_idle:.1f} MB idle, {rss_after:.1f} MB after the run; idle CPU {idle:.2f}% of one core")
+    outside = [t - sum(p.values()) for t, p in zip(totals, phases)]
+    print(f"  outside the phases (answer, queue, the first request to reach the new release): median "
+          f"{statistics.median(outside) * 1000:.1f} ms")
+    print(f"supervisor RSS: {rss_idle:.1f} MB idle, {rss_after:.1f} MB after the run; guard {rss_guard:.1f} MB; "
+          f"idle CPU {idle:.2f}% of one core")
 
 
 def main() -> None:

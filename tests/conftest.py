@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from .gitrepos import ROOT, Repos, git  # noqa: F401 - re-exported for the tests
 from .ports import free_port, free_ports  # noqa: F401 - re-exported for the tests
@@ -300,6 +301,20 @@ class Client:
                 return resp.status, json.loads(text)
             except ValueError:
                 return resp.status, {"text": text}
+
+
+@contextlib.asynccontextmanager
+async def site_of(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on a free loopback port while the block runs (a notification receiver, another site):
+    its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture

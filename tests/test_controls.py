@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from .conftest import (PY, ROOT, Client, Repos, cli, deployed, eventually, gunicorn_app, running, sign,
+from .conftest import (PY, ROOT, Client, Repos, cli, deployed, eventually, gunicorn_app, running, sign, site_of,
                        spawn_supervisor, stop_process, supervised, try_status, wait_sync, write_config)
 
 # Exits at start unless the environment has NEEDED (set in [app.env] by the "fix").
@@ -338,15 +338,9 @@ async def test_a_person_logs_in_to_the_page_when_a_token_guards_it(
 
         evil = web.Application()
         evil.router.add_get("/", attacker)
-        runner = web.AppRunner(evil)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            other = await browser.open(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/")
+        async with site_of(evil) as other_site:
+            other = await browser.open(f"{other_site}/")
             await eventually(lambda: other.evaluate("document.readyState === 'complete'"), 30, "the other page")
-        finally:
-            await runner.cleanup()
         assert sup.deployer.pause.reason == "paused from the page"  # nothing changed
         await page.evaluate("document.getElementById('logout').click()")
         await at("/login", "#token")

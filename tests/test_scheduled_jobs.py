@@ -13,7 +13,7 @@ from aiohttp import web
 
 from supervisor.ops.history import History
 
-from .conftest import RELEASE_MODE, Repos, cli, eventually, git, supervised, write_config
+from .conftest import RELEASE_MODE, Repos, cli, eventually, git, site_of, supervised, write_config
 
 # A job that says where it runs, then waits for the test's go file (a condition, not a sleep) or a deadline.
 JOB = """import json, os, sys, time
@@ -93,16 +93,11 @@ async def test_manual_runs_failures_metrics_notification_and_the_page(
 
     receiver = web.Application()
     receiver.router.add_post("/hook", hook)
-    runner = web.AppRunner(receiver)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     journal = tmp_path / "journal"
-    # Due once a year: only the runs asked for happen.
-    cfg = write_config(tmp_path / "c.toml", repos, extra=job_config(journal, schedule="0 0 1 1 *", exit_code=3)
-                       + f'\n[[notify]]\nurl = "http://127.0.0.1:{port}/hook"\n')
-    try:
+    async with site_of(receiver) as base:
+        # Due once a year: only the runs asked for happen.
+        cfg = write_config(tmp_path / "c.toml", repos, extra=job_config(journal, schedule="0 0 1 1 *", exit_code=3)
+                           + f'\n[[notify]]\nurl = "{base}/hook"\n')
         async with supervised(cfg, session) as (sup, c):
             code, out, err = await cli(cfg, "jobs", "run", "report")
             assert code == 1 and out.startswith("failed: exited with status 3") and "job output" in out, (out, err)
@@ -120,8 +115,6 @@ async def test_manual_runs_failures_metrics_notification_and_the_page(
             assert "id='jobs'" in page and "/jobs/run?name=report" in page
             code, out, _ = await cli(cfg, "logs", "--process", "job.report")
             assert "job output" in out, out  # a job's output is kept as a process type's is
-    finally:
-        await runner.cleanup()
 
 
 async def test_queue_runs_the_next_after_the_running_one(

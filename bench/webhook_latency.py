@@ -95,6 +95,23 @@ def status(ctl: int) -> dict:
         return json.load(resp)
 
 
+def answer_phases(ctl: int) -> dict[str, float]:
+    """Mean seconds per delivery of each phase of the answer (supervisor_webhook_phase_seconds)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{ctl}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "supervisor_webhook_phase_seconds_sum":
+                sums[s.labels["phase"]] = s.value
+            elif s.name == "supervisor_webhook_phase_seconds_count":
+                counts[s.labels["phase"]] = s.value
+    return {phase: sums[phase] / counts[phase] for phase in sums if counts.get(phase)}
+
+
 def burst(port: int, body: bytes, n: int) -> list[float]:
     """n deliveries sent at the same instant on n open connections; each one's answer time.
 
@@ -145,8 +162,10 @@ async def main_async(args: argparse.Namespace) -> None:
             other = json.dumps({"ref": "refs/heads/other", "after": "a" * 40}).encode()
             lat: list[float] = []
             burst(hook, other, args.concurrency)  # warm up
+            one_by_one = [burst(hook, other, 1)[0] for _ in range(args.rounds * 20)]
             for _ in range(args.rounds):
                 lat += burst(hook, other, args.concurrency)
+            phases_in = answer_phases(ctl)
             queued: list[float] = []
             for _ in range(args.rounds):
                 sha = repos.commit({"message.txt": f"{uuid.uuid4()}\n"}, "burst")
@@ -179,6 +198,10 @@ async def main_async(args: argparse.Namespace) -> None:
         finally:
             proc.terminate()
             proc.wait(30)
+    print(f"webhook answer, one at a time, {len(one_by_one)} deliveries (no deploy): "
+          f"p50 {pct(one_by_one, 50) * 1000:.2f} ms, p99 {pct(one_by_one, 99) * 1000:.2f} ms")
+    print("  inside the handler, mean per delivery: "
+          + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in phases_in.items()))
     print(f"webhook answer, {args.concurrency} concurrent, {len(lat)} deliveries (no deploy): "
           f"p50 {pct(lat, 50) * 1000:.2f} ms, p99 {pct(lat, 99) * 1000:.2f} ms")
     print(f"webhook answer, {args.concurrency} concurrent pushes that queue deploys, {len(queued)} deliveries: "

@@ -287,9 +287,11 @@ class Supervisor:
         which the handler judges X-Forwarded-For). Read at each connection: SIGHUP may change it."""
         return intake.allowed(peer, self.settings.allow_from) or self._proxy(peer)
 
-    def _on_verdict(self, verdict: Verdict, event: str | None, seconds: float) -> None:
+    def _on_verdict(self, verdict: Verdict, event: str | None, timing: intake.Timing) -> None:
         self.metrics.deliveries.labels(verdict.verdict).inc()
-        self.metrics.webhook_latency.observe(seconds)
+        self.metrics.webhook_latency.observe(timing.total)
+        for phase, seconds in timing.phases.items():
+            self.metrics.webhook_phase.labels(phase).observe(seconds)
         self.history.record_delivery(verdict.delivery, event, verdict.verdict, verdict.reason)
 
     def hook_url(self, path: str) -> str:

@@ -132,6 +132,9 @@ async def test_metrics(repos: Repos, tmp_path: Path, session) -> None:
     assert samples[("supervisor_deploys_total", (("kind", "deploy"), ("result", "ok")))] == 1
     assert samples[("supervisor_deploy_duration_seconds_count", ())] == 1
     assert samples[("supervisor_webhook_latency_seconds_count", ())] == 3
+    # where the answers' time went: every delivery passed the headers; the unsigned one stopped at its body
+    assert [samples[("supervisor_webhook_phase_seconds_count", (("phase", p),))] for p in
+            ("headers", "body", "judge", "queue")] == [3, 3, 2, 3]
     assert samples[("supervisor_child_up", ())] == 1
     assert samples[("supervisor_child_restarts_total", ())] == 0  # a deploy is no crash restart
     info = [k for k in samples if k[0] == "supervisor_deployed_commit_info"]

@@ -77,6 +77,11 @@ class Metrics:
                                 "skipped, stopped)", ["job", "result"], registry=self.registry)
         self.job_last_success = Gauge("supervisor_job_last_success_timestamp_seconds",
                                       "when each scheduled job last ended well", ["job"], registry=self.registry)
+        self.webhook_phase = Histogram(
+            "supervisor_webhook_phase_seconds", "where a delivery's answer time goes: headers (what they alone "
+            "decide), body (read and hashed), judge (parse, filter), queue (duplicates noted, the deploy asked for)",
+            ["phase"], buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1),
+            registry=self.registry)
         self.deploy_duration = Histogram(
             "supervisor_deploy_duration_seconds", "time from fetch to the new release live (or refused/failed)",
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=self.registry)

@@ -71,12 +71,31 @@ MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
 BODY_TIMEOUT = 10.0  # seconds to receive a body: GitHub itself gives up after 10, so a slower one is no delivery
 
 
+class Timing:
+    """Where a delivery's time goes, phase by phase (headers, body, judge, queue), for
+    ``supervisor_webhook_phase_seconds``; :attr:`total` is the answer's latency so far."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> float:
+        """End ``phase`` now; the total so far."""
+        now = time.perf_counter()
+        self.phases[phase], self.last = now - self.last, now
+        return now - self.started
+
+    @property
+    def total(self) -> float:
+        return self.last - self.started
+
+
 class Intake:
     def __init__(self, *, secret: bytes, branch: str, full_name: str | None, allow_sha1: bool,
                  request_deploy: Callable[[str], None], seen: Seen | None = None,
                  receiver: Receiver = GITHUB, allow_from: Collection[Network] = (),
                  trusted_proxies: Sequence[Network] = (),
-                 on_verdict: Callable[[Verdict, str | None, float], None] | None = None,
+                 on_verdict: Callable[[Verdict, str | None, "Timing"], None] | None = None,
                  paused: Callable[[], str | None] = lambda: None) -> None:
         self.branch = branch
         self.paused = paused
@@ -98,14 +117,16 @@ class Intake:
         self.trusted_proxies = trusted_proxies
 
     async def handle(self, request: web.Request) -> web.Response:
-        started = time.perf_counter()
+        timing = Timing()
         peer = real_peer(request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
         delivery = (self.receiver.first(request.headers, self.receiver.delivery_headers) or "-")[:200]
         body: bytes | None = None
         digests: Streamed | None = None
         verdict = self._before_the_body(request, peer)
+        timing.lap("headers")
         if verdict is None:
             verdict, body, digests = await self._read(request)
+            timing.lap("body")
         if body is not None:
             verdict = judge(request.headers, body, self.receiver, secret=self._secret, branch=self.branch,
                             full_name=self.full_name, seen=self.seen, allow_sha1=self.allow_sha1, digests=digests)
@@ -113,8 +134,9 @@ class Intake:
             if reason is not None:
                 verdict = Verdict(200, "paused", f"deploys are paused ({reason}); recorded, not deployed",
                                   verdict.delivery, verdict.commit)
-        seconds = time.perf_counter() - started
-        self.act(verdict, self.receiver.first(request.headers, self.receiver.event_headers), seconds)
+            timing.lap("judge")
+        self.act(verdict, self.receiver.first(request.headers, self.receiver.event_headers), timing)
+        seconds = timing.total
         level = logging.WARNING if verdict.status >= 400 else logging.INFO
         log.log(level, "delivery %s from %s: %s %s (%s) in %.1fms", verdict.delivery or delivery, peer,
                 verdict.status, verdict.verdict, verdict.reason, seconds * 1000,
@@ -165,13 +187,15 @@ class Intake:
         finally:
             received.close()
 
-    def act(self, verdict: Verdict, event: str | None = None, seconds: float = 0.0) -> None:
+    def act(self, verdict: Verdict, event: str | None = None, timing: "Timing | None" = None) -> None:
         if verdict.status < 400 and verdict.verdict != "duplicate" and verdict.delivery:
             self.seen.add(verdict.delivery)
-        if self.on_verdict is not None:
-            self.on_verdict(verdict, event, seconds)
         if verdict.verdict == "queued":
             self.request_deploy("webhook")
+        timing = timing or Timing()
+        timing.lap("queue")
+        if self.on_verdict is not None:
+            self.on_verdict(verdict, event, timing)  # the history row is queued, written in a batch later
 
     def routes(self, path: str) -> list[web.RouteDef]:
         return [web.post(path, self.handle)]

@@ -21,6 +21,9 @@ from .process.web import Web
 from .process.workers import process_facts
 
 
+DESCRIBED_KEPT = 64  # commits whose subject and author are remembered
+
+
 class Console:
     """The control API's :class:`~supervisor.ops.control.Console`."""
 
@@ -46,6 +49,8 @@ class Console:
             info = await self.git.run(describe_commit, self.tree.repo, sha)
             if not info["author"]:
                 return info  # unknown here (yet): do not cache
+            if len(self._described) >= DESCRIBED_KEPT:  # one per deployed commit: bounded, not grown by history
+                self._described.pop(next(iter(self._described)))
             self._described[sha] = info
         return self._described[sha]
 

@@ -172,13 +172,13 @@ class Scheduler:
         return run
 
     async def _run(self, job: JobSpec, run: JobRun, built: Built) -> None:
-        spec = self.web.spec(built)
-        child_spec = Spec(job.argv, built.root / job.subdir, {**spec.env, **job.env, "SUPERVISOR_JOB": job.name},
-                          job.stop_signal, job.stop_timeout, unset=spec.unset)
         label = f"job.{job.name}"
         on_line = (lambda child, line: self.applog.line(label, child.pid, child.release, line)) if self.applog else None
         child: Child | None = None
         try:
+            spec = self.web.spec(built)  # the release's folder and environment, its config vars included
+            child_spec = Spec(job.argv, built.root / job.subdir, {**spec.env, **job.env, "SUPERVISOR_JOB": job.name},
+                              job.stop_signal, job.stop_timeout, unset=spec.unset)
             log.info("job %s: starting in release %s (%s)", job.name, run.release, run.trigger)
             child = await Child.start(child_spec, label=label, guard=self.guard, on_line=on_line)
             try:
@@ -192,6 +192,8 @@ class Scheduler:
                           else describe_exit(code))
         except OSError as exc:
             run.result, run.reason = "failed", f"cannot start {job.argv[0]}: {exc.strerror or exc}"
+        except ValueError as exc:  # ConfigVarsError: the release's config vars are no longer kept
+            run.result, run.reason = "failed", f"cannot start: {exc}"
         except asyncio.CancelledError:  # pushcd is stopping: the run is stopped, reaped, and said so
             if child is not None:
                 await asyncio.shield(child.stop())

@@ -78,20 +78,36 @@ def fast_import(repo: Path, files: int, history: int) -> None:
     subprocess.run(["git", "fast-import", "--quiet"], cwd=repo, input=b"".join(lines), check=True)
 
 
+STEPS: dict[str, list[float]] = {}  # seconds of each step, ours and git's, over the rounds
+
+
+def _step(name: str, started: float) -> float:
+    now = time.perf_counter()
+    STEPS.setdefault(name, []).append(now - started)
+    return now
+
+
 def fast_forward_both(tree: WorkTree, theirs: Path) -> tuple[float, float, float, int]:
-    """The pushed tip into both clones: pushcd's fetch + facts + move, then ``git pull --ff-only``.
-    Seconds for ours, of them for facts, for git; and how many paths changed."""
-    t = time.perf_counter()
+    """The pushed tip into both clones: pushcd's fetch + facts + move, then git's fetch and ``merge
+    --ff-only`` (what ``git pull --ff-only`` runs). Seconds for ours, of them to the facts, for git; and how
+    many paths changed. Each step's time goes to STEPS."""
+    t0 = t = time.perf_counter()
     tip = tree.fetch()
+    t = _step("pushcd fetch", t)
     facts = tree.facts(tip)
-    facts_s = time.perf_counter() - t
+    t = _step("pushcd facts", t)
+    facts_s = t - t0
     assert facts.head_is_ancestor and not facts.blocking
     tree.move_to(tip, "bench", facts)
-    ours_s = time.perf_counter() - t
-    t = time.perf_counter()
-    subprocess.run(["git", "pull", "-q", "--ff-only", "origin", "main"], cwd=theirs, check=True,
-                   stderr=subprocess.DEVNULL)
-    theirs_s = time.perf_counter() - t
+    t = _step("pushcd move (checkout, index, ref)", t)
+    ours_s = t - t0
+    t0 = t = time.perf_counter()
+    subprocess.run(["git", "fetch", "-q", "origin", "main"], cwd=theirs, check=True, stderr=subprocess.DEVNULL)
+    t = _step("git fetch", t)
+    subprocess.run(["git", "merge", "-q", "--ff-only", "FETCH_HEAD"], cwd=theirs, check=True,
+                   stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    t = _step("git merge --ff-only", t)
+    theirs_s = t - t0
     assert git("rev-parse", "HEAD", cwd=tree.path) == git("rev-parse", "HEAD", cwd=theirs) == tip
     return ours_s, facts_s, theirs_s, len(facts.changed)
 
@@ -326,6 +342,7 @@ def main() -> None:
         print(f"fetch + fast-forward of a 20-file push, median of {g['rounds']}: pushcd (libgit2) "
               f"{g['pushcd_ms']:.0f} ms (max {g['pushcd_max_ms']:.0f}), git pull --ff-only "
               f"{g['git_pull_ms']:.0f} ms (max {g['git_pull_max_ms']:.0f})")
+        print("  by step, median: " + ", ".join(f"{k} {statistics.median(v) * 1000:.0f} ms" for k, v in STEPS.items()))
         both = g["pushcd_ms"] + g["release_ms"]
         print(f"  with the release directory built (snapshot mode): {both:.0f} ms = {both / g['git_pull_ms']:.2f}x "
               f"git pull --ff-only (release alone: median {g['release_ms']:.0f} ms, max {g['release_max_ms']:.0f}; "

@@ -34,6 +34,7 @@ from .credentials import Credentials
 from .errors import FetchError, GitFailure, MoveFailed
 from .journal import Journal
 
+PATHS_CHECKED_OUT = 1000  # up to this many changed paths, a checkout names them (libgit2 matches a list)
 
 
 @dataclass(frozen=True)
@@ -130,11 +131,14 @@ class WorkTree:
                 writes[delta.new_file.path] = str(delta.new_file.id)
             if delta.status != pygit2.enums.DeltaStatus.ADDED:
                 undo[delta.old_file.path] = str(delta.old_file.id)
+        forward = self.repo.descendant_of(target, head)
         return Facts(
             head=head,
             target=target,
-            head_is_ancestor=self.repo.descendant_of(target, head),
-            target_is_ancestor=self.repo.descendant_of(head, target),
+            head_is_ancestor=forward,
+            # Both cannot hold for two commits: the second walk (the whole history of head, when target is not
+            # in it) is only needed when the first failed.
+            target_is_ancestor=not forward and self.repo.descendant_of(head, target),
             changed=tuple(sorted(changed)),
             blocking=tuple(edits.blocking(self.repo, self.path, changed)),
             writes=writes,
@@ -182,8 +186,13 @@ class WorkTree:
                              f"if none is running, remove that file")
         self._begin("move", source=facts.head, target=target, paths=list(facts.changed))
         try:
-            # SAFE: refuse (before writing anything) if a file to update has local edits.
-            self.repo.checkout_tree(self.repo[target], strategy=CheckoutStrategy.SAFE)
+            # SAFE: refuse (before writing anything) if a file to update has local edits. Limited to the paths the
+            # commits differ in (exact names, no globbing), libgit2 looks at those instead of every file of the tree.
+            if len(facts.changed) <= PATHS_CHECKED_OUT:
+                self.repo.checkout_tree(self.repo[target], paths=list(facts.changed),
+                                        strategy=CheckoutStrategy.SAFE | CheckoutStrategy.DISABLE_PATHSPEC_MATCH)
+            else:
+                self.repo.checkout_tree(self.repo[target], strategy=CheckoutStrategy.SAFE)
             submodules.update(self.repo, self.path, self.remote, self.auth, self.submodule_urls)
             self.repo.references[self.local_ref].set_target(target, f"supervisor: {reason}")
         except (pygit2.GitError, GitFailure, OSError) as exc:

@@ -292,12 +292,16 @@ def main() -> int:
     text = table(results)
     print(text)
     cmd = "python bench/compare.py " + " ".join(sys.argv[1:])
-    Path(args.out).write_text(
+    section = (
         f"# bench/compare results\n\n- machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, {platform.platform()}\n"
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n- command: `{cmd.strip()}`\n"
         f"- load: {args.clients} clients (a new connection per request), {args.deploys} deploys "
         f"{args.spacing:g} s apart, then one broken commit (syntax error) and 10 s of load\n\n{text}")
+    out = Path(args.out)
+    # Its own section only: the other benches' figures below it stay.
+    rest = out.read_text().split("\n# ", 1)[1] if out.exists() and "\n# " in out.read_text() else ""
+    out.write_text(section.rstrip("\n") + ("\n\n# " + rest if rest else "\n"))
     return 0
 
 

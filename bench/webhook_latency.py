@@ -31,7 +31,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_seconds, free_port, pct, rss_mb, session_pids, start_pushcd, wait_http  # noqa: E402
+from bench.common import cpu_seconds, free_port, pct, rss_mb, start_pushcd, wait_http  # noqa: E402
 from tests.gitrepos import Repos  # noqa: E402
 
 SECRET = b"bench-secret"
@@ -93,6 +93,18 @@ def floor(body: bytes, rounds: int, concurrency: int) -> list[float]:
 def status(ctl: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{ctl}/status", timeout=5) as resp:
         return json.load(resp)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the guard runs in a session of its own)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                out.append(int(entry.name))
+        except OSError:
+            continue
+    return out
 
 
 def answer_phases(ctl: int) -> dict[str, float]:
@@ -191,7 +203,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     totals.append(time.monotonic() - t)
                     phases.append(status(ctl)["last_deploy"]["phases"])
             rss_after = rss_mb(proc.pid)
-            rss_guard = max((rss_mb(pid) for pid in session_pids(proc.pid)
+            rss_guard = max((rss_mb(pid) for pid in children(proc.pid)
                              if "guard_program" in Path(f"/proc/{pid}/cmdline").read_text()), default=0.0)
             own = app_start_time(repos.work)
             bare = floor(other, args.rounds, args.concurrency)
@@ -217,9 +229,11 @@ async def main_async(args: argparse.Namespace) -> None:
     for key in keys:
         vals = [p.get(key, 0.0) for p in phases]
         print(f"  phase {key}: median {statistics.median(vals) * 1000:.1f} ms")
-    outside = [t - sum(p.values()) for t, p in zip(totals, phases)]
-    print(f"  outside the phases (answer, queue, the first request to reach the new release): median "
-          f"{statistics.median(outside) * 1000:.1f} ms")
+    # "start" ends when the old process has stopped, after the new one serves: what the push waited for past
+    # the release being built is the new process's start, readiness and steering.
+    after = [t - sum(v for k, v in p.items() if k != "start") for t, p in zip(totals, phases)]
+    print(f"  from the release built to the first answer of the new one (spawn, readiness, steering, the "
+          f"client's next request): median {statistics.median(after) * 1000:.1f} ms")
     print(f"supervisor RSS: {rss_idle:.1f} MB idle, {rss_after:.1f} MB after the run; guard {rss_guard:.1f} MB; "
           f"idle CPU {idle:.2f}% of one core")
 

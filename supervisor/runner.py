@@ -393,6 +393,7 @@ class Supervisor:
                 ("[repo] remote/branch", (new.raw.repo.remote, new.raw.repo.branch),
                  (self.settings.raw.repo.remote, self.settings.raw.repo.branch)),
                 ("[state] dir", new.state_dir, self.settings.state_dir),
+                ("[log] dir", new.log_dir, self.settings.log_dir),
                 ("[release] mode", new.raw.release.mode, self.settings.raw.release.mode),
                 ("webhook receivers and paths", [h[:2] for h in new.hooks], [h[:2] for h in self.settings.hooks]),
             ] if a != b]
@@ -412,6 +413,8 @@ class Supervisor:
         d.on_diverge, d.road.probation, d.road.processes = raw.repo.on_diverge, raw.deploy.probation, new.processes
         self.health.failures, self.health.interval = raw.deploy.probation_failures, raw.deploy.probation_interval
         self.scheduler.configure(new.jobs)
+        self.applog.max_bytes, self.applog.keep, self.applog.max_total = (raw.log.max_bytes, raw.log.keep,
+                                                                          raw.log.max_total)
         d.road.preparation.configure(raw.deploy.before_restart, raw.deploy.before_restart_timeout,
                                      raw.deploy.release_command, raw.deploy.release_timeout)
         self.history.retention = raw.state.retention

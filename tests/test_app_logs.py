@@ -12,7 +12,8 @@ from supervisor.ops.applog import AppLog, read
 
 from .conftest import PY, Repos, cli, eventually, git, supervised, write_config
 
-CHATTY_WORKER = "import os, time\nprint('worker of', os.environ['SUPERVISOR_COMMIT'][:12], flush=True)\ntime.sleep(600)\n"
+CHATTY_WORKER = ("import os, time\nprint('worker of', os.environ['SUPERVISOR_COMMIT'][:12], flush=True)\n"
+                 "time.sleep(600)\n")
 
 
 def test_rotation_keeps_every_cap(tmp_path: Path) -> None:

@@ -235,9 +235,9 @@ class History:
 
     def record_job_run(self, run: dict[str, Any]) -> None:
         """One run of a scheduled job (see :class:`supervisor.schedule.JobRun`), ended or skipped."""
-        self._write("INSERT INTO job_runs (job, trigger, scheduled_at, started_at, ended_at, result, exit_code, release,"
-                    " commit_sha, reason, output_tail) VALUES (:job, :trigger, :scheduled_at, :started_at, :ended_at,"
-                    " :result, :exit_code, :release, :commit_sha, :reason, :output_tail)", run)
+        self._write("INSERT INTO job_runs (job, trigger, scheduled_at, started_at, ended_at, result, exit_code,"
+                    " release, commit_sha, reason, output_tail) VALUES (:job, :trigger, :scheduled_at, :started_at,"
+                    " :ended_at, :result, :exit_code, :release, :commit_sha, :reason, :output_tail)", run)
 
     def job_runs(self, job: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         sql = "SELECT * FROM job_runs" + (" WHERE job = ?" if job else "") + " ORDER BY seq DESC LIMIT ?"

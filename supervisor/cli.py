@@ -121,7 +121,8 @@ def _release_line(release: dict[str, Any] | None) -> str:
     if release["mode"] == "in-place":
         return f"in place: {release['dir']}"
     edits = ", with hand edits" if release["dirty"] else ""
-    return f"{release['id']}{edits} (environment {release['env'] or 'none'})"
+    config = f", config vars {release['config']}" if release.get("config") else ""
+    return f"{release['id']}{edits} (environment {release['env'] or 'none'}{config})"
 
 
 def _print_status(data: dict[str, Any]) -> None:

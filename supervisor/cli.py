@@ -9,7 +9,7 @@
     releases   the kept releases: id, commit, environment, state
     restart    restart the live release with the current config, and wait for the result
     pause      stop deploying pushes and polls (still verified and recorded); resume: deploy again
-    logs       the app's recent output, with times (-f to follow)
+    logs       the app's output, kept on disk across restarts (--process, --since, --release, -f, --json)
     exec       run a command in the live release, as its processes see it (pushcd exec -- CMD ...)
     config     config vars: list, set KEY=VALUE, unset KEY, import .env (a change is a release, gated)
     jobs       scheduled jobs: next run, last result; jobs run NAME runs one now
@@ -410,7 +410,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
                                "stop_signal": p.stop_signal.name, "stop_timeout": p.stop_timeout,
                                "ready": msgspec.to_builtins(p.ready)}
                       for p in config.procfile_types(settings.processes, procs)},
-        "log": {"format": raw.log.format},
+        "log": {"format": raw.log.format, "dir": str(settings.log_dir), "max_bytes": raw.log.max_bytes,
+                "keep": raw.log.keep, "max_total": raw.log.max_total},
+        "jobs": {j.name: {"schedule": j.schedule, "timezone": str(j.tz), "command": list(j.argv),
+                          "concurrency": j.concurrency, "catch_up": j.catch_up, "timeout": j.timeout}
+                 for j in settings.jobs.values()},
     }
     print(json.dumps(out, indent=2))
     return 0

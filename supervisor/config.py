@@ -27,11 +27,12 @@ import os
 import re
 import signal
 import tomllib
+import typing
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -641,9 +642,14 @@ def _table_problems(value: object, table: type[msgspec.Struct], path: str) -> li
             sub = value.get(f.name)
             if isinstance(f.type, type) and issubclass(f.type, msgspec.Struct) and isinstance(sub, dict):
                 found = _table_problems(sub, f.type, f"{path}.{f.name}")
-                if found:
-                    out += found
-                    broken.add(f.name)
+            elif _named_tables(f.type) and isinstance(sub, dict):  # [processes.NAME], [jobs.NAME]: each by its name
+                found = [line for name, each in sub.items()
+                         for line in _table_problems(each, _named_tables(f.type), f"{path}.{f.name}.{name}")]
+            else:
+                found = []
+            if found:
+                out += found
+                broken.add(f.name)
         value = {k: v for k, v in value.items() if k not in broken}
     try:
         msgspec.convert(value, table)
@@ -655,6 +661,15 @@ def _table_problems(value: object, table: type[msgspec.Struct], path: str) -> li
             out.append(_explain(msgspec.ValidationError(
                 text.replace(" - at `$", at, 1) if " - at `$" in text else f"{text}{at}`")))
     return out
+
+
+def _named_tables(kind: object) -> Any:
+    """The Struct of ``dict[str, Struct]`` (tables named by the user), else None."""
+    if typing.get_origin(kind) is dict:
+        value = typing.get_args(kind)[1]
+        if isinstance(value, type) and issubclass(value, msgspec.Struct):
+            return value
+    return None
 
 
 def problems(raw: Config) -> list[str]:

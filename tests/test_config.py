@@ -71,6 +71,14 @@ def test_unknown_keys_and_wrong_types(tmp_path: Path, extra: str, needles: tuple
     (('[webhook]', '[processes.worker]\ncount = 2\n[webhook]'), ("[processes.worker]", "needs command")),
     (('[webhook]', '[processes.web]\ncommand = ["x"]\n[webhook]'), ("[processes.web]", "another name")),
     (('[webhook]', '[release]\nlink = ["../etc"]\n[webhook]'), ("[release] link", "inside the repository")),
+    (('[webhook]', '[jobs.tidy]\nschedule = "every day"\ncommand = ["x"]\n[webhook]'),
+     ('[jobs.tidy] schedule = "every day"', "five fields")),
+    (('[webhook]', '[jobs.tidy]\nschedule = "* * * * *"\ncommand = ["x"]\ntimezone = "Mars/Olympus"\n[webhook]'),
+     ('[jobs.tidy] timezone = "Mars/Olympus"', "Europe/Paris")),
+    (('[webhook]', '[jobs.tidy]\nschedule = "* * * * *"\ncommand = ["x"]\nconcurrency = "parallel"\n[webhook]'),
+     ("[jobs.tidy] concurrency", "not allowed")),
+    (('[webhook]', '[processes.w]\ncommand = ["x"]\n[processes.w.ready]\nhttp = "/health"\n[webhook]'),
+     ("[processes.w].ready http", "whole address")),
 ])
 def test_bad_values(tmp_path: Path, replace: tuple[str, str], needles: tuple[str, ...]) -> None:
     p = tmp_path / "c.toml"

@@ -135,6 +135,8 @@ class ConfigVars:
             self.current = str(data["current"]) if data["current"] in self._sets else ""
         except FileNotFoundError:
             pass
+        except PermissionError:
+            raise ConfigVarsError(f"{path}: permission denied; run this as the user pushcd runs as") from None
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             # Never start the app with a guess: an unreadable store is an error the operator must see.
             raise ConfigVarsError(f"{path} is unreadable ({exc}); restore it from a backup, or remove it "

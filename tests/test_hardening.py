@@ -602,6 +602,41 @@ def test_a_setsid_grandchild_does_not_outlive_its_release_or_pushcd(tmp_path: Pa
     wait_sync(lambda: not any(pid_alive(p) for p in pids()), 10, "no daemon left")
 
 
+# The app's process exits (a crash) while a daemon it started (its own session) keeps the output pipe open.
+CRASHES_LEAVING_A_DAEMON = textwrap.dedent("""
+    import os, sys, time
+    record = os.environ["GRANDCHILDREN"]
+    if os.fork() == 0:
+        os.setsid()
+        with open(record, "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(3600)  # holding stdout, the pipe pushcd reads the app's output from
+        os._exit(0)
+    if os.environ.get("CRASH_FILE") and os.path.exists(os.environ["CRASH_FILE"]):
+        os.remove(os.environ["CRASH_FILE"])
+        os.execvp(sys.executable, [sys.executable, "-c", "import time; time.sleep(1.5); raise SystemExit(3)"])
+    os.execvp(sys.executable, [sys.executable, "app.py", *sys.argv[1:]])
+""")
+
+
+def test_a_crash_is_seen_although_a_daemon_still_holds_the_output_pipe(tmp_path: Path, repos: Repos) -> None:
+    """Python 3.11's asyncio answers Process.wait() only once every pipe is closed: a process that exited while
+    a daemon of it held stdout was never seen to exit, so its crash was never restarted (and every stop of it
+    waited out stop_timeout, then SIGKILL)."""
+    crash = tmp_path / "crash"
+    crash.touch()  # the first start crashes 1.5 s after it is ready; the next one serves
+    cfg, pids = leaves_daemons(tmp_path, repos, CRASHES_LEAVING_A_DAEMON)
+    cfg.write_text(cfg.read_text().replace("[app.env]\n", f'[app.env]\nCRASH_FILE = "{crash}"\n')
+                   .replace('http = "/health"\n', ""))
+    proc = spawn_supervisor(cfg)
+    try:
+        wait_sync(lambda: (s := try_status(cfg)) and s["state"] == "running" and s["child_pid"] and
+                  s["restarts"] >= 1, 30, "the crash seen and the app restarted")
+    finally:
+        stop_process(proc)
+    wait_sync(lambda: not any(pid_alive(p) for p in pids()), 10, "every daemon to be gone with pushcd")
+
+
 def test_sigterm_during_a_hung_fetch_exits_within_the_stop_timeout(tmp_path: Path, repos: Repos) -> None:
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))

@@ -114,6 +114,20 @@ def _preexec(parent: int, fds: Sequence[int]) -> Callable[[], None]:
 OnLine = Callable[["Child", str], None]  # a line of a child's output, as it arrives
 
 
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's, plus :attr:`exited`: set when the process exits. Python 3.11's ``Process.wait()`` answers only
+    once every pipe is closed too, so a daemon the app left holding its stdout hid the exit (a crash was never
+    restarted, a stop always waited out its timeout)."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
+
+
 class Child:
     """A started process: ``wait()`` for it or ``stop()`` it; always reaped."""
 
@@ -125,8 +139,10 @@ class Child:
 
     def __init__(self, proc: asyncio.subprocess.Process, spec: Spec, label: str,
                  on_line: "OnLine | None", guard: "Guard | None" = None,
-                 instance: str = "", sockets: frozenset[int] = frozenset()) -> None:
+                 instance: str = "", sockets: frozenset[int] = frozenset(),
+                 exited: asyncio.Event | None = None) -> None:
         self.proc = proc
+        self._exited = exited  # set when the process exits, open pipes or not (see _Protocol)
         self.spec = spec
         self.pid = proc.pid
         self.label = label
@@ -169,7 +185,9 @@ class Child:
                 env.pop(key, None)
         reaper.spawning += 1  # until its pid is in OURS, no sweep may mistake it for an orphan
         try:
-            proc = await asyncio.create_subprocess_exec(
+            loop = asyncio.get_running_loop()
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _Protocol(limit=1 << 20, loop=loop),  # as create_subprocess_exec, and told of the exit
                 *argv,
                 cwd=os.fspath(spec.cwd),
                 env=env,
@@ -179,12 +197,13 @@ class Child:
                 start_new_session=True,  # own group: signals reach the workers too
                 close_fds=not fds,  # with fds, preexec places them; PEP 446 keeps the rest closed
                 preexec_fn=_preexec(os.getpid(), fds),
-                limit=1 << 20,
             )
+            proc = asyncio.subprocess.Process(transport, protocol, loop)
             reaper.OURS.add(proc.pid)
         finally:
             reaper.spawning -= 1
-        child = cls(proc, spec, label, on_line, guard, instance, frozenset(os.fstat(fd).st_ino for fd in fds))
+        child = cls(proc, spec, label, on_line, guard, instance, frozenset(os.fstat(fd).st_ino for fd in fds),
+                    protocol.exited)
         log.info("%s started: pid %d: %s", label, child.pid, " ".join(spec.argv))
         return child
 
@@ -213,8 +232,16 @@ class Child:
     def uptime(self) -> float:
         return time.monotonic() - self.started
 
+    async def _exit(self) -> int:
+        """The exit status, once the process has exited (whoever still holds its pipes)."""
+        if self._exited is None:
+            return await self.proc.wait()
+        await self._exited.wait()
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
     async def wait(self) -> int:
-        code = await self.proc.wait()
+        code = await self._exit()
         # Let the output pump drain so the tail holds the last words.
         try:
             await asyncio.wait_for(asyncio.shield(self._pump), 1.0)
@@ -236,7 +263,7 @@ class Child:
         if self.proc.returncode is None:
             self._signal_group(self.spec.stop_signal)
             try:
-                await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout)
+                await asyncio.wait_for(asyncio.shield(self._exit()), timeout)
             except asyncio.TimeoutError:
                 log.warning("%s pid %d did not stop within %.1fs; sending SIGKILL", self.label, self.pid, timeout)
                 self._signal_group(signal.SIGKILL)

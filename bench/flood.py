@@ -25,22 +25,9 @@ sys.path.insert(0, str(ROOT))
 from bench import common  # noqa: E402
 from bench.common import rss_mb, start_pushcd  # noqa: E402
 from tests.gitrepos import Repos  # noqa: E402
+from tests.load import stall_unsigned  # noqa: E402
 
 SIZE = 24 * 1024 * 1024
-
-
-def stall(port: int, release: threading.Event, sent: list[int]) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-        try:
-            s.sendall((f"POST /github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nContent-Length: {SIZE}\r\n"
-                       f"X-Hub-Signature-256: sha256={'0' * 64}\r\n\r\n").encode())
-            for _ in range(SIZE // (1 << 20) - 1):
-                s.sendall(b"x" * (1 << 20))
-            s.sendall(b"x" * ((1 << 20) - 1))
-        except OSError:
-            pass
-        sent.append(1)
-        release.wait(120)
 
 
 def compressed(port: int, body: bytes) -> bytes:
@@ -66,7 +53,8 @@ def main() -> None:
         try:
             before = rss_mb(proc.pid)
             release, sent = threading.Event(), []
-            stallers = [threading.Thread(target=stall, args=(hook, release, sent)) for _ in range(12)]
+            stallers = [threading.Thread(target=stall_unsigned, args=(hook, SIZE, release, sent),
+                                         kwargs={"timeout": 60}) for _ in range(12)]
             for t in stallers:
                 t.start()
             deadline = time.monotonic() + 120

@@ -320,9 +320,8 @@ def _cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
             lines = call(settings, "GET", "/logs?" + urllib.parse.urlencode({k: v for k, v in query.items() if v}))
             lines = lines["lines"]
         except NotRunning:
-            lines = [{"time": r["t"], "pid": r["pid"], "line": r["line"], "process": r["p"], "release": r["r"]}
-                     for r in applog.read(settings.log_dir, process=args.process, since=since,
-                                          release=args.release, limit=limit)]
+            lines = applog.read(settings.log_dir, process=args.process, since=since, release=args.release,
+                                limit=limit)
         for item in lines:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["time"]))
             print(json.dumps(item) if args.json else f"{when} {item['process']}[{item['pid']}] {item['line']}",

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .configvars import CONFIG_VARS, ConfigVars, ConfigVarsError, check_key, masked, parse_assignments, parse_dotenv
+from .configvars import CONFIG_VARS, ConfigVars, ConfigVarsError, check_key, parse_assignments, parse_dotenv
 
 
 def change(action: str, words: list[str], restart: bool) -> dict[str, Any] | None:
@@ -58,8 +58,7 @@ def offline(state_dir: Path, body: dict[str, Any] | None, show: bool, as_json: b
         except OSError as exc:
             raise ConfigVarsError(f"cannot write {store.path} ({exc.strerror or exc}); run this as the user "
                                   f"pushcd runs as") from None
-    values = store.values(store.current)
-    data = {"config": store.current, "live": None, "vars": values if show else masked(values)}
+    data = store.view(None, show)
     if as_json:
         print(json.dumps(data, indent=2))
     elif body is not None:

@@ -31,7 +31,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 log = logging.getLogger("supervisor.config")
 
@@ -151,6 +151,12 @@ class ConfigVars:
             return dict(self._sets[name])
         except KeyError:
             raise ConfigVarsError(f"config vars {name} are no longer kept in {self.path}; set them again") from None
+
+    def view(self, live: str | None, show: bool = False) -> dict[str, Any]:
+        """`pushcd config` and GET /config: the set new releases take, the one the live release runs with
+        (``live``; None: unknown), and the values, masked unless ``show``."""
+        values = self.values(self.current)
+        return {"config": self.current, "live": live, "vars": values if show else masked(values)}
 
     def knows(self, name: str) -> bool:
         return not name or name in self._sets

@@ -8,7 +8,6 @@ import asyncio
 from dataclasses import asdict
 from typing import Any, Callable
 
-from .configvars import masked
 from .ops.applog import AppLog, read as read_output
 from .deploy import Deployer
 from .schedule import Scheduler
@@ -143,10 +142,8 @@ class Console:
 
     def config_vars(self, show: bool = False) -> dict[str, Any]:
         """The config vars new releases take (values masked unless ``show``), and which set the live one runs."""
-        store, current = self.deployer.work.config_vars, self.deployer.current
-        values = store.values(store.current)
-        return {"config": store.current, "live": current.config if current else None,
-                "vars": values if show else masked(values)}
+        current = self.deployer.current
+        return self.deployer.work.config_vars.view(current.config if current else None, show)
 
     def configure(self, set_: dict[str, str], unset: list[str], restart: bool) -> "asyncio.Future[Any] | str":
         return self.deployer.request_config(set_, unset, restart)

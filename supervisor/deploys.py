@@ -117,9 +117,7 @@ class Deploys:
                             previous, kind=kind)
         undo = w.undo(Built(target, w.tree.path), fallback or Built(previous, w.tree.path))
         try:
-            built = w.new_release(await w.road.builder.of_commit(target, phases, fallback))
-            if config is not None:
-                built = dataclasses.replace(built, config=config)
+            built = w.new_release(await w.road.builder.of_commit(target, phases, fallback), config)
         except BuildFailed as exc:
             why: Failure | None = Failure(str(exc))
             await undo(why)

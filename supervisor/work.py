@@ -33,9 +33,10 @@ class Work:
     head: str = ""  # the work tree's HEAD at start-up, until a release serves
     config_vars: ConfigVars = field(default_factory=lambda: ConfigVars(None))
 
-    def new_release(self, built: Built) -> Built:
-        """A release made just now runs with the current config vars (a kept one keeps its own)."""
-        return dataclasses.replace(built, config=self.config_vars.current)
+    def new_release(self, built: Built, config: str | None = None) -> Built:
+        """A release made just now runs with ``config`` (a rollback's: those it ran with), by default the current
+        config vars (a kept one keeps its own)."""
+        return dataclasses.replace(built, config=self.config_vars.current if config is None else config)
 
     @property
     def deployed(self) -> str:

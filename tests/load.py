@@ -95,3 +95,20 @@ class Load:
                 self._record("error", repr(exc), started)
             finally:
                 conn.close()
+
+
+def stall_unsigned(port: int, size: int, release: threading.Event, sent: list[int], *, timeout: float) -> None:
+    """One delivery with a forged signature (so its body is read): all of its ``size`` bytes but the last, then
+    silence until ``release`` is set (at most twice ``timeout``). ``sent`` gets a 1 once it has sent what it
+    will (a refusal closing the connection first included)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall((f"POST /github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nContent-Length: {size}\r\n"
+                       f"X-Hub-Signature-256: sha256={'0' * 64}\r\n\r\n").encode())
+            for _ in range(size // (1 << 20) - 1):
+                s.sendall(b"x" * (1 << 20))
+            s.sendall(b"x" * ((1 << 20) - 1))
+        except OSError:
+            pass  # answered 503 once the unverified budget was spent, and closed
+        sent.append(1)
+        release.wait(2 * timeout)

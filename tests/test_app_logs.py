@@ -31,8 +31,8 @@ def test_rotation_keeps_every_cap(tmp_path: Path) -> None:
     newest = read(where, process="web", limit=5)
     assert [r["line"].split()[1] for r in newest] == ["2991", "2993", "2995", "2997", "2999"]
     both = read(where, limit=4)
-    assert len(both) == 4 and {r["p"] for r in both} == {"web", "worker"}  # merged, oldest first
-    assert [r["t"] for r in both] == sorted(r["t"] for r in both)
+    assert len(both) == 4 and {r["process"] for r in both} == {"web", "worker"}  # merged, oldest first
+    assert [r["time"] for r in both] == sorted(r["time"] for r in both)
     assert read(where, process="web", release="r2") == []
 
 

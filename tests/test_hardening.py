@@ -31,6 +31,7 @@ from supervisor.ops.page import page_token
 
 from .conftest import (PY, SECRET, Client, Repos, deployed, eventually, git, last_is, pid_alive, raw_request, running,
                        signed_push, spawn_supervisor, stop_process, supervised, try_status, wait_sync, write_config)
+from .load import stall_unsigned
 
 # -- the control API: other origins, other hosts, no token --------------------------------------------
 
@@ -681,20 +682,8 @@ def test_unsigned_bodies_and_compressed_bodies_cost_no_memory(tmp_path: Path, re
         before = _kb(proc.pid, "VmRSS")
         size, release, sent_all = 24 * 1024 * 1024, threading.Event(), []
 
-        def stall() -> None:  # a forged signature, so the body is read; all but its last byte, then silence
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-                try:
-                    s.sendall((f"POST /github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n"
-                               f"Content-Length: {size}\r\nX-Hub-Signature-256: sha256={'0' * 64}\r\n\r\n").encode())
-                    for _ in range(size // (1 << 20) - 1):
-                        s.sendall(b"x" * (1 << 20))
-                    s.sendall(b"x" * ((1 << 20) - 1))
-                except OSError:
-                    pass  # answered 503 once the unverified budget was spent, and closed
-                sent_all.append(1)
-                release.wait(60)
-
-        stallers = [threading.Thread(target=stall) for _ in range(12)]
+        stallers = [threading.Thread(target=stall_unsigned, args=(port, size, release, sent_all),
+                                     kwargs={"timeout": 30}) for _ in range(12)]
         for t in stallers:
             t.start()
         wait_sync(lambda: len(sent_all) == len(stallers), 60, "every staller to have sent what it will")

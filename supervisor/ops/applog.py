@@ -180,7 +180,8 @@ def since_of(text: str, now: float) -> float:
 def read(where: Path, *, process: str | None = None, since: float = 0.0, release: str | None = None,
          limit: int = 200) -> list[dict[str, Any]]:
     """The newest ``limit`` lines (oldest first) after ``since`` of ``process`` (default every one) from
-    ``release`` (an id or a commit's start), across rotations: files are read from their end."""
+    ``release`` (an id or a commit's start), across rotations: files are read from their end. Each as the API,
+    the CLI and the page show it: ``{"time", "pid", "process", "release", "line"}``."""
     names = ([process] if process else
              sorted({p.name.split(".log")[0] for p in where.glob("*.log*")}) if where.is_dir() else [])
     out: list[dict[str, Any]] = []
@@ -193,11 +194,12 @@ def read(where: Path, *, process: str | None = None, since: float = 0.0, release
                 break
             if release and not str(record.get("r", "")).startswith(release):
                 continue
-            found.append(record)
+            found.append({"time": record.get("t", 0), "pid": record.get("pid", 0), "process": record.get("p", name),
+                          "release": record.get("r", ""), "line": record.get("line", "")})
             if len(found) >= limit:
                 break
         out.extend(found)
-    out.sort(key=lambda r: r.get("t", 0))
+    out.sort(key=lambda r: r["time"])
     return out[-limit:]
 
 

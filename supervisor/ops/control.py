@@ -63,7 +63,7 @@ class Console(Protocol):
 
     async def output(self, process: str | None = None, since: float = 0.0, release: str | None = None,
                      limit: int = 200) -> list[dict[str, Any]]:
-        """The app's output, from disk: ``{"t", "pid", "p" (process type), "r" (release), "line"}``, oldest first."""
+        """The app's output, from disk: ``{"time", "pid", "process", "release", "line"}``, oldest first."""
 
     def ask(self, what: str, arg: str | None = None, force: bool = False) -> "asyncio.Future[Any]":
         """A job for the worker: "deploy" (the tip, or ``arg``: a commit), "retry", "rollback" (to ``arg``;
@@ -237,9 +237,8 @@ def make_app(sup: Console, token: bytes, reads_need_token: bool, hosts: Collecti
         for name, value in (("process", process), ("release", release)):
             if value is not None and not OUTPUT.fullmatch(value):
                 raise web.HTTPBadRequest(text=f"{name} must be a name (letters, digits, ., - and _)")
-        records = await sup.output(process, since, release, _int(request, "limit", 200, 1, 5000) or 200)
-        return web.json_response({"lines": [{"time": r["t"], "pid": r["pid"], "line": r["line"], "process": r["p"],
-                                             "release": r["r"]} for r in records]})
+        return web.json_response({"lines": await sup.output(process, since, release,
+                                                            _int(request, "limit", 200, 1, 5000) or 200)})
 
     async def act(request: web.Request, future: "asyncio.Future[Any]", what: str) -> web.Response:
         if request.query.get("wait") not in ("1", "true", "yes"):

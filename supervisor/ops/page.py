@@ -204,7 +204,7 @@ def render_page(st: dict[str, Any], deploys: list[dict[str, Any]], deliveries_se
             f"<tr><td><span class='state {e(d['verdict'])}'>{e(d['verdict'])}</span></td>"
             f"<td>{e(d['event'] or '')}</td><td class='wide'><code>{e(ident[:36])}</code></td>"
             f"<td>{e(_ago(d['received_at']))}</td><td class='reason'>{e(d['reason'] or '')}</td></tr>")
-    lines = "\n".join(f"{r['p']}[{r['pid']}] {r['line']}" for r in lines_seen)
+    lines = "\n".join(f"{r['process']}[{r['pid']}] {r['line']}" for r in lines_seen)
     last = st["last_deploy"]
     last_html = (f"<span class='state {e(last['result'])}'>{e(last['result'])}</span> "
                  f"<span class='reason'>{e(last['reason'])}</span>") if last else "none yet"

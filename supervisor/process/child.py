@@ -137,10 +137,9 @@ class Child:
         env = self.spec.env
         return env.get("SUPERVISOR_RELEASE") or env.get("SUPERVISOR_COMMIT", "")[:12]
 
-    def __init__(self, proc: asyncio.subprocess.Process, spec: Spec, label: str,
+    def __init__(self, proc: asyncio.subprocess.Process, exited: asyncio.Event, spec: Spec, label: str,
                  on_line: "OnLine | None", guard: "Guard | None" = None,
-                 instance: str = "", sockets: frozenset[int] = frozenset(),
-                 exited: asyncio.Event | None = None) -> None:
+                 instance: str = "", sockets: frozenset[int] = frozenset()) -> None:
         self.proc = proc
         self._exited = exited  # set when the process exits, open pipes or not (see _Protocol)
         self.spec = spec
@@ -202,8 +201,8 @@ class Child:
             reaper.OURS.add(proc.pid)
         finally:
             reaper.spawning -= 1
-        child = cls(proc, spec, label, on_line, guard, instance, frozenset(os.fstat(fd).st_ino for fd in fds),
-                    protocol.exited)
+        child = cls(proc, protocol.exited, spec, label, on_line, guard, instance,
+                    frozenset(os.fstat(fd).st_ino for fd in fds))
         log.info("%s started: pid %d: %s", label, child.pid, " ".join(spec.argv))
         return child
 
@@ -234,8 +233,6 @@ class Child:
 
     async def _exit(self) -> int:
         """The exit status, once the process has exited (whoever still holds its pipes)."""
-        if self._exited is None:
-            return await self.proc.wait()
         await self._exited.wait()
         assert self.proc.returncode is not None
         return self.proc.returncode

@@ -4,11 +4,15 @@
 1. pushcd: the app under gunicorn on the held socket, health-gated swaps;
 2. the stack it replaces: a Flask webhook blueprint that verifies the signature and pulls
    with GitPython, served by ``gunicorn --reload``;
-3. the watchfiles CLI restarting gunicorn, with a separate webhook receiver doing the pull.
+3. the watchfiles CLI restarting gunicorn, with a separate webhook receiver doing the pull;
+4. adnanh/webhook running ``git pull --ff-only`` and a graceful reload (``supervisorctl signal
+   HUP``) of gunicorn under supervisord: the usual glue (Debian packages ``webhook`` and
+   ``supervisor``; the stack is left out, and said so, when they are not installed).
 
-For each: webhook answer latency, push-to-new-release-serving, failed requests by kind,
-p99 request latency during swaps vs outside, availability for 10 s after a broken commit,
-RSS and idle CPU of the managing processes. Writes ``bench/RESULTS.md``.
+For each: webhook answer latency (curl, in a process of its own, so the load's threads do not
+hold up the client), push-to-new-release-serving, failed requests by kind, p99 request latency
+during swaps vs outside, availability for 10 s after a broken commit, RSS and idle CPU of the
+managing processes. Writes ``bench/RESULTS.md``.
 
     .venv/bin/pip install -e '.[test,bench]'
     .venv/bin/python bench/compare.py --deploys 20 --spacing 2
@@ -24,6 +28,7 @@ import hmac
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -105,20 +110,24 @@ def seed(folder: Path) -> Path:
     return folder
 
 
-def post_push(url: str, sha: str) -> tuple[float, int]:
+def post_push(url: str, sha: str, folder: Path) -> tuple[float, float, int]:
+    """Send a signed push with curl: (when it started, on time.monotonic; seconds to the answer; status).
+
+    curl runs in a process of its own: timed from this process, the answer would wait for the
+    GIL behind the load's eight client threads (the switch interval is 5 ms), and that wait,
+    not the server, would be the figure.
+    """
     body = json.dumps({"ref": "refs/heads/main", "after": sha, "repository": {"full_name": "bench/app"}}).encode()
-    req = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()),
-        "X-Hub-Signature-256": "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()})
-    t = time.perf_counter()
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            status = resp.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except OSError:
-        status = 0
-    return time.perf_counter() - t, status
+    path = folder / "push.json"
+    path.write_bytes(body)
+    headers = {"Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()),
+               "X-Hub-Signature-256": "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()}
+    argv = ["curl", "-s", "-o", "/dev/null", "-m", "30", "-w", "%{http_code} %{time_total}", "--data-binary",
+            f"@{path}", *(a for k, v in headers.items() for a in ("-H", f"{k}: {v}")), url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout.split()
+    done = time.monotonic()
+    status, seconds = (int(out[0]), float(out[1])) if len(out) == 2 else (0, 30.0)
+    return done - seconds, seconds, status
 
 
 @dataclass
@@ -127,7 +136,7 @@ class Stack:
     app_port: int
     hook_url: str
     procs: list[subprocess.Popen] = field(default_factory=list)
-    manager: int = 0  # the pid whose RSS we report
+    managers: list[int] = field(default_factory=list)  # the pids whose RSS we report (summed)
 
     def stop(self) -> None:
         for p in self.procs:
@@ -149,7 +158,7 @@ def start_pushcd(repos: Repos, logs: Path) -> Stack:
                "--graceful-timeout", "10", "app:app"]
     proc, port, hook, _ = start_pushcd_process(repos.root, repos.work, command, SECRET, logs / "pushcd.log",
                                                extra="[watch]\ndebounce_ms = 100")
-    return Stack("pushcd", port, f"http://127.0.0.1:{hook}/github", [proc], proc.pid)
+    return Stack("pushcd", port, f"http://127.0.0.1:{hook}/github", [proc], [proc.pid])
 
 
 def start_legacy(repos: Repos, logs: Path) -> Stack:
@@ -159,7 +168,8 @@ def start_legacy(repos: Repos, logs: Path) -> Stack:
                              "app:app"], cwd=repos.work, env=env, stdout=open(logs / "legacy.log", "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     wait_http(f"http://127.0.0.1:{port}/health")
-    return Stack("gunicorn --reload + Flask/GitPython hook", port, f"http://127.0.0.1:{port}/github", [proc], proc.pid)
+    return Stack("gunicorn --reload + Flask/GitPython hook", port, f"http://127.0.0.1:{port}/github", [proc],
+                 [proc.pid])
 
 
 def start_watchfiles(repos: Repos, logs: Path) -> Stack:
@@ -172,16 +182,75 @@ def start_watchfiles(repos: Repos, logs: Path) -> Stack:
                             stdout=open(logs / "watchfiles-hook.log", "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     wait_http(f"http://127.0.0.1:{port}/health")
+    wait_hook(f"http://127.0.0.1:{hook_port}/github")
+    return Stack("watchfiles CLI + gunicorn, separate hook", port, f"http://127.0.0.1:{hook_port}/github",
+                 [wf, hook], [wf.pid])
+
+
+def wait_hook(url: str) -> None:
+    """Until the hook answers an HTTP error to a GET (405 from Flask, 400 or 404 from adnanh/webhook)."""
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # the hook answers 405 to GET once it is up
+    while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{hook_port}/github", timeout=2)
+            urllib.request.urlopen(url, timeout=2)
+            return
         except urllib.error.HTTPError:
-            break
+            return
         except OSError:
             time.sleep(0.05)
-    return Stack("watchfiles CLI + gunicorn, separate hook", port, f"http://127.0.0.1:{hook_port}/github",
-                 [wf, hook], wf.pid)
+    raise RuntimeError(f"{url} did not answer within 30s")
+
+
+SUPERVISORD_CONF = """[supervisord]
+nodaemon = true
+logfile = {folder}/supervisord.log
+pidfile = {folder}/supervisord.pid
+[unix_http_server]
+file = {folder}/supervisor.sock
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[supervisorctl]
+serverurl = unix://{folder}/supervisor.sock
+[program:app]
+command = {gunicorn} --workers 2 --graceful-timeout 10 --bind 127.0.0.1:{port} app:app
+directory = {work}
+stopasgroup = true
+killasgroup = true
+"""
+
+# What adnanh/webhook runs for a verified push: the README's "git pull, then reload".
+DEPLOY_SH = """#!/bin/sh
+cd {work} && git pull -q --ff-only origin main && exec supervisorctl -c {folder}/supervisord.conf signal HUP app
+"""
+
+
+def start_adnanh(repos: Repos, logs: Path) -> Stack:
+    port, hook_port = free_ports(2)
+    folder = repos.root / "glue"
+    folder.mkdir()
+    (folder / "supervisord.conf").write_text(SUPERVISORD_CONF.format(folder=folder, gunicorn=BIN / "gunicorn",
+                                                                     port=port, work=repos.work))
+    deploy = folder / "deploy.sh"
+    deploy.write_text(DEPLOY_SH.format(work=repos.work, folder=folder))
+    deploy.chmod(0o755)
+    signature = {"type": "payload-hmac-sha256", "secret": SECRET,
+                 "parameter": {"source": "header", "name": "X-Hub-Signature-256"}}
+    event = {"type": "value", "value": "push", "parameter": {"source": "header", "name": "X-GitHub-Event"}}
+    (folder / "hooks.json").write_text(json.dumps([{
+        "id": "github", "execute-command": str(deploy), "command-working-directory": str(repos.work),
+        "trigger-rule": {"and": [{"match": signature}, {"match": event}]}}]))
+    # Debian's supervisord is a Python program whose package is also called `supervisor`: the
+    # system interpreter and a cwd outside this repository keep it from importing ours.
+    sup = subprocess.Popen(["/usr/bin/supervisord", "-c", str(folder / "supervisord.conf")], cwd=folder,
+                           stdout=open(logs / "supervisord.log", "w"), stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    hook = subprocess.Popen(["webhook", "-hooks", str(folder / "hooks.json"), "-ip", "127.0.0.1", "-port",
+                             str(hook_port)], cwd=folder, stdout=open(logs / "adnanh-webhook.log", "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/health")
+    wait_hook(f"http://127.0.0.1:{hook_port}/hooks/github")
+    return Stack("adnanh/webhook + supervisord + gunicorn (HUP)", port, f"http://127.0.0.1:{hook_port}/hooks/github",
+                 [sup, hook], [sup.pid, hook.pid])
 
 
 def run_stack(starter, name: str, root: Path, deploys: int, spacing: float, clients: int, logs: Path) -> dict:
@@ -194,15 +263,14 @@ def run_stack(starter, name: str, root: Path, deploys: int, spacing: float, clie
         c0 = cpu_seconds(pids)
         time.sleep(5.0)
         out["idle_cpu_pct"] = (cpu_seconds(pids) - c0) / 5.0 * 100
-        out["manager_rss_mb"] = rss_mb(stack.manager)
+        out["manager_rss_mb"] = [rss_mb(pid) for pid in stack.managers]
         hook_lat, serve_times, windows = [], [], []
         with Load(stack.app_port, clients=clients, max_requests=10**6, max_seconds=deploys * spacing + 60,
                   timeout=10) as load:
             time.sleep(1.0)
             for i in range(1, deploys + 1):
                 sha = repos.commit({"version.py": f'VERSION = "{i}"\n'}, f"v{i}")
-                t_push = time.monotonic()
-                lat, status = post_push(stack.hook_url, sha)
+                t_push, lat, status = post_push(stack.hook_url, sha, root)
                 hook_lat.append(lat)
                 served = None
                 deadline = t_push + 30
@@ -217,8 +285,7 @@ def run_stack(starter, name: str, root: Path, deploys: int, spacing: float, clie
                 time.sleep(max(0.0, spacing - (time.monotonic() - t_push)))
             # A broken commit: the old release must keep answering.
             sha = repos.commit({"version.py": "VERSION = (\n"}, "broken")
-            t_broken = time.monotonic()
-            post_push(stack.hook_url, sha)
+            t_broken, _, _ = post_push(stack.hook_url, sha, root)
             time.sleep(10.0)  # the measured window itself
         r = load.stop()
         window = [e for e in r.events if t_broken <= e[0] <= t_broken + 10.0]
@@ -263,7 +330,7 @@ def table(results: list[dict]) -> str:
         ("failed requests after the broken commit (by kind)", lambda r: _fmt(r["failures_broken"])),
         ("p99 request latency during swaps / outside (ms)", lambda r: f"{r['p99_swap_ms']:.0f} / {r['p99_outside_ms']:.0f}"),
         ("10 s after a broken commit: answered by the old release", lambda r: f"{r['broken_availability_pct']:.1f}%"),
-        ("manager RSS (MB)", lambda r: f"{r['manager_rss_mb']:.1f}"),
+        ("manager RSS (MB)", lambda r: " + ".join(f"{mb:.1f}" for mb in r["manager_rss_mb"])),
         ("idle CPU, whole stack (% of one core)", lambda r: f"{r['idle_cpu_pct']:.2f}"),
     ]
     head = "| | " + " | ".join(r["stack"] for r in results) + " |\n|---|" + "---|" * len(results) + "\n"
@@ -275,11 +342,16 @@ def main() -> int:
     parser.add_argument("--deploys", type=int, default=20)
     parser.add_argument("--spacing", type=float, default=2.0)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--only", choices=["pushcd", "legacy", "watchfiles"], action="append")
+    parser.add_argument("--only", choices=["pushcd", "legacy", "watchfiles", "adnanh"], action="append")
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     args = parser.parse_args()
-    starters = {"pushcd": start_pushcd, "legacy": start_legacy, "watchfiles": start_watchfiles}
+    starters = {"pushcd": start_pushcd, "legacy": start_legacy, "watchfiles": start_watchfiles,
+                "adnanh": start_adnanh}
     chosen = args.only or list(starters)
+    if not (shutil.which("webhook") and Path("/usr/bin/supervisord").exists()) and "adnanh" in chosen:
+        print("adnanh/webhook or supervisord is not installed (apt-get install webhook supervisor): "
+              "that stack is left out", flush=True)
+        chosen.remove("adnanh")
     results = []
     with tempfile.TemporaryDirectory(prefix="pushcd-bench-") as tmp:
         root = Path(tmp)

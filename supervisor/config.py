@@ -369,6 +369,8 @@ class JobSpec:
 
 
 def _jobs(raw: Config, repo_path: Path) -> dict[str, JobSpec]:
+    if not raw.jobs:
+        return {}  # and zoneinfo and cronsim (0.7 MB) stay unloaded
     import zoneinfo
 
     from cronsim import CronSim, CronSimError  # only a config with jobs needs these

@@ -55,10 +55,10 @@ class Restarts:
             return w.finish("refused", f"no process type {name}; the running release has: "
                                        f"{', '.join(['web', *(t.name for t in types)])}", w.deployed, trigger, phases,
                             w.deployed, kind="restart")
-        with phases("start"):
-            if name == "web":
-                why = await w.road.web.start(current)
-            else:
+        if name == "web":
+            why = await w.road.web.start(current, phases=phases)
+        else:
+            with phases("workers"):
                 why = await w.road.workers.replace(current, types, only=name)
         if why is None:
             return w.finish("ok", f"restarted {name} by hand", w.deployed, trigger, phases, w.deployed,

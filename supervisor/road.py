@@ -18,6 +18,7 @@ serves, or, crashed, what is to be started again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -74,8 +75,7 @@ class Road:
         why = await self._prepare(attempt, phases)
         if why is None:
             self.ledger.phase("gate")
-            with phases("start"):
-                why = await self._gate(target, fallback, attempt.probation)
+            why = await self._gate(target, fallback, attempt.probation, phases)
         if why is None:
             self._went_live(target, attempt.probation)
             return None
@@ -108,14 +108,16 @@ class Road:
         self.ledger.prepared_ok(ref)
         return None
 
-    async def _gate(self, built: Built, fallback: Built | None, probation: bool) -> Failure | None:
+    async def _gate(self, built: Built, fallback: Built | None, probation: bool, phases: Phases) -> Failure | None:
         """The web process, then every process type, to ``built``; None when all are ready. Process types
         are gated only when something can go back (at start they are retried with backoff instead)."""
-        why = await self.web.start(built, previous=fallback if probation else None)
+        why = await self.web.start(built, previous=fallback if probation else None, phases=phases)
         if why is not None:
             return why
-        why = await self.workers.replace(built, self.types(built), probation=self.probation if probation else 0,
-                                         gate=fallback is not None)
+        types = self.types(built)
+        with phases("workers") if types else contextlib.nullcontext():
+            why = await self.workers.replace(built, types, probation=self.probation if probation else 0,
+                                             gate=fallback is not None)
         if why is not None:
             log.warning("release %s: %s; the web process goes back too", built.commit[:12], why)
         return why

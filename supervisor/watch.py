@@ -68,7 +68,8 @@ class Expected:
     async def settled(self, timeout: float = 600.0) -> None:
         """Return once no checkout is writing (or after ``timeout``: then judge what is there)."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: in 3.11 it can swallow a cancel
+                await self._idle.wait()
         except asyncio.TimeoutError:
             log.warning("watch: a checkout has been writing for %ss; judging changes anyway", timeout)
 
@@ -143,7 +144,8 @@ class Armed:
             n += 1
             (self.folder / "canary").write_text(str(n))
             try:
-                await asyncio.wait_for(self.event.wait(), 0.25)
+                async with asyncio.timeout(0.25):
+                    await self.event.wait()
             except asyncio.TimeoutError:
                 pass
         if not self.event.is_set():

@@ -133,7 +133,7 @@ async def test_the_old_release_serves_its_own_template_and_static_file_while_a_s
         assert facts["release"] == status["release"]["id"] and facts["commit"] == new
         assert facts["cwd"] == facts["release_dir"] == status["release"]["dir"]
         assert Path(facts["cwd"]).parent == tmp_path / "state" / "releases"
-        assert status["last_deploy"]["phases"].keys() >= {"fetch", "checkout", "build", "start"}
+        assert status["last_deploy"]["phases"].keys() >= {"fetch", "checkout", "build", "ready", "handover"}
 
 
 async def test_release_files_are_read_only_shared_by_hard_link_never_with_the_work_tree_and_pruned_to_keep(
@@ -214,7 +214,7 @@ async def test_rollback_starts_a_kept_release_with_no_checkout_and_no_install(
         code, body = await client.control("POST", "/rollback?wait=1")
         assert code == 200 and body["result"]["result"] == "ok", body
         phases = body["result"]["phases"]
-        assert "start" in phases and not {"checkout", "build", "install", "before_restart"} & phases.keys(), phases
+        assert "ready" in phases and not {"checkout", "build", "install", "before_restart"} & phases.keys(), phases
         back = await info(client)
         assert back == first, (back, first)  # the same folder, the same environment
         assert repos.head() != second  # the work tree followed

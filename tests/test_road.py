@@ -26,7 +26,8 @@ class FakeWeb:
     def __init__(self, events: list[str], fail: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         self.events, self.fail, self.live = events, fail, None
 
-    async def start(self, built: Built, previous: Built | None = None) -> Failure | None:
+    async def start(self, built: Built, previous: Built | None = None, phases: Phases | None = None
+                    ) -> Failure | None:
         self.events.append(f"start {built.id}")
         if built.commit in self.fail:
             return Failure("not ready within 1s")

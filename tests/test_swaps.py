@@ -214,7 +214,8 @@ async def test_without_a_held_socket_swaps_are_stop_then_start(repos: Repos, tmp
 
 
 async def test_notify_readiness(repos: Repos, tmp_path: Path, session) -> None:
-    cfg = write_config(tmp_path / "c.toml", repos, ready={"notify": True, "http": None, "min_uptime": 0})
+    # the silent release waits out the timeout: 5 s, not the suite's 15, is still ample for a good one
+    cfg = write_config(tmp_path / "c.toml", repos, ready={"notify": True, "http": None, "min_uptime": 0, "timeout": 5})
     async with supervised(cfg, session) as (sup, c):
         await c.ship(repos, {"message.txt": "v2\n"}, "v2")
         silent = DEMO_APP.replace("    notify_ready()\n", "")

@@ -26,6 +26,7 @@ from typing import Callable, Mapping
 from ..built import Built
 from ..config import AppSpec, probe_problem
 from ..failure import Failure
+from ..ops.record import Phases
 from .child import Child, OnLine, Spec, describe_exit
 from .guard import Guard
 from .listener import Listeners
@@ -169,9 +170,12 @@ class Web:
             if probe_sock is not None:
                 probe_sock.close()  # the child holds its own copy
 
-    async def start(self, built: Built, previous: Built | None = None) -> Failure | None:
+    async def start(self, built: Built, previous: Built | None = None, phases: Phases | None = None
+                    ) -> Failure | None:
         """Put ``built`` live (None), or say why not. With ``[app] listen`` the old child serves until the new
-        one is ready."""
+        one is ready. ``phases`` gets "ready" (spawn until the gate passed: mostly the app's own start) and
+        "handover" (steering, the old backlog drained, the old process stopped)."""
+        phases = phases or Phases()
         async with self._lock:
             old = self.live
             if old is not None and self.public is None:
@@ -184,7 +188,8 @@ class Web:
                 sock = self.public.fresh() if old is not None and old.alive else self.public.current
             app = self.app  # what _spawn starts it with (a SIGHUP may replace self.app meanwhile)
             try:
-                started, probe = await self._spawn(built, sock)
+                with phases("ready"):
+                    started, probe = await self._spawn(built, sock)
             except SpawnError as exc:
                 self._drop_unused(sock)
                 return Failure(str(exc))
@@ -199,7 +204,8 @@ class Web:
             self._watches.add(watch)
             watch.add_done_callback(self._watches.discard)
             if old is not None:
-                await self._hand_over(old, sock)
+                with phases("handover"):
+                    await self._hand_over(old, sock)
             log.info("release %s live: pid %d%s", built.commit[:12], child.pid,
                      f" (release {built.id}{', with hand edits' if built.dirty else ''})" if built.id else "")
             return None

@@ -13,6 +13,7 @@
     exec       run a command in the live release, as its processes see it (pushcd exec -- CMD ...)
     config     config vars: list, set KEY=VALUE, unset KEY, import .env (a change is a release, gated)
     jobs       scheduled jobs: next run, last result; jobs run NAME runs one now
+    ls         the instances on this box: one config each in /etc/pushcd (--dir), and their state
 
 The client commands find the control API through the same config file.
 User errors (config, ports, work tree) print one line and exit 2; no traceback.
@@ -21,6 +22,7 @@ User errors (config, ports, work tree) print one line and exit 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -29,11 +31,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import config, configcli
+from . import config, configcli, instances
 from .client import ClientError, NotRunning, call
 from .configvars import ConfigVarsError
 from .config import ConfigError, Settings
@@ -106,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("action", nargs="?", choices=["list", "run"], default="list")
     jobs.add_argument("name", nargs="?", help="the job to run now")
     add("demo-push", "demo: commit to the demo origin and send a signed webhook", json_flag=False)
+    ls = sub.add_parser("ls", help="the instances on this box: one config each in a folder, and their state")
+    ls.add_argument("--dir", type=Path, default=instances.DEFAULT_DIR,
+                    help=f"the folder of the instances' configs (default: {instances.DEFAULT_DIR}, as the "
+                         f"systemd template unit pushcd@.service reads them)")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -151,6 +159,25 @@ def _print_status(data: dict[str, Any]) -> None:
         rows.append(("history", data["history"]["problem"]))
     for key, value in rows:
         print(f"{key:<12} {value}")
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    found = instances.listing(args.dir)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(i) for i in found], indent=2))
+        return 0
+    if not found:
+        print(f"no instances: {args.dir} has no *.toml")
+        return 0
+    rows = [("NAME", "STATE", "COMMIT", "LAST DEPLOY", "CONTROL", "CONFIG")]
+    rows += [(i.name, i.state, _short(i.commit), i.last_deploy or "-", i.control or "-", i.config) for i in found]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    for i in found:
+        if i.problem:
+            print(f"{i.name}: {i.problem}", file=sys.stderr)
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -466,6 +493,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_run(args)
     if args.command == "check":
         return _cmd_check(args)
+    if args.command == "ls":
+        return _cmd_ls(args)
     if args.command == "demo-push":
         from . import demo
 

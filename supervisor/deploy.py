@@ -1,10 +1,10 @@
-"""The deploy worker: one job at a time, taken from one mailbox, dispatched to its handler.
+"""The deploy worker: one request at a time, taken from one mailbox, dispatched to its handler.
 
-Everything that changes the tree or the live release is a job in the
+Everything that changes the tree or the live release is a request in the
 :class:`~supervisor.mailbox.Mailbox` (webhook and manual deploys, rollbacks,
 watched file changes, crash recovery), and :meth:`Deployer.run` is its only
-consumer: it takes the most urgent job and calls ``handle_<kind>``. So no two
-jobs ever interleave, no request is lost, and any number of requests that
+consumer: it takes the most urgent request and calls ``handle_<kind>``. So no two
+requests ever interleave, no request is lost, and any number of requests that
 arrive during a deploy collapse into one next deploy of the branch tip (the
 webhook payload is only a hint to look).
 
@@ -45,12 +45,12 @@ log = logging.getLogger("supervisor.deploy")
 class State(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
-    DEPLOYING = "deploying"  # a deploy, rollback or restart job is under way
+    DEPLOYING = "deploying"  # a deploy, rollback or restart request is under way
     CRASHED = "crashed"  # no live release is running; a recovery is queued or scheduled
 
 
 class Deployer:
-    """The single worker: takes jobs and dispatches them, one at a time."""
+    """The single worker: takes requests and dispatches them, one at a time."""
 
     def __init__(self, tree: WorkTree, git: GitThread, road: Road, moves: Moves, recorder: Recorder, *,
                  on_diverge: str, pause: Pause | None = None, marks: Marks | None = None,
@@ -63,14 +63,14 @@ class Deployer:
         self.startup = Startup(self.work, retry=self.recovery.retry)
         self.deploying = Deploys(self.work, self.mailbox, self.pause, self.hold, on_diverge=on_diverge)
         self.restarts = Restarts(self.work, start_up=self.startup.run)
-        self.runs = 0  # jobs the worker finished, including ones that found nothing to do
+        self.runs = 0  # requests the worker finished, including ones that found nothing to do
         self._started = False
         self._busy: Kind | None = None
         road.web.on_exit = lambda _release: self.mailbox.put(Kind.RECOVER, "crash")
         road.workers.on_early_exit = lambda why: self.mailbox.put(Kind.RECOVER, "crash", arg=why)
 
 
-    # -- handlers: one per job kind -------------------------------------------
+    # -- handlers: one per request kind -------------------------------------------
     async def handle_deploy(self, trigger: str, arg: str | None = None) -> Result:
         return await self.deploying.deploy(trigger, arg)
 
@@ -170,7 +170,7 @@ class Deployer:
     def request_config(self, set_: dict[str, str], unset: list[str], restart: bool = True
                        ) -> "asyncio.Future[Result] | str":
         """New config vars: the current ones with ``set_`` and without ``unset`` (ConfigVarsError if a key is
-        wrong). With ``restart``, a future of the job that puts them live; without, their digest: they apply
+        wrong). With ``restart``, a future of the request that puts them live; without, their digest: they apply
         at the next deploy."""
         store = self.work.config_vars
         values = store.changed(set_, unset)  # a wrong key is refused here, before anything is queued
@@ -203,31 +203,31 @@ class Deployer:
         self._started = True
 
     async def run(self) -> None:
-        """Take jobs, most urgent first, and dispatch each to ``handle_<kind>``; forever."""
+        """Take requests, most urgent first, and dispatch each to ``handle_<kind>``; forever."""
         try:
             await self._quiet()
             while True:
-                job = await self.mailbox.take()
-                await self._one(job)
+                request = await self.mailbox.take()
+                await self._one(request)
         finally:
             self.mailbox.close()  # shutting down: whoever still waits hears "nothing done"
 
-    async def _one(self, job: Request) -> None:
-        handler = getattr(self, f"handle_{job.kind.value}")
-        self._busy = job.kind
+    async def _one(self, request: Request) -> None:
+        handler = getattr(self, f"handle_{request.kind.value}")
+        self._busy = request.kind
         result: Result = None
         raised = False
         try:
-            result = await handler(job.trigger, job.arg)
+            result = await handler(request.trigger, request.arg)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a bug or an OS error must not stop the worker
             raised = True
             log.exception("deploy worker: unexpected error in %s; the app keeps running, next request retries",
-                          job.kind.value)
+                          request.kind.value)
         finally:
             self._busy = None
-            job.answer(result)  # whoever asked hears how it ended, even when it raised
+            request.answer(result)  # whoever asked hears how it ended, even when it raised
             self.runs += 1
         if self.recovery.needed() and self.recovery.due is None:
             # Never crashed without a restart on the way; after an error, not at once (it may repeat).
@@ -235,7 +235,7 @@ class Deployer:
                 self.recovery.retry()
             else:
                 self.mailbox.put(Kind.RECOVER, "crash")
-        if job.kind != Kind.RECOVER and not self.mailbox.has(Kind.DEPLOY, Kind.ROLLBACK, Kind.CONFIG, Kind.RESTART):
+        if request.kind != Kind.RECOVER and not self.mailbox.has(Kind.DEPLOY, Kind.ROLLBACK, Kind.CONFIG, Kind.RESTART):
             await self._quiet()
 
     async def _quiet(self) -> None:

@@ -41,7 +41,7 @@ class RollbackTo:
 
 @dataclass(frozen=True)
 class ConfigChange:
-    """`pushcd config set/unset`: applied to the config vars current when its job runs, so two changes
+    """`pushcd config set/unset`: applied to the config vars current when its request is taken, so two changes
     queued one after the other both count."""
 
     set: tuple[tuple[str, str], ...] = ()

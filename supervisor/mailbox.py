@@ -1,4 +1,4 @@
-"""The job mailbox: one queue, one consumer, nothing lost.
+"""The request mailbox: one queue, one consumer, nothing lost.
 
 Everything that changes the tree or the live release is a request put here
 (from a webhook, the control API, the watcher, a crash, a timer); the deploy
@@ -7,15 +7,15 @@ what asked for it, and the futures of whoever waits for its result.
 
 Two rules, both here and nowhere else:
 
-- **Coalescing**: a request for a job already queued (same kind, same
-  argument) joins it: its waiters are added, the first trigger names the job.
+- **Coalescing**: a request like one already queued (same kind, same
+  argument) joins it: its waiters are added, the first trigger names the request.
   Any number of pushes during a deploy become one next deploy of the branch
-  tip; a deploy of a given commit is a job of its own.
-- **Precedence**: :class:`Kind` is declared in the order jobs are taken:
+  tip; a deploy of a given commit is a request of its own.
+- **Precedence**: :class:`Kind` is declared in the order requests are taken:
   a person's rollback first, then a deploy, then a change of config vars,
   then crash recovery, then a restart (watched files, or asked for); within a kind, first come first
   served. A crash-restart waiting out its backoff is a
-  timer that puts a request later, never a wait inside a job, so a rollback
+  timer that puts a request later, never a wait inside the worker, so a rollback
   asked for meanwhile is taken at once.
 
 >>> import asyncio
@@ -24,9 +24,9 @@ Two rules, both here and nowhere else:
 ...     box.put(Kind.RESTART, "watch")
 ...     first = box.put(Kind.DEPLOY, "webhook", wait=True)
 ...     second = box.put(Kind.DEPLOY, "manual", wait=True)
-...     job = await box.take()
-...     job.answer("done")
-...     return job.kind.value, job.trigger, await first, await second, box.queued
+...     request = await box.take()
+...     request.answer("done")
+...     return request.kind.value, request.trigger, await first, await second, box.queued
 >>> asyncio.run(demo())
 ('deploy', 'webhook', 'done', 'done', ['watch'])
 """
@@ -64,17 +64,17 @@ class Request:
 
 
 class Mailbox:
-    """Single-consumer queue of jobs with coalescing and precedence (see module doc)."""
+    """Single-consumer queue of requests with coalescing and precedence (see module doc)."""
 
     def __init__(self) -> None:
-        self._jobs: dict[tuple[Kind, Any], Request] = {}  # in arrival order
+        self._queued: dict[tuple[Kind, Any], Request] = {}  # in arrival order
         self._ready = asyncio.Event()  # set while _jobs is not empty: a put can never be missed
         self._timers: set[asyncio.TimerHandle] = set()
         self.closed = False
 
     def put(self, kind: Kind, trigger: str, *, wait: bool = False, arg: Any = None
             ) -> "asyncio.Future[Any] | None":
-        """Queue a job (or join the queued one); with ``wait``, a future for its result."""
+        """Queue a request (or join the queued one); with ``wait``, a future for its result."""
         future: asyncio.Future[Any] | None = None
         if wait:
             future = asyncio.get_running_loop().create_future()
@@ -83,14 +83,14 @@ class Mailbox:
                 return future
         if self.closed:
             return future
-        job = self._jobs.setdefault((kind, arg), Request(kind, trigger, arg))
+        request = self._queued.setdefault((kind, arg), Request(kind, trigger, arg))
         if future is not None:
-            job.waiters.append(future)
+            request.waiters.append(future)
         self._ready.set()
         return future
 
     def put_later(self, delay: float, kind: Kind, trigger: str) -> None:
-        """Queue a job after ``delay`` seconds (a retry, a backoff); the worker stays free meanwhile."""
+        """Queue a request after ``delay`` seconds (a retry, a backoff); the worker stays free meanwhile."""
         def fire() -> None:
             self._timers.discard(handle)
             self.put(kind, trigger)
@@ -99,25 +99,25 @@ class Mailbox:
         self._timers.add(handle)
 
     async def take(self) -> Request:
-        """The most urgent queued job; waits while there is none."""
-        while not self._jobs:
+        """The most urgent queued request; waits while there is none."""
+        while not self._queued:
             self._ready.clear()
             await self._ready.wait()
         order = list(Kind)
-        key = min(self._jobs, key=lambda k: order.index(k[0]))  # min keeps the first of equals: FIFO
-        job = self._jobs.pop(key)
-        if not self._jobs:
+        key = min(self._queued, key=lambda k: order.index(k[0]))  # min keeps the first of equals: FIFO
+        request = self._queued.pop(key)
+        if not self._queued:
             self._ready.clear()
-        return job
+        return request
 
     def has(self, *kinds: Kind) -> bool:
-        return any(kind in kinds for kind, _ in self._jobs)
+        return any(kind in kinds for kind, _ in self._queued)
 
     @property
     def queued(self) -> list[str]:
-        """Triggers of the queued jobs, most urgent first (for /status)."""
+        """Triggers of the queued requests, most urgent first (for /status)."""
         order = list(Kind)
-        return [job.trigger for _, job in sorted(self._jobs.items(), key=lambda kv: order.index(kv[0][0]))]
+        return [request.trigger for _, request in sorted(self._queued.items(), key=lambda kv: order.index(kv[0][0]))]
 
     def close(self) -> None:
         """Shutting down: answer every waiter (None), forget timers, accept nothing more."""
@@ -125,6 +125,6 @@ class Mailbox:
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
-        for job in self._jobs.values():
-            job.answer(None)
-        self._jobs.clear()
+        for request in self._queued.values():
+            request.answer(None)
+        self._queued.clear()

@@ -1,7 +1,7 @@
-"""What every job handler works with: the work tree, the road, the marks, and where results are written.
+"""What every request handler works with: the work tree, the road, the marks, and where results are written.
 
 The handlers (:mod:`.startup`, :mod:`.deploys`, :mod:`.restarts`, :mod:`.recovery`) each choose a target
-and a fallback for one kind of job and take the road; this is the little they share.
+and a fallback for one kind of request and take the road; this is the little they share.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .moves import Moves
 from .ops.record import LastDeploy, Phases, Recorder
 from .road import Road, Undo
 
-Result = LastDeploy | None  # what a job's waiters hear: the recorded result, or None (nothing done)
+Result = LastDeploy | None  # what a request's waiters hear: the recorded result, or None (nothing done)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from supervisor.deploy import Deployer, State
 from supervisor.mailbox import Kind, Mailbox
 from supervisor.ledger import Ledger
 from supervisor.marks import Marks
-from supervisor.ops.record import LastDeploy, Recorder
+from supervisor.ops.record import LastDeploy, Phases, Recorder
 from supervisor.prepare import Preparation
 from supervisor.failure import Failure
 from supervisor.process.workers import Workers
@@ -82,7 +82,8 @@ class FakeWeb:
                                          live_since=0.0)
         self.on_exit: Any = None
 
-    async def start(self, built: Built, previous: Built | None = None) -> Failure | None:
+    async def start(self, built: Built, previous: Built | None = None, phases: Phases | None = None
+                    ) -> Failure | None:
         self.events.append(f"start {built.commit[:1]}")
         self.live = SimpleNamespace(alive=True, child=fake_child(True), previous=previous, commit=built.commit,
                                     built=built, live_since=0.0)

@@ -1,5 +1,5 @@
-"""The read model: what the control API and the metrics see of the running supervisor, and the jobs
-they may ask for. It reads the parts' state and changes none of it (an ask only puts a request in the mailbox).
+"""The read model: what the control API and the metrics see of the running supervisor, and what they
+may ask of it. It reads the parts' state and changes none of it (an ask only puts a request in the mailbox).
 """
 
 from __future__ import annotations

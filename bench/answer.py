@@ -16,42 +16,29 @@ left out. Only 127.0.0.1; bounded in count.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import json
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import compare  # noqa: E402
-from bench.common import free_port, pct  # noqa: E402
-from bench.webhook_latency import FLOOR_APP  # noqa: E402
+from bench.common import pct  # noqa: E402
+from bench.webhook_latency import SECRET, burst, floor_app  # noqa: E402
 from tests.gitrepos import Repos  # noqa: E402
 
 BODY = json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}).encode()
+assert SECRET.decode() == compare.SECRET  # the stacks verify what burst() signs
 
 
 def answer_ms(port: int, path: str) -> float:
     """One signed ping on a new connection: milliseconds from sending it to the end of the answer."""
-    head = {"Content-Type": "application/json", "X-GitHub-Event": "ping", "X-GitHub-Delivery": str(uuid.uuid4()),
-            "X-Hub-Signature-256": "sha256=" + hmac.new(compare.SECRET.encode(), BODY, hashlib.sha256).hexdigest()}
-    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(BODY)}\r\nConnection: close\r\n"
-               + "".join(f"{k}: {v}\r\n" for k, v in head.items()) + "\r\n").encode() + BODY
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        started = time.perf_counter()
-        conn.sendall(request)
-        while conn.recv(65536):  # the server closes after the answer (Connection: close)
-            pass
-        return (time.perf_counter() - started) * 1000
+    return burst(port, BODY, 1, path, "ping")[0] * 1000
 
 
 def measure(port: int, path: str, warm: int, cold: int) -> dict[str, float]:
@@ -69,21 +56,6 @@ def measure(port: int, path: str, warm: int, cold: int) -> dict[str, float]:
 def stack_of(name: str, root: Path, logs: Path) -> compare.Stack:
     repos = Repos(root / name, seed=compare.seed(root / f"{name}-seed"))
     return {"pushcd": compare.start_pushcd, "adnanh": compare.start_adnanh}[name](repos, logs)
-
-
-def floor_of() -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port)])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise RuntimeError("the bare aiohttp app did not listen within 30s")
 
 
 def main() -> int:
@@ -107,12 +79,8 @@ def main() -> int:
                 rows.append((stack.name, measure(port, path, args.warm, args.cold)))
             finally:
                 stack.stop()
-        proc, port = floor_of()
-        try:
+        with floor_app() as port:
             rows.append(("a bare aiohttp app that reads and answers", measure(port, "/github", args.warm, args.cold)))
-        finally:
-            proc.terminate()
-            proc.wait(10)
     print(f"| | warm p50 / p99 (ms), {args.warm} back to back | cold p50 / p90 (ms), {args.cold} sent 0.25 s apart |")
     print("|---|---|---|")
     for name, r in rows:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -25,6 +26,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import aiohttp
 
@@ -71,23 +73,32 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 """
 
 
-def floor(body: bytes, rounds: int, concurrency: int) -> list[float]:
-    """The same bursts against an aiohttp app that only reads the body and answers: the stack's own floor."""
+@contextlib.contextmanager
+def floor_app() -> Iterator[int]:
+    """An aiohttp app that only reads the body and answers (the floor of pushcd's stack), listening: its port."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port)])
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the bare aiohttp app did not listen within 30s") from None
                 time.sleep(0.05)
-        burst(port, body, concurrency)  # warm up
-        return [t for _ in range(rounds) for t in burst(port, body, concurrency)]
+        yield port
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def floor(body: bytes, rounds: int, concurrency: int) -> list[float]:
+    """The same bursts against the bare aiohttp app (:func:`floor_app`): the stack's own floor."""
+    with floor_app() as port:
+        burst(port, body, concurrency)  # warm up
+        return [t for _ in range(rounds) for t in burst(port, body, concurrency)]
 
 
 def status(ctl: int) -> dict:
@@ -124,16 +135,16 @@ def answer_phases(ctl: int) -> dict[str, float]:
     return {phase: sums[phase] / counts[phase] for phase in sums if counts.get(phase)}
 
 
-def burst(port: int, body: bytes, n: int) -> list[float]:
-    """n deliveries sent at the same instant on n open connections; each one's answer time.
+def burst(port: int, body: bytes, n: int, path: str = "/github", event: str = "push") -> list[float]:
+    """n signed deliveries sent at the same instant on n open connections; each one's answer time.
 
     Raw sockets, so the figure is the server's and not a Python HTTP client's.
     """
     conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
     reqs = []
     for _ in range(n):
-        head = "".join(f"{k}: {v}\r\n" for k, v in signed(body, "push").items())
-        reqs.append(f"POST /github HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        head = "".join(f"{k}: {v}\r\n" for k, v in signed(body, event).items())
+        reqs.append(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
                     f"Connection: close\r\n{head}\r\n".encode() + body)
     sel = selectors.DefaultSelector()
     sent: dict[socket.socket, float] = {}

@@ -240,7 +240,7 @@ def _cmd_act(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _act(settings: Settings, path: str, command: str, as_json: bool, no_wait: bool, body: Any = None) -> int:
-    """POST a job and wait for its result, showing the worker's state meanwhile."""
+    """POST a request and wait for its result, showing the worker's state meanwhile."""
     if no_wait:
         data = call(settings, "POST", path, body=body)
         print(json.dumps(data, indent=2) if as_json else f"queued: {data['queued']}")

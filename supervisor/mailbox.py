@@ -68,7 +68,7 @@ class Mailbox:
 
     def __init__(self) -> None:
         self._queued: dict[tuple[Kind, Any], Request] = {}  # in arrival order
-        self._ready = asyncio.Event()  # set while _jobs is not empty: a put can never be missed
+        self._ready = asyncio.Event()  # set while _queued is not empty: a put can never be missed
         self._timers: set[asyncio.TimerHandle] = set()
         self.closed = False
 

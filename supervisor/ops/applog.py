@@ -136,12 +136,12 @@ class AppLog:
 
     def _cap_total(self) -> None:
         """The rotated files of every process together stay under max_total: the oldest go first."""
-        rotated = sorted((p for p in self.dir.glob("*.log.*")), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in rotated)
-        for path in rotated:
+        rotated = sorted(((p, p.stat()) for p in self.dir.glob("*.log.*")), key=lambda ps: ps[1].st_mtime)
+        total = sum(st.st_size for _, st in rotated)
+        for path, st in rotated:
             if total <= self.max_total:
                 return
-            total -= path.stat().st_size
+            total -= st.st_size
             path.unlink(missing_ok=True)
 
     def _close_files(self) -> None:

@@ -66,7 +66,7 @@ class Console(Protocol):
         """The app's output, from disk: ``{"time", "pid", "process", "release", "line"}``, oldest first."""
 
     def ask(self, what: str, arg: str | None = None, force: bool = False) -> "asyncio.Future[Any]":
-        """A job for the worker: "deploy" (the tip, or ``arg``: a commit), "retry", "rollback" (to ``arg``;
+        """A request for the worker: "deploy" (the tip, or ``arg``: a commit), "retry", "rollback" (to ``arg``;
         ``force``: even to a release that never went live), "restart" (``arg``: one process type), "resume"."""
 
     def pause(self, reason: str) -> None: ...
@@ -79,7 +79,7 @@ class Console(Protocol):
         """A run of scheduled job ``name`` now; None when there is no such job."""
 
     def configure(self, set_: dict[str, str], unset: list[str], restart: bool) -> "asyncio.Future[Any] | str":
-        """New config vars (ConfigVarsError, a ValueError, for a wrong key): with ``restart`` a job that puts
+        """New config vars (ConfigVarsError, a ValueError, for a wrong key): with ``restart`` a request that puts
         them live, else their digest (applied at the next deploy)."""
 
     @property

@@ -155,10 +155,10 @@ class Web:
                 probe = Probe(f"http://127.0.0.1:{probe_sock.getsockname()[1]}{app.ready.http}")
             spec = dataclasses.replace(spec, argv=_format(list(spec.argv), values))
             born: list[Child] = []  # known to stop() from its first moment, mid-start included
-            result: Child | Failure = await start_ready(spec, Gate(app.ready.min_uptime, app.ready.timeout, app.ready.notify, probe),
-                                       fds=fds, extra_env=extra, listen_pid=not app.names_fds, label="web",
-                                       guard=self.guard, on_line=self._on_line,
-                                       started=lambda child: (born.append(child), self.children.add(child)))
+            gate = Gate(app.ready.min_uptime, app.ready.timeout, app.ready.notify, probe)
+            result: Child | Failure = await start_ready(
+                spec, gate, fds=fds, extra_env=extra, listen_pid=not app.names_fds, label="web", guard=self.guard,
+                on_line=self._on_line, started=lambda child: (born.append(child), self.children.add(child)))
             if isinstance(result, Failure):
                 self.children.difference_update(born)  # stopped and reaped already
             return result, probe

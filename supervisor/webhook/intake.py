@@ -79,11 +79,10 @@ class Timing:
         self.started = self.last = time.perf_counter()
         self.phases: dict[str, float] = {}
 
-    def lap(self, phase: str) -> float:
-        """End ``phase`` now; the total so far."""
+    def lap(self, phase: str) -> None:
+        """End ``phase`` now."""
         now = time.perf_counter()
         self.phases[phase], self.last = now - self.last, now
-        return now - self.started
 
     @property
     def total(self) -> float:
